@@ -1,0 +1,122 @@
+/**
+ * The application factory: everything HTTP, built from a KV handle and a clock so
+ * tests can run many isolated instances (each with its own in-memory state) at once.
+ */
+import { OpenAPIHono } from "@hono/zod-openapi";
+import { bodyLimit } from "hono/body-limit";
+import { HTTPException } from "hono/http-exception";
+import { z } from "zod";
+import type { TokenRegistry } from "./lib/auth.ts";
+import { type Clock, systemClock } from "./lib/clock.ts";
+import { AllotError, ValidationError } from "./lib/errors.ts";
+import { type AppEnv, fieldIssues } from "./routes/_shared.ts";
+import { claimRoutes } from "./routes/claims.ts";
+import { healthRoutes } from "./routes/health.ts";
+import { regionRoutes } from "./routes/regions.ts";
+import { resourceRoutes } from "./routes/resources.ts";
+
+/** Largest request body accepted, in bytes. */
+export const MAX_BODY_BYTES = 64 * 1024;
+
+export interface AppOptions {
+  kv: Deno.Kv;
+  tokens: TokenRegistry;
+  clock?: Clock;
+}
+
+/** Maps every error to problem+json; only a genuine bug becomes a 500. */
+function toProblemResponse(error: unknown): Response {
+  let known: AllotError | null = null;
+  if (error instanceof AllotError) known = error;
+  else if (error instanceof z.ZodError) {
+    const issues = fieldIssues(error.issues);
+    known = new ValidationError(
+      `Invalid request body: ${issues.map((i) => `${i.field} ${i.message}`).join("; ")}`,
+      issues,
+    );
+  } else if (error instanceof HTTPException && error.status < 500) {
+    known = new AllotError(
+      error.status as AllotError["status"],
+      error.status === 413
+        ? "too-large"
+        : error.status === 415
+        ? "unsupported-media-type"
+        : "bad-request",
+      error.status === 413
+        ? "Payload too large"
+        : error.status === 415
+        ? "Unsupported media type"
+        : "Bad request",
+      error.status === 413
+        ? `Request bodies are limited to ${MAX_BODY_BYTES} bytes`
+        : error.message || "Malformed request",
+    );
+  }
+  if (!known) {
+    console.error(
+      JSON.stringify({
+        level: "error",
+        msg: "unhandled error",
+        error: String(error),
+        stack: (error as Error)?.stack,
+      }),
+    );
+    return Response.json(
+      { type: "about:blank", title: "Internal error", status: 500, detail: "Internal error" },
+      { status: 500, headers: { "content-type": "application/problem+json" } },
+    );
+  }
+  const headers = new Headers({ "content-type": "application/problem+json" });
+  if (known.retryAfterSeconds !== undefined) {
+    headers.set("Retry-After", String(known.retryAfterSeconds));
+  }
+  if (known.status === 401) headers.set("WWW-Authenticate", 'Bearer realm="allot"');
+  return new Response(JSON.stringify(known.toProblem()), { status: known.status, headers });
+}
+
+/** Builds the allot HTTP app over one KV handle. */
+export function createApp({ kv, tokens, clock = systemClock }: AppOptions) {
+  const deps = { kv, clock };
+  const app = new OpenAPIHono<AppEnv>();
+  app.openAPIRegistry.registerComponent("securitySchemes", "bearer", {
+    type: "http",
+    scheme: "bearer",
+    description:
+      "A token from ALLOT_TOKENS; its role (admin, agent, client) decides what it may do.",
+  });
+  app.use(
+    "*",
+    bodyLimit({
+      maxSize: MAX_BODY_BYTES,
+      onError: () => {
+        throw new HTTPException(413);
+      },
+    }),
+  );
+  app.use("/v1/*", async (c, next) => {
+    c.set("principal", await tokens.authenticate(c.req.header("authorization")));
+    await next();
+  });
+  app.route("/", healthRoutes(deps));
+  app.route("/", regionRoutes(deps));
+  app.route("/", resourceRoutes(deps));
+  app.route("/", claimRoutes(deps));
+  app.doc31("/openapi.json", {
+    openapi: "3.1.0",
+    info: {
+      title: "allot",
+      version: "1.0.0",
+      description: "Exclusive resource allocation per region, backed by Deno KV.",
+    },
+  });
+  app.notFound((c) =>
+    toProblemResponse(
+      new AllotError(404, "not-found", "Not found", `No route for ${c.req.method} ${c.req.path}`),
+    )
+  );
+  app.onError((error) => toProblemResponse(error));
+  return app;
+}
+
+/** The app's type, for the typed client. */
+export type App = ReturnType<typeof createApp>;

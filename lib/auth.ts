@@ -1,0 +1,66 @@
+/** Bearer-token authentication and role checks (SPEC invariant 6). */
+import { timingSafeEqual } from "node:crypto";
+import type { Role, TokenSpec } from "./config.ts";
+import { ForbiddenError, UnauthorizedError } from "./errors.ts";
+
+/** Who is calling: a role, optional region scope, and a stable id for idempotency scoping. */
+export interface Principal {
+  id: string;
+  role: Role;
+  regions: ReadonlySet<string> | null;
+}
+
+/** SHA-256 of a string, hex. */
+export async function sha256Hex(text: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Equal-length hex digests compared in constant time. */
+export function digestsEqual(a: string, b: string): boolean {
+  const x = new TextEncoder().encode(a);
+  const y = new TextEncoder().encode(b);
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+/** Looks tokens up by digest, so a lookup never compares secrets byte by byte. */
+export class TokenRegistry {
+  #byDigest = new Map<string, Principal>();
+
+  private constructor() {}
+
+  /** Builds the registry from `ALLOT_TOKENS` entries. */
+  static async from(specs: readonly TokenSpec[]): Promise<TokenRegistry> {
+    const registry = new TokenRegistry();
+    for (const spec of specs) {
+      const digest = await sha256Hex(spec.token);
+      registry.#byDigest.set(digest, {
+        id: digest.slice(0, 16),
+        role: spec.role,
+        regions: spec.regions ? new Set(spec.regions) : null,
+      });
+    }
+    return registry;
+  }
+
+  /** The principal behind an `Authorization` header, or 401. */
+  async authenticate(header: string | undefined): Promise<Principal> {
+    const match = header?.match(/^Bearer\s+(\S+)\s*$/i);
+    if (!match) throw new UnauthorizedError();
+    const principal = this.#byDigest.get(await sha256Hex(match[1]));
+    if (!principal) throw new UnauthorizedError("The bearer token is not recognised");
+    return principal;
+  }
+}
+
+/** Throws 403 unless the principal has one of `roles` and, when given, may act in `region`. */
+export function authorize(principal: Principal, roles: readonly Role[], region?: string): void {
+  if (!roles.includes(principal.role)) {
+    throw new ForbiddenError(
+      `Role "${principal.role}" cannot do this; it needs one of: ${roles.join(", ")}`,
+    );
+  }
+  if (region !== undefined && principal.regions && !principal.regions.has(region)) {
+    throw new ForbiddenError(`This token is not allowed in region "${region}"`);
+  }
+}

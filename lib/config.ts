@@ -1,0 +1,69 @@
+/**
+ * Process configuration, read once from the environment through a zod schema.
+ * A bad value stops start-up with a message that names the variable.
+ */
+import { z } from "zod";
+import { RegionName } from "./schemas.ts";
+
+export const Role = z.enum(["admin", "agent", "client"]);
+export type Role = z.infer<typeof Role>;
+
+export const TokenSpec = z.strictObject({
+  token: z.string().min(16, "tokens must be at least 16 characters").max(512),
+  role: Role,
+  regions: z.array(RegionName).min(1).optional(),
+});
+export type TokenSpec = z.infer<typeof TokenSpec>;
+
+const Env = z.object({
+  PORT: z.coerce.number().int().min(0).max(65535).default(8000),
+  ALLOT_KV: z.string().min(1).optional(),
+  ALLOT_TOKENS: z.string().optional().transform((raw, ctx) => {
+    if (raw === undefined || raw.trim() === "") return [];
+    try {
+      return JSON.parse(raw) as unknown;
+    } catch {
+      ctx.addIssue({ code: "custom", message: "is not valid JSON" });
+      return z.NEVER;
+    }
+  }).pipe(z.array(TokenSpec)),
+});
+
+/** The settings every deployment needs; see the README's configuration table. */
+export interface Config {
+  port: number;
+  /** A file path, `:memory:`, or a KV Connect URL; undefined: `Deno.openKv()`'s default. */
+  kvPath?: string;
+  tokens: TokenSpec[];
+}
+
+/** Thrown when the environment is unusable; its message names the variable. */
+export class ConfigError extends Error {}
+
+/** Parses the environment, failing fast with e.g. `ALLOT_TOKENS[0].role: ...`. */
+export function loadConfig(env: Record<string, string | undefined>): Config {
+  const parsed = Env.safeParse(env);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((issue) => {
+      const [name, ...rest] = issue.path;
+      const where = rest.map((p) => (typeof p === "number" ? `[${p}]` : `.${String(p)}`)).join("");
+      return `${String(name)}${where}: ${issue.message}`;
+    });
+    throw new ConfigError(`Invalid configuration: ${lines.join("; ")}`);
+  }
+  const tokens = parsed.data.ALLOT_TOKENS;
+  const seen = new Set<string>();
+  for (const spec of tokens) {
+    if (seen.has(spec.token)) {
+      throw new ConfigError("Invalid configuration: ALLOT_TOKENS repeats a token");
+    }
+    seen.add(spec.token);
+  }
+  return { port: parsed.data.PORT, kvPath: parsed.data.ALLOT_KV, tokens };
+}
+
+/** Reads the process environment (only the variables allot uses). */
+export function loadConfigFromEnv(): Config {
+  const names = ["PORT", "ALLOT_KV", "ALLOT_TOKENS"];
+  return loadConfig(Object.fromEntries(names.map((name) => [name, Deno.env.get(name)])));
+}

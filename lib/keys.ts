@@ -1,0 +1,74 @@
+/**
+ * Every Deno KV key allot uses, built here and nowhere else. A region's
+ * configuration lives at ["regions", name]; everything else of a region lives
+ * under its own prefix ["r", name, ...], so a region's state can be listed,
+ * counted or moved on its own.
+ */
+
+type RegionKey<T extends readonly Deno.KvKeyPart[]> = readonly ["r", string, ...T];
+
+const regionKey = <T extends Deno.KvKeyPart[]>(region: string, ...rest: T): RegionKey<T> => [
+  "r",
+  region,
+  ...rest,
+];
+
+/** FNV-1a over a resource's slot: spreads free-index entries uniformly over [0, 2^32). */
+export function freeIndexHash(resource: string, slot: number): number {
+  let hash = 0x811c9dc5;
+  const text = `${resource}#${slot}`;
+  for (let i = 0; i < text.length; i++) {
+    hash ^= text.charCodeAt(i);
+    hash = Math.imul(hash, 0x01000193);
+  }
+  return hash >>> 0;
+}
+
+/** Counters kept with `sum` so hot writers never conflict on them. */
+export type CounterName = "slots" | "free" | "held";
+
+export const keys = {
+  /** Region configuration (RegionConfig). */
+  regionConfig: (region: string) => ["regions", region] as const,
+  /** Prefix listing every region's configuration. */
+  regionConfigs: () => ["regions"] as const,
+
+  /** A resource's spec: slots, labels, state (what decides claimability). */
+  resource: (region: string, id: string) => regionKey(region, "res", id),
+  resources: (region: string) => regionKey(region, "res"),
+  /** A resource's telemetry: last applied status seq and load (changes often, never checked by claims). */
+  telemetry: (region: string, id: string) => regionKey(region, "tel", id),
+  telemetries: (region: string) => regionKey(region, "tel"),
+
+  /** A held slot: present exactly while a live lease holds it. */
+  slot: (region: string, id: string, slot: number) => regionKey(region, "slot", id, slot),
+  slots: (region: string, id: string) => regionKey(region, "slot", id),
+  allSlots: (region: string) => regionKey(region, "slot"),
+
+  /**
+   * Free-slot index: present exactly when the slot is claimable and not held.
+   * Ordered by a hash so a claim can start reading at a random point.
+   */
+  free: (region: string, id: string, slot: number) =>
+    regionKey(region, "free", freeIndexHash(id, slot), id, slot),
+  freeFrom: (region: string, hash: number) => regionKey(region, "free", hash),
+  freeIndex: (region: string) => regionKey(region, "free"),
+
+  /** A claim record, kept for a while after it ends. */
+  claim: (region: string, id: string) => regionKey(region, "claim", id),
+  claims: (region: string) => regionKey(region, "claim"),
+  /** Lease expiry index: live leases ordered by expiry, for the sweeper. */
+  lease: (region: string, expiresAt: number, claimId: string) =>
+    regionKey(region, "lease", expiresAt, claimId),
+  leases: (region: string) => regionKey(region, "lease"),
+  leasesUntil: (region: string, until: number) => regionKey(region, "lease", until),
+
+  /** Idempotency record, scoped to the caller and the region asked for. */
+  idempotency: (region: string, caller: string, key: string) =>
+    regionKey(region, "idem", caller, key),
+
+  /** Pool counters. */
+  counter: (region: string, name: CounterName) => regionKey(region, "n", name),
+  /** Blind-written by every write to the region: its versionstamp proves a replica has caught up. */
+  writeMark: (region: string) => regionKey(region, "wm"),
+} as const;

@@ -1,0 +1,52 @@
+/** Small Deno KV helpers shared by lib/ modules. */
+import { type CounterName, keys } from "./keys.ts";
+
+const U64 = 2n ** 64n;
+
+/** Adds `delta` (possibly negative) to a region counter without reading it: `sum` wraps mod 2^64. */
+export function addCounter(
+  op: Deno.AtomicOperation,
+  region: string,
+  name: CounterName,
+  delta: number,
+): void {
+  if (delta === 0) return;
+  const value = delta > 0 ? BigInt(delta) : U64 + BigInt(delta);
+  op.sum(keys.counter(region, name), value);
+}
+
+/** A counter's value as a signed number. */
+export function counterValue(entry: Deno.KvEntryMaybe<unknown>): number {
+  if (!(entry.value instanceof Deno.KvU64)) return 0;
+  const raw = entry.value.value;
+  return Number(raw >= U64 / 2n ? raw - U64 : raw);
+}
+
+/** Marks a write to these regions, so reads can tell whether a replica has seen it. */
+export function markWrite(op: Deno.AtomicOperation, ...regions: string[]): void {
+  for (const region of new Set(regions)) op.set(keys.writeMark(region), true);
+}
+
+/** Reads any number of keys, 10 at a time (Deno KV's getMany limit), strongly. */
+export async function getAll<T>(
+  kv: Deno.Kv,
+  keyList: readonly Deno.KvKey[],
+  consistency: Deno.KvConsistencyLevel = "strong",
+): Promise<Deno.KvEntryMaybe<T>[]> {
+  const chunks: Promise<Deno.KvEntryMaybe<T>[]>[] = [];
+  for (let i = 0; i < keyList.length; i += 10) {
+    chunks.push(kv.getMany<T[]>(keyList.slice(i, i + 10), { consistency }));
+  }
+  return (await Promise.all(chunks)).flat();
+}
+
+/** Reads a whole prefix into an array (for small, bounded prefixes only). */
+export async function listAll<T>(
+  kv: Deno.Kv,
+  prefix: Deno.KvKey,
+  consistency: Deno.KvConsistencyLevel = "strong",
+): Promise<Deno.KvEntry<T>[]> {
+  const out: Deno.KvEntry<T>[] = [];
+  for await (const entry of kv.list<T>({ prefix }, { consistency })) out.push(entry);
+  return out;
+}

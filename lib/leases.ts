@@ -1,0 +1,196 @@
+/** Claim records and the one way a lease ends (release, expiry, loss, revocation). */
+import type { Clock } from "./clock.ts";
+import { LeaseLostError, NotFoundError, UnavailableError } from "./errors.ts";
+import { keys } from "./keys.ts";
+import { addCounter, markWrite } from "./kv.ts";
+import { type FreeSlot, type HeldSlot, isClaimable, type ResourceSpec } from "./pool.ts";
+import type { Claim, ClaimState } from "./schemas.ts";
+
+/** How long an ended claim stays readable (the SPEC asks for at least one hour). */
+export const ENDED_CLAIM_RETENTION_MS = 2 * 3600 * 1000;
+
+/** A claim as stored under its serving region's prefix. */
+export interface ClaimRecord {
+  id: string;
+  /** The region asked for. */
+  region: string;
+  /** The region whose pool the slot belongs to (differs in fallback). */
+  servedBy: string;
+  resource: string;
+  slot: number;
+  holder: string;
+  /** Principal id of the caller, for idempotency scoping and audits. */
+  caller: string;
+  state: ClaimState;
+  secretHash: string;
+  leaseMs: number;
+  createdAt: number;
+  expiresAt: number;
+  endedAt: number | null;
+  reason: string | null;
+  /** Position of this claim in its commit, the fencing token's low digits. */
+  commitIndex: number;
+  /** Filled in on the first rewrite; until then the entry's own versionstamp is the token. */
+  fencingToken: string | null;
+}
+
+/** The fencing token: the claim commit's versionstamp plus the claim's index in that commit. */
+export function fencingTokenOf(entry: Deno.KvEntry<ClaimRecord>): string {
+  return entry.value.fencingToken ??
+    entry.versionstamp + entry.value.commitIndex.toString(16).padStart(4, "0");
+}
+
+/** The public view of a claim: never its secret. */
+export function claimView(entry: Deno.KvEntry<ClaimRecord>): Claim {
+  return { ...describeClaim(entry.value), fencingToken: fencingTokenOf(entry) };
+}
+
+/** The public view of a claim record, before its commit has given it a fencing token. */
+export function describeClaim(r: ClaimRecord): Omit<Claim, "fencingToken"> {
+  return {
+    id: r.id,
+    region: r.region,
+    servedBy: r.servedBy,
+    resource: r.resource,
+    slot: r.slot,
+    holder: r.holder,
+    state: r.state,
+    leaseMs: r.leaseMs,
+    createdAt: new Date(r.createdAt).toISOString(),
+    leaseExpiresAt: new Date(r.expiresAt).toISOString(),
+    endedAt: r.endedAt === null ? null : new Date(r.endedAt).toISOString(),
+    reason: r.reason,
+  };
+}
+
+/** Claim ids carry their serving region (`fra.01J...`) so a read needs no lookup. */
+export function claimIdRegion(claimId: string): string | null {
+  const match = claimId.match(/^([a-z0-9][a-z0-9-]{0,31})\.[0-9A-HJKMNP-TV-Z]{26}$/);
+  return match ? match[1] : null;
+}
+
+/** Reads a claim by id, or 404. */
+export async function getClaimEntry(
+  kv: Deno.Kv,
+  claimId: string,
+  consistency: Deno.KvConsistencyLevel = "strong",
+): Promise<Deno.KvEntry<ClaimRecord>> {
+  const region = claimIdRegion(claimId);
+  const entry = region === null
+    ? null
+    : await kv.get<ClaimRecord>(keys.claim(region, claimId), { consistency });
+  if (!entry || entry.versionstamp === null) {
+    throw new NotFoundError(`Claim "${claimId}" does not exist`);
+  }
+  return entry;
+}
+
+/** Why a live lease is ending. */
+export interface LeaseEnd {
+  state: Exclude<ClaimState, "active">;
+  reason: string | null;
+  /** Re-checked on every attempt against the fresh record; throw to refuse. */
+  guard?: (record: ClaimRecord) => void;
+}
+
+/**
+ * Ends a live lease in one atomic: the claim record, the held slot, the expiry index,
+ * the free entry (only if the spec, which is checked, still allows the slot) and counters.
+ * Throws 409 if the lease already ended.
+ */
+export async function endLease(
+  kv: Deno.Kv,
+  clock: Clock,
+  claimId: string,
+  end: LeaseEnd,
+): Promise<{ entry: Deno.KvEntry<ClaimRecord>; consistencyToken: string }> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const claimEntry = await getClaimEntry(kv, claimId);
+    const record = claimEntry.value;
+    end.guard?.(record);
+    if (record.state !== "active") {
+      throw new LeaseLostError(`Claim "${claimId}" is no longer active: it was ${record.state}`);
+    }
+    const region = record.servedBy;
+    const [spec, slot] = await kv.getMany<[ResourceSpec, HeldSlot]>([
+      keys.resource(region, record.resource),
+      keys.slot(region, record.resource, record.slot),
+    ]);
+    const now = clock.now();
+    const ended: ClaimRecord = {
+      ...record,
+      state: end.state,
+      endedAt: now,
+      reason: end.reason,
+      fencingToken: fencingTokenOf(claimEntry),
+    };
+    const op = kv.atomic().check(claimEntry).check(spec).check(slot)
+      .set(claimEntry.key, ended, { expireIn: ENDED_CLAIM_RETENTION_MS })
+      .delete(keys.lease(region, record.expiresAt, claimId));
+    if (slot.value?.claimId === claimId) {
+      op.delete(slot.key);
+      addCounter(op, region, "held", -1);
+      if (isClaimable(spec.value, record.slot)) {
+        op.set(
+          keys.free(region, record.resource, record.slot),
+          { labels: spec.value!.labels } satisfies FreeSlot,
+        );
+        addCounter(op, region, "free", 1);
+      }
+    }
+    markWrite(op, region);
+    const res = await op.commit();
+    if (res.ok) {
+      return {
+        entry: { key: claimEntry.key, value: ended, versionstamp: res.versionstamp },
+        consistencyToken: res.versionstamp,
+      };
+    }
+  }
+  throw new UnavailableError(`Cannot end claim "${claimId}": too many concurrent changes`);
+}
+
+/** Ends the lease if it is live and past its expiry; true if this call expired it. */
+export async function expireIfDue(kv: Deno.Kv, clock: Clock, claimId: string): Promise<boolean> {
+  try {
+    await endLease(kv, clock, claimId, {
+      state: "expired",
+      reason: "lease expired",
+      guard: (record) => {
+        if (record.state === "active" && record.expiresAt > clock.now()) throw new NotDue();
+      },
+    });
+    return true;
+  } catch (error) {
+    if (
+      error instanceof NotDue || error instanceof LeaseLostError || error instanceof NotFoundError
+    ) {
+      return false;
+    }
+    throw error;
+  }
+}
+
+class NotDue extends Error {}
+
+/**
+ * Expires up to `limit` leases of a region whose expiry has passed. The durable
+ * trigger is the delayed queue message each claim enqueues; this sweep is the
+ * catch-up used when a claim finds no capacity, and after a clock jump in tests.
+ */
+export async function sweepExpired(
+  kv: Deno.Kv,
+  clock: Clock,
+  region: string,
+  limit = 100,
+): Promise<number> {
+  const due = kv.list<null>({
+    start: keys.leases(region),
+    end: keys.leasesUntil(region, clock.now() + 1),
+  }, { limit });
+  let expired = 0;
+  for await (const entry of due) {
+    if (await expireIfDue(kv, clock, entry.key.at(-1) as string)) expired++;
+  }
+  return expired;
+}

@@ -1,0 +1,111 @@
+/** Region configuration and pool health. */
+import type { Clock } from "./clock.ts";
+import { NotFoundError, UnavailableError, ValidationError } from "./errors.ts";
+import { keys } from "./keys.ts";
+import { counterValue, markWrite } from "./kv.ts";
+import type { RegionConfig, RegionInput, RegionView } from "./schemas.ts";
+
+/** Pool figures of a region. */
+export interface PoolCounts {
+  total: number;
+  free: number;
+  claimed: number;
+}
+
+/** Reads a region's configuration, or 404. */
+export async function getRegionConfig(
+  kv: Deno.Kv,
+  region: string,
+  consistency: Deno.KvConsistencyLevel = "strong",
+): Promise<Deno.KvEntry<RegionConfig>> {
+  const entry = await kv.get<RegionConfig>(keys.regionConfig(region), { consistency });
+  if (entry.versionstamp === null) throw new NotFoundError(`Region "${region}" does not exist`);
+  return entry;
+}
+
+/**
+ * Creates or replaces a region's configuration. The backup must be another existing
+ * region; the commit checks both entries it read, so a concurrent change cannot slip by.
+ */
+export async function putRegion(
+  kv: Deno.Kv,
+  clock: Clock,
+  region: string,
+  input: RegionInput,
+): Promise<{ config: RegionConfig; created: boolean; consistencyToken: string }> {
+  if (input.backup === region) {
+    throw new ValidationError(`Cannot configure region "${region}": it cannot be its own backup`, [
+      { field: "backup", message: "must name another region" },
+    ]);
+  }
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const current = await kv.get<RegionConfig>(keys.regionConfig(region));
+    const op = kv.atomic().check(current);
+    if (input.backup !== null) {
+      const backup = await kv.get<RegionConfig>(keys.regionConfig(input.backup));
+      if (backup.versionstamp === null) {
+        throw new ValidationError(
+          `Cannot configure region "${region}": backup region "${input.backup}" does not exist`,
+          [{ field: "backup", message: `region "${input.backup}" does not exist` }],
+        );
+      }
+      op.check(backup);
+    }
+    const config: RegionConfig = { name: region, ...input, updatedAt: clock.now() };
+    op.set(keys.regionConfig(region), config);
+    markWrite(op, region);
+    const res = await op.commit();
+    if (res.ok) {
+      return { config, created: current.versionstamp === null, consistencyToken: res.versionstamp };
+    }
+  }
+  throw new UnavailableError(`Cannot configure region "${region}": too many concurrent changes`);
+}
+
+/** Every region's configuration, by name. */
+export async function listRegionConfigs(
+  kv: Deno.Kv,
+  consistency: Deno.KvConsistencyLevel = "strong",
+): Promise<RegionConfig[]> {
+  const out: RegionConfig[] = [];
+  for await (
+    const entry of kv.list<RegionConfig>({ prefix: keys.regionConfigs() }, { consistency })
+  ) {
+    out.push(entry.value);
+  }
+  return out;
+}
+
+/** Pool counters of a region (maintained by every claim, release and resource change). */
+export async function poolCounts(
+  kv: Deno.Kv,
+  region: string,
+  consistency: Deno.KvConsistencyLevel = "strong",
+): Promise<PoolCounts> {
+  const [slots, free, held] = await kv.getMany([
+    keys.counter(region, "slots"),
+    keys.counter(region, "free"),
+    keys.counter(region, "held"),
+  ], { consistency });
+  return { total: counterValue(slots), free: counterValue(free), claimed: counterValue(held) };
+}
+
+/** A region's configuration with its live health figures. */
+export async function describeRegion(
+  kv: Deno.Kv,
+  config: RegionConfig,
+  consistency: Deno.KvConsistencyLevel = "strong",
+): Promise<RegionView> {
+  const counts = await poolCounts(kv, config.name, consistency);
+  return {
+    name: config.name,
+    backup: config.backup,
+    lag: config.lag,
+    lease: config.lease,
+    updatedAt: new Date(config.updatedAt).toISOString(),
+    mode: "primary",
+    lagMs: 0,
+    pending: 0,
+    ...counts,
+  };
+}

@@ -1,0 +1,182 @@
+/** Resources: registration, updates, removal and listing. */
+import type { Clock } from "./clock.ts";
+import { LeaseLostError, NotFoundError, UnavailableError } from "./errors.ts";
+import { keys } from "./keys.ts";
+import { markWrite } from "./kv.ts";
+import { endLease } from "./leases.ts";
+import { readHeldSlots, type ResourceSpec, stageSpecChange } from "./pool.ts";
+import { getRegionConfig } from "./regions.ts";
+import type { Resource, ResourceInput } from "./schemas.ts";
+
+/** Telemetry from the status pipeline, kept apart from the spec so load reports never conflict with claims. */
+export interface Telemetry {
+  seq: number;
+  load: number | null;
+  at: number;
+}
+
+function resourceView(
+  region: string,
+  spec: ResourceSpec,
+  telemetry: Telemetry | null,
+  claimed: number,
+): Resource {
+  return {
+    id: spec.id,
+    region,
+    slots: spec.slots,
+    labels: spec.labels,
+    state: spec.state,
+    seq: telemetry?.seq ?? 0,
+    load: telemetry?.load ?? null,
+    claimed,
+    updatedAt: new Date(Math.max(spec.updatedAt, telemetry?.at ?? 0)).toISOString(),
+  };
+}
+
+/**
+ * Registers or replaces a resource's spec. Never frees a held slot: a slot that a
+ * live lease holds stays held whatever the new slots or state say.
+ */
+export async function putResource(
+  kv: Deno.Kv,
+  clock: Clock,
+  region: string,
+  id: string,
+  input: ResourceInput,
+): Promise<{ resource: Resource; created: boolean; consistencyToken: string }> {
+  await getRegionConfig(kv, region);
+  const spec: ResourceSpec = { id, ...input, updatedAt: clock.now() };
+  const { before, held, consistencyToken } = await changeSpec(kv, region, id, spec);
+  if (spec.state === "gone") await loseLeases(kv, clock, region, id, "resource gone");
+  const telemetry = await kv.get<Telemetry>(keys.telemetry(region, id));
+  const claimed = spec.state === "gone" ? 0 : held;
+  return {
+    resource: resourceView(region, spec, telemetry.value, claimed),
+    created: before === null,
+    consistencyToken,
+  };
+}
+
+/** Removes a resource; its live leases become `lost`. 404 if it does not exist. */
+export async function deleteResource(
+  kv: Deno.Kv,
+  clock: Clock,
+  region: string,
+  id: string,
+): Promise<{ consistencyToken: string }> {
+  await getRegionConfig(kv, region);
+  const { before, consistencyToken } = await changeSpec(kv, region, id, null);
+  if (before === null) {
+    throw new NotFoundError(`Resource "${id}" does not exist in region "${region}"`);
+  }
+  await loseLeases(kv, clock, region, id, "resource deleted");
+  return { consistencyToken };
+}
+
+async function changeSpec(
+  kv: Deno.Kv,
+  region: string,
+  id: string,
+  after: ResourceSpec | null,
+): Promise<{ before: ResourceSpec | null; held: number; consistencyToken: string }> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const [before, held] = await Promise.all([
+      kv.get<ResourceSpec>(keys.resource(region, id)),
+      readHeldSlots(kv, region, id),
+    ]);
+    if (before.value === null && after === null) {
+      return { before: null, held: 0, consistencyToken: "" };
+    }
+    const op = kv.atomic();
+    stageSpecChange(op, region, before, after, held);
+    if (after === null) op.delete(keys.telemetry(region, id));
+    markWrite(op, region);
+    const res = await op.commit();
+    if (res.ok) {
+      return { before: before.value, held: held.size, consistencyToken: res.versionstamp };
+    }
+  }
+  throw new UnavailableError(
+    `Cannot change resource "${id}" in region "${region}": too many concurrent changes`,
+  );
+}
+
+/** Marks every live lease on a resource `lost`, one commit each (a crash leaves renew to finish it). */
+export async function loseLeases(
+  kv: Deno.Kv,
+  clock: Clock,
+  region: string,
+  id: string,
+  reason: string,
+): Promise<number> {
+  let lost = 0;
+  for (const held of (await readHeldSlots(kv, region, id)).values()) {
+    try {
+      await endLease(kv, clock, held.value.claimId, { state: "lost", reason });
+      lost++;
+    } catch (error) {
+      if (!(error instanceof LeaseLostError || error instanceof NotFoundError)) throw error;
+    }
+  }
+  return lost;
+}
+
+/** One resource as read back, or 404. */
+export async function getResource(
+  kv: Deno.Kv,
+  region: string,
+  id: string,
+  consistency: Deno.KvConsistencyLevel = "strong",
+): Promise<Resource> {
+  await getRegionConfig(kv, region, consistency);
+  const [spec, telemetry] = await kv.getMany<[ResourceSpec, Telemetry]>([
+    keys.resource(region, id),
+    keys.telemetry(region, id),
+  ], { consistency });
+  if (spec.value === null) {
+    throw new NotFoundError(`Resource "${id}" does not exist in region "${region}"`);
+  }
+  const held = await readHeldSlots(kv, region, id);
+  return resourceView(region, spec.value, telemetry.value, held.size);
+}
+
+/**
+ * A page of a region's resources in id order. Telemetry and held slots for the page
+ * are read with one range scan each, bounded by the page's first and last ids.
+ */
+export async function listResources(
+  kv: Deno.Kv,
+  region: string,
+  page: { cursor?: string; limit: number },
+  consistency: Deno.KvConsistencyLevel = "strong",
+): Promise<{ items: Resource[]; cursor: string | null }> {
+  await getRegionConfig(kv, region, consistency);
+  const iter = kv.list<ResourceSpec>({ prefix: keys.resources(region) }, {
+    cursor: page.cursor,
+    limit: page.limit,
+    consistency,
+  });
+  const specs: ResourceSpec[] = [];
+  for await (const entry of iter) specs.push(entry.value);
+  if (specs.length === 0) return { items: [], cursor: null };
+  const first = specs[0].id;
+  const last = specs[specs.length - 1].id;
+  const telemetry = new Map<string, Telemetry>();
+  const claimed = new Map<string, number>();
+  const range = (prefix: Deno.KvKey) => ({
+    start: [...prefix, first],
+    end: [...prefix, `${last}\0`],
+  });
+  for await (const entry of kv.list<Telemetry>(range(keys.telemetries(region)), { consistency })) {
+    telemetry.set(entry.key.at(-1) as string, entry.value);
+  }
+  for await (const entry of kv.list(range(keys.allSlots(region)), { consistency })) {
+    const id = entry.key.at(-2) as string;
+    claimed.set(id, (claimed.get(id) ?? 0) + 1);
+  }
+  const items = specs.map((spec) =>
+    resourceView(region, spec, telemetry.get(spec.id) ?? null, claimed.get(spec.id) ?? 0)
+  );
+  return { items, cursor: specs.length === page.limit ? iter.cursor || null : null };
+}

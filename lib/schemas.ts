@@ -1,0 +1,170 @@
+/**
+ * The zod schemas that validate every request and describe every answer. Routes
+ * declare them with `@hono/zod-openapi`, so `/openapi.json` is generated from the
+ * code that runs. Bounds keep every key under 2,048 bytes and every value under 64 KiB.
+ */
+import { z } from "@hono/zod-openapi";
+
+/** Bounds that keep keys and values inside Deno KV's limits; documented in the README. */
+export const LIMITS = {
+  regionName: 32,
+  resourceId: 128,
+  labels: 16,
+  labelKey: 63,
+  labelValue: 256,
+  slots: 64,
+  holder: 256,
+  idempotencyKey: 256,
+  reason: 512,
+  pageSize: 1000,
+} as const;
+
+export const RegionName = z.string().regex(/^[a-z0-9][a-z0-9-]{0,31}$/, {
+  message: "must be 1-32 characters of a-z, 0-9 and '-', starting with a letter or digit",
+}).openapi({ example: "iad" });
+
+export const ResourceId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/, {
+  message: "must be 1-128 characters of A-Z, a-z, 0-9 and '._:-', starting with a letter or digit",
+}).openapi({ example: "chrome-0001" });
+
+export const Labels = z.record(
+  z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/, {
+    message: "label keys are 1-63 characters of A-Z, a-z, 0-9 and '._/-'",
+  }),
+  z.string().max(LIMITS.labelValue),
+).refine((labels) => Object.keys(labels).length <= LIMITS.labels, {
+  message: `at most ${LIMITS.labels} labels`,
+}).openapi({ example: { browser: "chromium" } });
+export type Labels = z.infer<typeof Labels>;
+
+export const ResourceState = z.enum(["ready", "draining", "gone"]);
+export type ResourceState = z.infer<typeof ResourceState>;
+
+const PositiveMs = z.number().int().positive().max(30 * 24 * 3600 * 1000);
+
+export const RegionInput = z.strictObject({
+  backup: RegionName.nullable().default(null).openapi({
+    description: "Region whose pool serves new claims while this one lags; never itself.",
+  }),
+  lag: z.strictObject({
+    enterMs: PositiveMs.default(2000),
+    exitMs: PositiveMs.default(500),
+  }).default({ enterMs: 2000, exitMs: 500 }).refine((lag) => lag.exitMs < lag.enterMs, {
+    message: "must be less than lag.enterMs",
+    path: ["exitMs"],
+  }),
+  lease: z.strictObject({
+    defaultMs: PositiveMs.default(60_000),
+    maxMs: PositiveMs.default(3_600_000),
+  }).default({ defaultMs: 60_000, maxMs: 3_600_000 }).refine(
+    (lease) => lease.defaultMs <= lease.maxMs,
+    { message: "must not exceed lease.maxMs", path: ["defaultMs"] },
+  ),
+}).openapi("RegionInput");
+export type RegionInput = z.infer<typeof RegionInput>;
+/** A region's stored configuration. */
+export type RegionConfig = RegionInput & { name: string; updatedAt: number };
+
+export const ResourceInput = z.strictObject({
+  slots: z.number().int().min(1).max(LIMITS.slots).default(1),
+  labels: Labels.default({}),
+  state: ResourceState.default("ready"),
+}).openapi("ResourceInput");
+export type ResourceInput = z.infer<typeof ResourceInput>;
+
+export const Resource = z.object({
+  id: ResourceId,
+  region: RegionName,
+  slots: z.number().int(),
+  labels: Labels,
+  state: ResourceState,
+  seq: z.number().int().openapi({ description: "Last applied status sequence number (0: none)." }),
+  load: z.number().nullable(),
+  claimed: z.number().int().openapi({ description: "Slots held by live leases." }),
+  updatedAt: z.string().datetime(),
+}).openapi("Resource");
+export type Resource = z.infer<typeof Resource>;
+
+export const ClaimInput = z.strictObject({
+  holder: z.string().min(1).max(LIMITS.holder).openapi({ example: "worker-7" }),
+  leaseMs: PositiveMs.optional().openapi({
+    description: "Requested lease; clamped to the region's lease.maxMs.",
+  }),
+  labels: Labels.optional().openapi({ description: "Only resources carrying all these labels." }),
+}).openapi("ClaimInput");
+export type ClaimInput = z.infer<typeof ClaimInput>;
+
+export const ClaimState = z.enum(["active", "released", "expired", "lost"]);
+export type ClaimState = z.infer<typeof ClaimState>;
+
+export const FencingToken = z.string().regex(/^[0-9a-f]{24}$/).openapi({
+  description: "Strictly increasing per resource across claims; compare as strings (fixed width).",
+  example: "00000000000004d20000" + "0000",
+});
+
+export const Claim = z.object({
+  id: z.string(),
+  region: RegionName,
+  servedBy: RegionName,
+  resource: ResourceId,
+  slot: z.number().int(),
+  holder: z.string(),
+  state: ClaimState,
+  fencingToken: FencingToken,
+  leaseMs: z.number().int(),
+  createdAt: z.string().datetime(),
+  leaseExpiresAt: z.string().datetime(),
+  endedAt: z.string().datetime().nullable(),
+  reason: z.string().nullable(),
+}).openapi("Claim");
+export type Claim = z.infer<typeof Claim>;
+
+export const ConsistencyToken = z.string().regex(/^[0-9a-f]{20}$/).openapi({
+  description:
+    "Versionstamp of a write. Present it as `Allot-Consistency-Token` to read your own writes.",
+  example: "00000000000004d20000",
+});
+
+export const ClaimGrant = Claim.extend({
+  secret: z.string().openapi({
+    description: "Shown once (and on an idempotent replay): required by renew and release.",
+  }),
+  consistencyToken: ConsistencyToken,
+}).openapi("ClaimGrant");
+export type ClaimGrant = z.infer<typeof ClaimGrant>;
+
+export const RenewInput = z.strictObject({ leaseMs: PositiveMs.optional() }).openapi("RenewInput");
+export const RevokeInput = z.strictObject({
+  reason: z.string().min(1).max(LIMITS.reason),
+}).openapi("RevokeInput");
+
+export const Problem = z.object({
+  type: z.string(),
+  title: z.string(),
+  status: z.number().int(),
+  detail: z.string(),
+  field: z.string().optional(),
+  errors: z.array(z.object({ field: z.string(), message: z.string() })).optional(),
+}).openapi("Problem");
+
+export const RegionMode = z.enum(["primary", "fallback"]);
+export type RegionMode = z.infer<typeof RegionMode>;
+
+export const RegionView = z.object({
+  name: RegionName,
+  backup: RegionName.nullable(),
+  lag: z.object({ enterMs: z.number().int(), exitMs: z.number().int() }),
+  lease: z.object({ defaultMs: z.number().int(), maxMs: z.number().int() }),
+  updatedAt: z.string().datetime(),
+  mode: RegionMode,
+  lagMs: z.number().int().openapi({
+    description: "Age of the oldest status update not yet applied.",
+  }),
+  pending: z.number().int().openapi({
+    description: "Status updates enqueued but not yet applied.",
+  }),
+  total: z.number().int().openapi({ description: "Slots of all resources not gone." }),
+  free: z.number().int().openapi({ description: "Slots that can be claimed now." }),
+  claimed: z.number().int().openapi({ description: "Slots held by live leases." }),
+}).openapi("Region");
+export type RegionView = z.infer<typeof RegionView>;

@@ -1,0 +1,115 @@
+/** What every route file shares: the router factory, auth helpers, and the error contract. */
+import { OpenAPIHono, z } from "@hono/zod-openapi";
+import type { Context } from "hono";
+import { authorize, type Principal } from "../lib/auth.ts";
+import type { Clock } from "../lib/clock.ts";
+import type { Role } from "../lib/config.ts";
+import { BadRequestError, type FieldIssue, ValidationError } from "../lib/errors.ts";
+import { Problem } from "../lib/schemas.ts";
+
+/** Hono environment: the authenticated caller is set by the auth middleware. */
+export type AppEnv = { Variables: { principal: Principal } };
+
+/** What route factories receive. */
+export interface RouteDeps {
+  kv: Deno.Kv;
+  clock: Clock;
+}
+
+/** Turns zod issues into field issues named as the caller wrote them. */
+export function fieldIssues(issues: readonly z.core.$ZodIssue[], prefix = ""): FieldIssue[] {
+  return issues.flatMap((issue) => {
+    const path = issue.path.map(String);
+    const named = (parts: string[]) =>
+      [prefix, ...parts].filter((p) => p !== "").join(".") || "body";
+    if (issue.code === "unrecognized_keys") {
+      return issue.keys.map((key) => ({
+        field: named([...path, key]),
+        message: "is not a known field",
+      }));
+    }
+    return [{ field: named(path), message: issue.message }];
+  });
+}
+
+const HEADER_NAMES: Record<string, string> = {
+  "idempotency-key": "Idempotency-Key",
+  "allot-claim-secret": "Allot-Claim-Secret",
+  "allot-consistency-token": "Allot-Consistency-Token",
+};
+
+/** Invalid bodies are 422; invalid paths, queries and headers are 400. */
+function validationHook(
+  result: { success: boolean; target: string; error?: z.ZodError },
+  _c: Context,
+): void {
+  if (result.success || !result.error) return;
+  const issues = fieldIssues(result.error.issues).map((issue) =>
+    result.target === "header"
+      ? { ...issue, field: HEADER_NAMES[issue.field] ?? issue.field }
+      : issue
+  );
+  const summary = issues.map((i) => `${i.field} ${i.message}`).join("; ");
+  if (result.target === "json") {
+    throw new ValidationError(`Invalid request body: ${summary}`, issues);
+  }
+  throw new BadRequestError(
+    `Invalid ${result.target === "param" ? "path" : result.target}: ${summary}`,
+    issues,
+  );
+}
+
+/** A router whose validation failures become problem+json. */
+export function newRouter(): OpenAPIHono<AppEnv> {
+  return new OpenAPIHono<AppEnv>({ defaultHook: validationHook });
+}
+
+/** The authenticated caller, checked against the roles (and region) a route allows. */
+export function caller(
+  c: Context<AppEnv>,
+  roles: readonly Role[],
+  region?: string,
+): Principal {
+  const principal = c.get("principal");
+  authorize(principal, roles, region);
+  return principal;
+}
+
+const problem = (description: string) => ({
+  description,
+  content: { "application/problem+json": { schema: Problem } },
+});
+
+/** The problem responses every authenticated route can give. */
+export const commonProblems = {
+  400: problem("Malformed path, query, header or JSON"),
+  401: problem("Missing or unknown bearer token"),
+  403: problem("The token's role or region scope does not allow this"),
+  404: problem("The region, resource or claim does not exist"),
+  422: problem("The body breaks a rule; `field` names the offending field"),
+} as const;
+
+/** 409 for renew/release/revoke of a lease that has ended. */
+export const leaseLostProblem = problem(
+  "The lease is no longer the caller's (released, expired, lost)",
+);
+/** 503 with Retry-After. */
+export const unavailableProblem = {
+  ...problem("No capacity or too much contention; retry after `Retry-After` seconds"),
+  headers: z.object({ "Retry-After": z.string().openapi({ example: "1" }) }),
+};
+
+export const bearerSecurity = [{ bearer: [] }];
+
+export const ConsistencyHeaders = z.object({
+  "allot-consistency-token": z.string().regex(/^[0-9a-f]{20}$/, {
+    message: "must be a consistencyToken returned by a write",
+  }).optional().openapi({
+    description: "A write's consistencyToken: the read will reflect that write (read-your-writes).",
+  }),
+});
+
+export const PageQuery = z.object({
+  cursor: z.string().max(1024).optional(),
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+});

@@ -1,0 +1,94 @@
+/** /v1/regions: configuration (admin) and health (any role). */
+import { createRoute, z } from "@hono/zod-openapi";
+import { readYourWrites } from "../lib/consistency.ts";
+import { describeRegion, getRegionConfig, listRegionConfigs, putRegion } from "../lib/regions.ts";
+import { ConsistencyToken, RegionInput, RegionName, RegionView } from "../lib/schemas.ts";
+import {
+  bearerSecurity,
+  caller,
+  commonProblems,
+  ConsistencyHeaders,
+  newRouter,
+  type RouteDeps,
+} from "./_shared.ts";
+
+const RegionParams = z.object({ region: RegionName });
+const RegionWritten = RegionView.extend({ consistencyToken: ConsistencyToken });
+
+const putRoute = createRoute({
+  method: "put",
+  path: "/v1/regions/{region}",
+  tags: ["regions"],
+  summary: "Create or replace a region's configuration (admin)",
+  description: "Every field is optional; omitted fields take their defaults (a full replace).",
+  security: bearerSecurity,
+  request: {
+    params: RegionParams,
+    body: { content: { "application/json": { schema: RegionInput } }, required: false },
+  },
+  responses: {
+    200: { description: "Updated", content: { "application/json": { schema: RegionWritten } } },
+    201: { description: "Created", content: { "application/json": { schema: RegionWritten } } },
+    ...commonProblems,
+  },
+});
+
+const listRoute = createRoute({
+  method: "get",
+  path: "/v1/regions",
+  tags: ["regions"],
+  summary: "Every region the token may see, with health",
+  security: bearerSecurity,
+  responses: {
+    200: {
+      description: "Regions",
+      content: { "application/json": { schema: z.object({ items: z.array(RegionView) }) } },
+    },
+    ...commonProblems,
+  },
+});
+
+const getRoute = createRoute({
+  method: "get",
+  path: "/v1/regions/{region}",
+  tags: ["regions"],
+  summary: "A region's configuration and health",
+  security: bearerSecurity,
+  request: { params: RegionParams, headers: ConsistencyHeaders },
+  responses: {
+    200: { description: "The region", content: { "application/json": { schema: RegionView } } },
+    ...commonProblems,
+  },
+});
+
+/** Region routes. */
+export function regionRoutes({ kv, clock }: RouteDeps) {
+  return newRouter()
+    .openapi(putRoute, async (c) => {
+      const { region } = c.req.valid("param");
+      caller(c, ["admin"], region);
+      const input = RegionInput.parse(c.req.valid("json"));
+      const { config, created, consistencyToken } = await putRegion(kv, clock, region, input);
+      const view = { ...await describeRegion(kv, config), consistencyToken };
+      return c.json(view, created ? 201 : 200);
+    })
+    .openapi(listRoute, async (c) => {
+      const principal = caller(c, ["admin", "agent", "client"]);
+      const configs = (await listRegionConfigs(kv)).filter((config) =>
+        principal.regions === null || principal.regions.has(config.name)
+      );
+      const items = await Promise.all(configs.map((config) => describeRegion(kv, config)));
+      return c.json({ items }, 200);
+    })
+    .openapi(getRoute, async (c) => {
+      const { region } = c.req.valid("param");
+      caller(c, ["admin", "agent", "client"], region);
+      const token = c.req.valid("header")["allot-consistency-token"];
+      const { value, consistency } = await readYourWrites(kv, region, token, async (level) => {
+        const config = await getRegionConfig(kv, region, level);
+        return await describeRegion(kv, config.value, level);
+      });
+      c.header("Allot-Consistency", consistency);
+      return c.json(value, 200);
+    });
+}

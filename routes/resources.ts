@@ -1,0 +1,145 @@
+/** /v1/regions/{region}/resources: the pool's members (admin or agent write, any role reads). */
+import { createRoute, z } from "@hono/zod-openapi";
+import { readYourWrites } from "../lib/consistency.ts";
+import { deleteResource, getResource, listResources, putResource } from "../lib/resources.ts";
+import {
+  ConsistencyToken,
+  RegionName,
+  Resource,
+  ResourceId,
+  ResourceInput,
+} from "../lib/schemas.ts";
+import {
+  bearerSecurity,
+  caller,
+  commonProblems,
+  ConsistencyHeaders,
+  newRouter,
+  PageQuery,
+  type RouteDeps,
+} from "./_shared.ts";
+
+const RegionParams = z.object({ region: RegionName });
+const ResourceParams = RegionParams.extend({ id: ResourceId });
+const ResourceWritten = Resource.extend({ consistencyToken: ConsistencyToken });
+
+const putRoute = createRoute({
+  method: "put",
+  path: "/v1/regions/{region}/resources/{id}",
+  tags: ["resources"],
+  summary: "Register or replace a resource (admin, agent)",
+  description:
+    "Changing slots or state never frees a slot a live lease holds. `gone` marks its live leases lost.",
+  security: bearerSecurity,
+  request: {
+    params: ResourceParams,
+    body: { content: { "application/json": { schema: ResourceInput } }, required: false },
+  },
+  responses: {
+    200: { description: "Updated", content: { "application/json": { schema: ResourceWritten } } },
+    201: {
+      description: "Registered",
+      content: { "application/json": { schema: ResourceWritten } },
+    },
+    ...commonProblems,
+  },
+});
+
+const deleteRoute = createRoute({
+  method: "delete",
+  path: "/v1/regions/{region}/resources/{id}",
+  tags: ["resources"],
+  summary: "Remove a resource (admin, agent); its live leases become lost",
+  security: bearerSecurity,
+  request: { params: ResourceParams },
+  responses: {
+    200: {
+      description: "Removed",
+      content: { "application/json": { schema: z.object({ consistencyToken: ConsistencyToken }) } },
+    },
+    ...commonProblems,
+  },
+});
+
+const listRoute = createRoute({
+  method: "get",
+  path: "/v1/regions/{region}/resources",
+  tags: ["resources"],
+  summary: "A page of the region's resources, in id order",
+  security: bearerSecurity,
+  request: { params: RegionParams, query: PageQuery, headers: ConsistencyHeaders },
+  responses: {
+    200: {
+      description: "A page; pass `cursor` back for the next one (null: no more)",
+      content: {
+        "application/json": {
+          schema: z.object({ items: z.array(Resource), cursor: z.string().nullable() }),
+        },
+      },
+    },
+    ...commonProblems,
+  },
+});
+
+const getRoute = createRoute({
+  method: "get",
+  path: "/v1/regions/{region}/resources/{id}",
+  tags: ["resources"],
+  summary: "One resource",
+  security: bearerSecurity,
+  request: { params: ResourceParams, headers: ConsistencyHeaders },
+  responses: {
+    200: { description: "The resource", content: { "application/json": { schema: Resource } } },
+    ...commonProblems,
+  },
+});
+
+/** Resource routes. */
+export function resourceRoutes({ kv, clock }: RouteDeps) {
+  return newRouter()
+    .openapi(putRoute, async (c) => {
+      const { region, id } = c.req.valid("param");
+      caller(c, ["admin", "agent"], region);
+      const input = ResourceInput.parse(c.req.valid("json"));
+      const { resource, created, consistencyToken } = await putResource(
+        kv,
+        clock,
+        region,
+        id,
+        input,
+      );
+      return c.json({ ...resource, consistencyToken }, created ? 201 : 200);
+    })
+    .openapi(deleteRoute, async (c) => {
+      const { region, id } = c.req.valid("param");
+      caller(c, ["admin", "agent"], region);
+      return c.json(await deleteResource(kv, clock, region, id), 200);
+    })
+    .openapi(listRoute, async (c) => {
+      const { region } = c.req.valid("param");
+      caller(c, ["admin", "agent", "client"], region);
+      const page = c.req.valid("query");
+      const token = c.req.valid("header")["allot-consistency-token"];
+      const { value, consistency } = await readYourWrites(
+        kv,
+        region,
+        token,
+        (level) => listResources(kv, region, page, level),
+      );
+      c.header("Allot-Consistency", consistency);
+      return c.json(value, 200);
+    })
+    .openapi(getRoute, async (c) => {
+      const { region, id } = c.req.valid("param");
+      caller(c, ["admin", "agent", "client"], region);
+      const token = c.req.valid("header")["allot-consistency-token"];
+      const { value, consistency } = await readYourWrites(
+        kv,
+        region,
+        token,
+        (level) => getResource(kv, region, id, level),
+      );
+      c.header("Allot-Consistency", consistency);
+      return c.json(value, 200);
+    });
+}
