@@ -14,9 +14,11 @@ import { claimRoutes } from "./routes/claims.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { regionRoutes } from "./routes/regions.ts";
 import { resourceRoutes } from "./routes/resources.ts";
+import { statusRoutes } from "./routes/status.ts";
 
-/** Largest request body accepted, in bytes. */
+/** Largest request body accepted, in bytes; status batches may be larger. */
 export const MAX_BODY_BYTES = 64 * 1024;
+export const MAX_STATUS_BODY_BYTES = 512 * 1024;
 
 export interface AppOptions {
   kv: Deno.Kv;
@@ -47,9 +49,7 @@ function toProblemResponse(error: unknown): Response {
         : error.status === 415
         ? "Unsupported media type"
         : "Bad request",
-      error.status === 413
-        ? `Request bodies are limited to ${MAX_BODY_BYTES} bytes`
-        : error.message || "Malformed request",
+      error.message || "Malformed request",
     );
   }
   if (!known) {
@@ -84,14 +84,18 @@ export function createApp({ kv, tokens, clock = systemClock }: AppOptions) {
     description:
       "A token from ALLOT_TOKENS; its role (admin, agent, client) decides what it may do.",
   });
+  const limit = (maxSize: number) =>
+    bodyLimit({
+      maxSize,
+      onError: () => {
+        throw new HTTPException(413, { message: `Request bodies are limited to ${maxSize} bytes` });
+      },
+    });
+  const statusLimit = limit(MAX_STATUS_BODY_BYTES);
+  const defaultLimit = limit(MAX_BODY_BYTES);
   app.use(
     "*",
-    bodyLimit({
-      maxSize: MAX_BODY_BYTES,
-      onError: () => {
-        throw new HTTPException(413);
-      },
-    }),
+    (c, next) => c.req.path.endsWith("/status") ? statusLimit(c, next) : defaultLimit(c, next),
   );
   app.use("/v1/*", async (c, next) => {
     c.set("principal", await tokens.authenticate(c.req.header("authorization")));
@@ -101,6 +105,7 @@ export function createApp({ kv, tokens, clock = systemClock }: AppOptions) {
   app.route("/", regionRoutes(deps));
   app.route("/", resourceRoutes(deps));
   app.route("/", claimRoutes(deps));
+  app.route("/", statusRoutes(deps));
   app.doc31("/openapi.json", {
     openapi: "3.1.0",
     info: {

@@ -7,6 +7,7 @@ import { TokenRegistry } from "./lib/auth.ts";
 import { ConfigError, loadConfigFromEnv, type TokenSpec } from "./lib/config.ts";
 import { systemClock } from "./lib/clock.ts";
 import { handleQueueMessage } from "./lib/queue.ts";
+import { StatusApplier } from "./lib/applier.ts";
 import { encodeBase64Url } from "./lib/base64.ts";
 
 function generatedAdminToken(): TokenSpec {
@@ -31,8 +32,9 @@ try {
 
 const kv = await Deno.openKv(config.kvPath);
 const clock = systemClock;
+const applier = new StatusApplier(kv, clock);
 kv.listenQueue(async (message) => {
-  await handleQueueMessage({ kv, clock }, message);
+  await handleQueueMessage({ kv, clock, applier }, message);
 });
 const tokens = await TokenRegistry.from(
   config.tokens.length > 0 ? config.tokens : [generatedAdminToken()],

@@ -24,6 +24,7 @@ import {
 } from "./leases.ts";
 import { type FreeSlot, type HeldSlot, labelsMatch, type ResourceSpec } from "./pool.ts";
 import type { LeaseExpireMessage } from "./queue.ts";
+import { type ClaimRoute, routeClaim } from "./fallback.ts";
 import { getRegionConfig } from "./regions.ts";
 import type { Claim, ClaimGrant, ClaimInput, ClaimState, RegionConfig } from "./schemas.ts";
 
@@ -69,12 +70,34 @@ export async function createClaim(
   const idemKey = request.idempotencyKey === undefined
     ? null
     : keys.idempotency(region, request.caller, request.idempotencyKey);
-  const config = (await getRegionConfig(kv, region)).value;
   if (idemKey) {
     const earlier = await kv.get<IdempotencyRecord>(idemKey);
     if (earlier.versionstamp !== null) return replay(earlier, bodyHash);
   }
-  const servedBy = region;
+  const route = await routeClaim(kv, clock, region);
+  const pools = route.servedBy === region ? [region] : [route.servedBy, region];
+  for (const [i, servedBy] of pools.entries()) {
+    try {
+      return await claimFrom(kv, clock, request, route, servedBy, bodyHash, idemKey);
+    } catch (error) {
+      // A backup that ran out between routing and claiming: the region's own pool serves.
+      if (!(error instanceof NoCapacityError) || i === pools.length - 1) throw error;
+    }
+  }
+  throw new Error("unreachable");
+}
+
+async function claimFrom(
+  kv: Deno.Kv,
+  clock: Clock,
+  request: ClaimRequest,
+  route: ClaimRoute,
+  servedBy: string,
+  bodyHash: string,
+  idemKey: Deno.KvKey | null,
+): Promise<ClaimOutcome> {
+  const { region, input } = request;
+  const { config } = route;
   const leaseMs = Math.min(input.leaseMs ?? config.lease.defaultMs, config.lease.maxMs);
   let swept = false;
   for (let attempt = 0; attempt < MAX_CLAIM_ATTEMPTS; attempt++) {
@@ -87,7 +110,7 @@ export async function createClaim(
       throw new NoCapacityError(
         `Cannot claim in region "${region}": no ready resource${
           input.labels ? " matching the requested labels" : ""
-        } has a free slot`,
+        } has a free slot${servedBy === region ? "" : ` in backup "${servedBy}"`}`,
         await secondsUntilNextExpiry(kv, clock, servedBy),
       );
     }
@@ -125,16 +148,24 @@ export async function createClaim(
     addCounter(op, servedBy, "free", -1);
     addCounter(op, servedBy, "held", 1);
     markWrite(op, servedBy, region);
-    const view = { ...describeClaim(record), secret };
+    const grant: IdempotencyRecord["grant"] = {
+      ...describeClaim(record),
+      secret,
+      mode: route.mode,
+      lagMs: servedBy === route.servedBy ? route.lagMs : 0,
+      note: servedBy === route.servedBy
+        ? route.note
+        : `backup "${route.servedBy}" ran out; served here`,
+    };
     if (idemKey) {
       op.check({ key: idemKey, versionstamp: null });
-      op.set(idemKey, { bodyHash, grant: view } satisfies IdempotencyRecord, {
+      op.set(idemKey, { bodyHash, grant } satisfies IdempotencyRecord, {
         expireIn: leaseMs + IDEMPOTENCY_GRACE_MS,
       });
     }
     const res = await op.commit();
     if (res.ok) {
-      return { grant: withTokens(view, res.versionstamp), replayed: false };
+      return { grant: withTokens(grant, res.versionstamp), replayed: false };
     }
     if (idemKey) {
       const raced = await kv.get<IdempotencyRecord>(idemKey);

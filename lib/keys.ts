@@ -25,7 +25,13 @@ export function freeIndexHash(resource: string, slot: number): number {
 }
 
 /** Counters kept with `sum` so hot writers never conflict on them. */
-export type CounterName = "slots" | "free" | "held";
+export type CounterName =
+  | "slots"
+  | "free"
+  | "held"
+  | "enqueued"
+  | "applied"
+  | "dead";
 
 export const keys = {
   /** Region configuration (RegionConfig). */
@@ -67,7 +73,17 @@ export const keys = {
   idempotency: (region: string, caller: string, key: string) =>
     regionKey(region, "idem", caller, key),
 
-  /** Pool counters. */
+  /** Status messages enqueued and not yet applied, oldest first: the lag watermark. */
+  pending: (region: string, enqueuedAt: number, messageId: string) =>
+    regionKey(region, "pending", enqueuedAt, messageId),
+  pendingIndex: (region: string) => regionKey(region, "pending"),
+  /** Where the queue writes a status message that exhausted its retries. */
+  deadLetter: (region: string, messageId: string) => regionKey(region, "dead", messageId),
+  deadLetters: (region: string) => regionKey(region, "dead"),
+  /** Primary/fallback mode, since when and why, with recent history. */
+  mode: (region: string) => regionKey(region, "mode"),
+
+  /** Pool and pipeline counters. */
   counter: (region: string, name: CounterName) => regionKey(region, "n", name),
   /** Blind-written by every write to the region: its versionstamp proves a replica has caught up. */
   writeMark: (region: string) => regionKey(region, "wm"),

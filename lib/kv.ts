@@ -1,11 +1,12 @@
 /** Small Deno KV helpers shared by lib/ modules. */
+import type { AtomicWriter } from "./atomic.ts";
 import { type CounterName, keys } from "./keys.ts";
 
 const U64 = 2n ** 64n;
 
 /** Adds `delta` (possibly negative) to a region counter without reading it: `sum` wraps mod 2^64. */
 export function addCounter(
-  op: Deno.AtomicOperation,
+  op: AtomicWriter,
   region: string,
   name: CounterName,
   delta: number,
@@ -23,7 +24,7 @@ export function counterValue(entry: Deno.KvEntryMaybe<unknown>): number {
 }
 
 /** Marks a write to these regions, so reads can tell whether a replica has seen it. */
-export function markWrite(op: Deno.AtomicOperation, ...regions: string[]): void {
+export function markWrite(op: AtomicWriter, ...regions: string[]): void {
   for (const region of new Set(regions)) op.set(keys.writeMark(region), true);
 }
 

@@ -9,6 +9,7 @@
  * entry whose claimability it changes. So each of these writes checks exactly
  * what the invariant depends on, and a race costs a retry, never a double allocation.
  */
+import type { AtomicWriter } from "./atomic.ts";
 import { keys } from "./keys.ts";
 import { addCounter } from "./kv.ts";
 import type { Labels, ResourceState } from "./schemas.ts";
@@ -59,7 +60,7 @@ export function labelsMatch(labels: Labels, wanted: Labels | undefined): boolean
  * the resource's slot entries as read. Returns how many checks it added.
  */
 export function stageSpecChange(
-  op: Deno.AtomicOperation,
+  op: AtomicWriter,
   region: string,
   before: Deno.KvEntryMaybe<ResourceSpec>,
   after: ResourceSpec | null,

@@ -3,7 +3,9 @@
  * Delivery is at least once, so every branch is idempotent.
  */
 import { z } from "zod";
+import type { StatusApplier } from "./applier.ts";
 import type { Clock } from "./clock.ts";
+import { RegionName, StatusUpdate } from "./schemas.ts";
 import { expireIfDue, getClaimEntry } from "./leases.ts";
 import { NotFoundError } from "./errors.ts";
 
@@ -14,17 +16,27 @@ export const LeaseExpireMessage = z.strictObject({
 });
 export type LeaseExpireMessage = z.infer<typeof LeaseExpireMessage>;
 
-export const QueueMessage = z.discriminatedUnion("type", [LeaseExpireMessage]);
+export const StatusBatchMessage = z.strictObject({
+  type: z.literal("status.batch"),
+  id: z.string(),
+  region: RegionName,
+  enqueuedAt: z.number().int(),
+  updates: z.array(StatusUpdate),
+});
+export type StatusBatchMessage = z.infer<typeof StatusBatchMessage>;
+
+export const QueueMessage = z.discriminatedUnion("type", [LeaseExpireMessage, StatusBatchMessage]);
 export type QueueMessage = z.infer<typeof QueueMessage>;
 
 /** Dependencies of the queue handler. */
 export interface QueueDeps {
   kv: Deno.Kv;
   clock: Clock;
+  applier: StatusApplier;
 }
 
 /** What a delivery did, for tests and logs. */
-export type QueueOutcome = "expired" | "rescheduled" | "stale" | "ignored";
+export type QueueOutcome = "expired" | "rescheduled" | "stale" | "ignored" | "applied";
 
 /**
  * Handles one delivery. An unparseable message is dropped (logged), never retried
@@ -40,11 +52,14 @@ export async function handleQueueMessage(deps: QueueDeps, raw: unknown): Promise
   switch (message.type) {
     case "lease.expire":
       return await onLeaseExpire(deps, message);
+    case "status.batch":
+      await deps.applier.submit(message);
+      return "applied";
   }
 }
 
 async function onLeaseExpire(
-  { kv, clock }: QueueDeps,
+  { kv, clock }: Pick<QueueDeps, "kv" | "clock">,
   message: LeaseExpireMessage,
 ): Promise<QueueOutcome> {
   if (await expireIfDue(kv, clock, message.claimId)) return "expired";

@@ -1,6 +1,7 @@
 /** Region configuration and pool health. */
 import type { Clock } from "./clock.ts";
 import { NotFoundError, UnavailableError, ValidationError } from "./errors.ts";
+import { evaluateMode } from "./fallback.ts";
 import { keys } from "./keys.ts";
 import { counterValue, markWrite } from "./kv.ts";
 import type { RegionConfig, RegionInput, RegionView } from "./schemas.ts";
@@ -90,22 +91,28 @@ export async function poolCounts(
   return { total: counterValue(slots), free: counterValue(free), claimed: counterValue(held) };
 }
 
-/** A region's configuration with its live health figures. */
+/** A region's configuration with its live health figures (evaluating its mode on the way). */
 export async function describeRegion(
   kv: Deno.Kv,
-  config: RegionConfig,
-  consistency: Deno.KvConsistencyLevel = "strong",
+  clock: Clock,
+  region: string,
 ): Promise<RegionView> {
-  const counts = await poolCounts(kv, config.name, consistency);
+  const { config, mode, lag } = await evaluateMode(kv, clock, region);
+  const counts = await poolCounts(kv, region);
+  const iso = (ms: number) => new Date(ms).toISOString();
   return {
     name: config.name,
     backup: config.backup,
     lag: config.lag,
     lease: config.lease,
-    updatedAt: new Date(config.updatedAt).toISOString(),
-    mode: "primary",
-    lagMs: 0,
-    pending: 0,
+    updatedAt: iso(config.updatedAt),
+    mode: mode.mode,
+    modeSince: iso(mode.since),
+    modeReason: mode.reason,
+    modeHistory: mode.history.map((change) => ({ ...change, at: iso(change.at) })),
+    lagMs: lag.lagMs,
+    pending: lag.pending,
+    deadLettered: lag.deadLettered,
     ...counts,
   };
 }

@@ -125,7 +125,17 @@ export const ConsistencyToken = z.string().regex(/^[0-9a-f]{20}$/).openapi({
   example: "00000000000004d20000",
 });
 
+export const RegionMode = z.enum(["primary", "fallback"]);
+export type RegionMode = z.infer<typeof RegionMode>;
+
 export const ClaimGrant = Claim.extend({
+  mode: RegionMode.openapi({ description: "The asked region's mode when the claim was routed." }),
+  lagMs: z.number().int().openapi({
+    description: "Status lag of the serving region when routed: how stale its pool view may be.",
+  }),
+  note: z.string().nullable().openapi({
+    description: "Set when fallback was refused (backup lagging or exhausted) and why.",
+  }),
   secret: z.string().openapi({
     description: "Shown once (and on an idempotent replay): required by renew and release.",
   }),
@@ -147,8 +157,13 @@ export const Problem = z.object({
   errors: z.array(z.object({ field: z.string(), message: z.string() })).optional(),
 }).openapi("Problem");
 
-export const RegionMode = z.enum(["primary", "fallback"]);
-export type RegionMode = z.infer<typeof RegionMode>;
+export const ModeChange = z.object({
+  at: z.string().datetime(),
+  from: RegionMode,
+  to: RegionMode,
+  reason: z.string(),
+  lagMs: z.number().int(),
+}).openapi("ModeChange");
 
 export const RegionView = z.object({
   name: RegionName,
@@ -157,14 +172,41 @@ export const RegionView = z.object({
   lease: z.object({ defaultMs: z.number().int(), maxMs: z.number().int() }),
   updatedAt: z.string().datetime(),
   mode: RegionMode,
+  modeSince: z.string().datetime(),
+  modeReason: z.string(),
+  modeHistory: z.array(ModeChange).openapi({ description: "Recent mode changes, oldest first." }),
   lagMs: z.number().int().openapi({
     description: "Age of the oldest status update not yet applied.",
   }),
   pending: z.number().int().openapi({
     description: "Status updates enqueued but not yet applied.",
   }),
+  deadLettered: z.number().int().openapi({
+    description: "Status updates whose message exhausted its retries (dead letters).",
+  }),
   total: z.number().int().openapi({ description: "Slots of all resources not gone." }),
   free: z.number().int().openapi({ description: "Slots that can be claimed now." }),
   claimed: z.number().int().openapi({ description: "Slots held by live leases." }),
 }).openapi("Region");
 export type RegionView = z.infer<typeof RegionView>;
+
+/** Most updates one status request may carry. */
+export const MAX_STATUS_UPDATES = 1000;
+
+export const StatusUpdate = z.strictObject({
+  resource: ResourceId,
+  seq: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).openapi({
+    description:
+      "Per-resource sequence number; an update not newer than the applied one is a no-op.",
+  }),
+  state: ResourceState,
+  slots: z.number().int().min(1).max(LIMITS.slots).optional(),
+  labels: Labels.optional(),
+  load: z.number().min(0).max(1e12).optional(),
+}).openapi("StatusUpdate");
+export type StatusUpdate = z.infer<typeof StatusUpdate>;
+
+export const StatusBatch = z.strictObject({
+  updates: z.array(StatusUpdate).min(1).max(MAX_STATUS_UPDATES),
+}).openapi("StatusBatch");
+export type StatusBatch = z.infer<typeof StatusBatch>;

@@ -1,16 +1,8 @@
 /** /v1/regions: configuration (admin) and health (any role). */
 import { createRoute, z } from "@hono/zod-openapi";
-import { readYourWrites } from "../lib/consistency.ts";
-import { describeRegion, getRegionConfig, listRegionConfigs, putRegion } from "../lib/regions.ts";
+import { describeRegion, listRegionConfigs, putRegion } from "../lib/regions.ts";
 import { ConsistencyToken, RegionInput, RegionName, RegionView } from "../lib/schemas.ts";
-import {
-  bearerSecurity,
-  caller,
-  commonProblems,
-  ConsistencyHeaders,
-  newRouter,
-  type RouteDeps,
-} from "./_shared.ts";
+import { bearerSecurity, caller, commonProblems, newRouter, type RouteDeps } from "./_shared.ts";
 
 const RegionParams = z.object({ region: RegionName });
 const RegionWritten = RegionView.extend({ consistencyToken: ConsistencyToken });
@@ -54,7 +46,7 @@ const getRoute = createRoute({
   tags: ["regions"],
   summary: "A region's configuration and health",
   security: bearerSecurity,
-  request: { params: RegionParams, headers: ConsistencyHeaders },
+  request: { params: RegionParams },
   responses: {
     200: { description: "The region", content: { "application/json": { schema: RegionView } } },
     ...commonProblems,
@@ -68,8 +60,8 @@ export function regionRoutes({ kv, clock }: RouteDeps) {
       const { region } = c.req.valid("param");
       caller(c, ["admin"], region);
       const input = RegionInput.parse(c.req.valid("json"));
-      const { config, created, consistencyToken } = await putRegion(kv, clock, region, input);
-      const view = { ...await describeRegion(kv, config), consistencyToken };
+      const { created, consistencyToken } = await putRegion(kv, clock, region, input);
+      const view = { ...await describeRegion(kv, clock, region), consistencyToken };
       return c.json(view, created ? 201 : 200);
     })
     .openapi(listRoute, async (c) => {
@@ -77,18 +69,15 @@ export function regionRoutes({ kv, clock }: RouteDeps) {
       const configs = (await listRegionConfigs(kv)).filter((config) =>
         principal.regions === null || principal.regions.has(config.name)
       );
-      const items = await Promise.all(configs.map((config) => describeRegion(kv, config)));
+      const items = await Promise.all(
+        configs.map((config) => describeRegion(kv, clock, config.name)),
+      );
       return c.json({ items }, 200);
     })
     .openapi(getRoute, async (c) => {
       const { region } = c.req.valid("param");
       caller(c, ["admin", "agent", "client"], region);
-      const token = c.req.valid("header")["allot-consistency-token"];
-      const { value, consistency } = await readYourWrites(kv, region, token, async (level) => {
-        const config = await getRegionConfig(kv, region, level);
-        return await describeRegion(kv, config.value, level);
-      });
-      c.header("Allot-Consistency", consistency);
-      return c.json(value, 200);
+      // Health evaluates the mode (a checked write), so it is always read strongly.
+      return c.json(await describeRegion(kv, clock, region), 200);
     });
 }

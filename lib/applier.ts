@@ -1,0 +1,180 @@
+/**
+ * The status consumer. Queue deliveries are buffered for a short window and applied
+ * together: many messages per atomic commit, split at Deno KV's limits, each message
+ * all-or-nothing whenever its updates fit one commit (ingest sizes them so they do).
+ * The buffer is only a batching device: every commit checks what it read, so several
+ * isolates consuming at once cannot corrupt state.
+ */
+import { AtomicPlan } from "./atomic.ts";
+import type { Clock } from "./clock.ts";
+import { evaluateMode } from "./fallback.ts";
+import type { StatusBatchMessage } from "./queue.ts";
+import { loseLeases } from "./resources.ts";
+import { planApply } from "./status.ts";
+
+/** Test-only fault injection; production code never constructs one. */
+export interface StatusFaults {
+  /** Runs before each commit with the regions it touches: throw to fail it, await to delay it. */
+  beforeCommit?(regions: ReadonlySet<string>): void | Promise<void>;
+}
+
+/** Counters for metrics and the bench. */
+export interface ApplyStats {
+  commits: number;
+  updates: number;
+  messages: number;
+  conflicts: number;
+}
+
+export interface ApplierOptions {
+  /** How long deliveries are gathered before a flush (ms). */
+  windowMs?: number;
+  /** Most messages planned into one commit before splitting. */
+  maxMessagesPerCommit?: number;
+  faults?: StatusFaults;
+}
+
+interface Waiting {
+  message: StatusBatchMessage;
+  resolve: () => void;
+  reject: (error: unknown) => void;
+}
+
+const MAX_CONFLICT_RETRIES = 10;
+
+/** Applies status messages in coalesced, checked commits. */
+export class StatusApplier {
+  readonly stats: ApplyStats = { commits: 0, updates: 0, messages: 0, conflicts: 0 };
+  #buffer: Waiting[] = [];
+  #timer: ReturnType<typeof setTimeout> | null = null;
+  #flushing: Promise<void> = Promise.resolve();
+  readonly #windowMs: number;
+  readonly #maxPerCommit: number;
+  readonly #faults: StatusFaults;
+
+  constructor(
+    private readonly kv: Deno.Kv,
+    private readonly clock: Clock,
+    options: ApplierOptions = {},
+  ) {
+    this.#windowMs = options.windowMs ?? 5;
+    this.#maxPerCommit = options.maxMessagesPerCommit ?? 64;
+    this.#faults = options.faults ?? {};
+  }
+
+  /** Buffers one delivery; resolves once its updates are committed (rejects: redeliver it). */
+  submit(message: StatusBatchMessage): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.#buffer.push({ message, resolve, reject });
+      if (this.#buffer.length >= this.#maxPerCommit) this.#flushSoon(0);
+      else this.#flushSoon(this.#windowMs);
+    });
+  }
+
+  #flushSoon(delay: number): void {
+    if (this.#timer !== null) {
+      if (delay > 0) return;
+      clearTimeout(this.#timer);
+    }
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      const batch = this.#buffer.splice(0);
+      // One flush at a time in this isolate: concurrent flushes would only conflict.
+      this.#flushing = this.#flushing.then(() => this.#flush(batch));
+    }, delay);
+  }
+
+  async #flush(batch: Waiting[]): Promise<void> {
+    const outcomes = await this.apply(batch.map((w) => w.message));
+    batch.forEach((waiting, i) => {
+      const error = outcomes[i];
+      if (error === null) waiting.resolve();
+      else waiting.reject(error);
+    });
+  }
+
+  /**
+   * Applies messages now, in as few commits as the limits allow. Returns, per
+   * message, null when committed or the error that stopped its commit.
+   */
+  async apply(messages: readonly StatusBatchMessage[]): Promise<(unknown | null)[]> {
+    const outcomes: (unknown | null)[] = messages.map(() => null);
+    const order = messages.map((_m, i) => i)
+      .sort((a, b) => messages[a].enqueuedAt - messages[b].enqueuedAt);
+    let start = 0;
+    let take = Math.min(this.#maxPerCommit, order.length);
+    while (start < order.length) {
+      const indexes = order.slice(start, start + take);
+      const group = indexes.map((i) => messages[i]);
+      try {
+        const fitted = await this.#commitGroup(group);
+        if (!fitted) {
+          if (take > 1) {
+            take = Math.ceil(take / 2);
+            continue;
+          }
+          await this.#commitOversized(group[0]);
+        }
+      } catch (error) {
+        for (const i of indexes) outcomes[i] = error;
+      }
+      start += indexes.length;
+      take = Math.min(this.#maxPerCommit, order.length - start);
+    }
+    return outcomes;
+  }
+
+  /** Plans and commits one group; false when it does not fit one atomic. */
+  async #commitGroup(group: readonly StatusBatchMessage[], bookkeep = true): Promise<boolean> {
+    for (let attempt = 0; attempt <= MAX_CONFLICT_RETRIES; attempt++) {
+      const plan = new AtomicPlan();
+      const planned = await planApply(this.kv, this.clock, plan, group, bookkeep);
+      if (!plan.fits()) return false;
+      if (plan.mutations === 0) return true;
+      await this.#faults.beforeCommit?.(planned.regions);
+      const res = await plan.commit(this.kv);
+      if (!res.ok) {
+        this.stats.conflicts++;
+        continue;
+      }
+      this.stats.commits++;
+      this.stats.updates += planned.applied;
+      this.stats.messages += planned.completed;
+      await this.#afterCommit(planned.regions, planned.gone);
+      return true;
+    }
+    throw new Error(`status apply: ${MAX_CONFLICT_RETRIES} conflicting commits in a row`);
+  }
+
+  /**
+   * A message too large for one atomic is applied a resource at a time (seq-guarded,
+   * so a redelivery after a partial apply converges) and completed last.
+   */
+  async #commitOversized(message: StatusBatchMessage): Promise<void> {
+    for (const update of message.updates) {
+      const part = { ...message, updates: [update] };
+      if (!await this.#commitGroup([part], false)) {
+        throw new Error(`status apply: update for "${update.resource}" exceeds one atomic`);
+      }
+    }
+    await this.#commitGroup([{ ...message, updates: [] }]);
+  }
+
+  async #afterCommit(
+    regions: ReadonlySet<string>,
+    gone: ReadonlyArray<{ region: string; id: string }>,
+  ): Promise<void> {
+    for (const { region, id } of gone) {
+      await loseLeases(this.kv, this.clock, region, id, "resource gone").catch(logFailure);
+    }
+    for (const region of regions) {
+      await evaluateMode(this.kv, this.clock, region).catch(logFailure);
+    }
+  }
+}
+
+function logFailure(error: unknown): void {
+  console.error(
+    JSON.stringify({ level: "warn", msg: "after-apply step failed", error: String(error) }),
+  );
+}
