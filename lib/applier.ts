@@ -5,7 +5,7 @@
  * The buffer is only a batching device: every commit checks what it read, so several
  * isolates consuming at once cannot corrupt state.
  */
-import { AtomicPlan } from "./atomic.ts";
+import { ATOMIC_LIMITS, AtomicPlan } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { evaluateMode } from "./fallback.ts";
 import type { StatusBatchMessage } from "./queue.ts";
@@ -21,7 +21,10 @@ export interface StatusFaults {
 /** Counters for metrics and the bench. */
 export interface ApplyStats {
   commits: number;
+  /** Updates of completed messages. */
   updates: number;
+  /** Updates that changed something (the rest were duplicates or superseded). */
+  effective: number;
   messages: number;
   conflicts: number;
 }
@@ -44,7 +47,13 @@ const MAX_CONFLICT_RETRIES = 10;
 
 /** Applies status messages in coalesced, checked commits. */
 export class StatusApplier {
-  readonly stats: ApplyStats = { commits: 0, updates: 0, messages: 0, conflicts: 0 };
+  readonly stats: ApplyStats = {
+    commits: 0,
+    updates: 0,
+    effective: 0,
+    messages: 0,
+    conflicts: 0,
+  };
   #buffer: Waiting[] = [];
   #timer: ReturnType<typeof setTimeout> | null = null;
   #flushing: Promise<void> = Promise.resolve();
@@ -102,7 +111,7 @@ export class StatusApplier {
     const order = messages.map((_m, i) => i)
       .sort((a, b) => messages[a].enqueuedAt - messages[b].enqueuedAt);
     let start = 0;
-    let take = Math.min(this.#maxPerCommit, order.length);
+    let take = this.#firstGuess(order.map((i) => messages[i]));
     while (start < order.length) {
       const indexes = order.slice(start, start + take);
       const group = indexes.map((i) => messages[i]);
@@ -119,9 +128,21 @@ export class StatusApplier {
         for (const i of indexes) outcomes[i] = error;
       }
       start += indexes.length;
-      take = Math.min(this.#maxPerCommit, order.length - start);
+      take = this.#firstGuess(order.slice(start).map((i) => messages[i]));
     }
     return outcomes;
+  }
+
+  /** How many messages to plan together: each update costs at least one check, plus one a message. */
+  #firstGuess(queue: readonly StatusBatchMessage[]): number {
+    let checks = 0;
+    let take = 0;
+    for (const message of queue.slice(0, this.#maxPerCommit)) {
+      checks += message.updates.length + 1;
+      if (take > 0 && checks > ATOMIC_LIMITS.checks) break;
+      take++;
+    }
+    return take;
   }
 
   /** Plans and commits one group; false when it does not fit one atomic. */
@@ -138,7 +159,8 @@ export class StatusApplier {
         continue;
       }
       this.stats.commits++;
-      this.stats.updates += planned.applied;
+      this.stats.updates += planned.processed;
+      this.stats.effective += planned.effective;
       this.stats.messages += planned.completed;
       await this.#afterCommit(planned.regions, planned.gone);
       return true;

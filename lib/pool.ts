@@ -6,7 +6,7 @@
  * A claim consumes a free entry (checking it) and writes the held slot. Ending a
  * lease deletes the held slot and recreates the free entry only if the spec (which
  * it checks) allows it. A spec change rewrites free entries, checking every slot
- * entry whose claimability it changes. So each of these writes checks exactly
+ * entry whose free entry it removes or rewrites. So each of these writes checks exactly
  * what the invariant depends on, and a race costs a retry, never a double allocation.
  */
 import type { AtomicWriter } from "./atomic.ts";
@@ -80,8 +80,12 @@ export function stageSpecChange(
     if (!was && !now) continue;
     if (was && now && !relabelled) continue;
     const heldEntry = held.get(slot);
-    op.check(heldEntry ?? { key: keys.slot(region, id, slot), versionstamp: null });
-    checks++;
+    // A slot that only now becomes claimable needs no check: without a free entry no
+    // claim can take it, and ending its lease checks the spec this change rewrites.
+    if (was) {
+      op.check(heldEntry ?? { key: keys.slot(region, id, slot), versionstamp: null });
+      checks++;
+    }
     if (heldEntry) continue;
     if (now) {
       op.set(keys.free(region, id, slot), { labels: after!.labels } satisfies FreeSlot);

@@ -10,10 +10,16 @@ import type { Resource, ResourceInput } from "./schemas.ts";
 
 /** Telemetry from the status pipeline, kept apart from the spec so load reports never conflict with claims. */
 export interface Telemetry {
+  /** Highest status seq applied. */
   seq: number;
   load: number | null;
   at: number;
+  /** Seq of the update each field's value came from (per-field last-writer-wins). */
+  fieldSeq: FieldSeq;
 }
+
+/** Fields a status update may carry, each ordered by its own seq. */
+export type FieldSeq = Record<"state" | "slots" | "labels" | "load", number>;
 
 function resourceView(
   region: string,

@@ -13,11 +13,15 @@ import type { PendingMessage } from "./lag.ts";
 import { readHeldSlots, type ResourceSpec, stageSpecChange } from "./pool.ts";
 import type { StatusBatchMessage } from "./queue.ts";
 import { getRegionConfig } from "./regions.ts";
-import type { Telemetry } from "./resources.ts";
+import type { FieldSeq, Telemetry } from "./resources.ts";
 import type { StatusUpdate } from "./schemas.ts";
 
-/** Updates per queue message: small enough that a message's apply fits one atomic. */
-export const UPDATES_PER_MESSAGE = 25;
+/**
+ * Updates per queue message, so that a message's apply fits one atomic (at most 100
+ * checks): a load report costs one check, registering a resource two, plus one for
+ * the message's own bookkeeping.
+ */
+export const UPDATES_PER_MESSAGE = 48;
 /** Bytes of updates per queue message (Deno KV caps a message at 64 KiB). */
 const MESSAGE_BYTES = 48 * 1024;
 /** Ingest refuses new batches while this many updates of a region wait (bounded backlog). */
@@ -56,7 +60,7 @@ export async function ingestStatus(
   clock: Clock,
   region: string,
   updates: readonly StatusUpdate[],
-): Promise<{ accepted: number; messages: number; consistencyToken: string }> {
+): Promise<{ accepted: number; messages: StatusBatchMessage[]; consistencyToken: string }> {
   await getRegionConfig(kv, region);
   const [enqueued, applied, dead] = (await kv.getMany([
     keys.counter(region, "enqueued"),
@@ -72,61 +76,110 @@ export async function ingestStatus(
     );
   }
   const enqueuedAt = clock.now();
-  const chunks = chunkUpdates(updates);
+  const messages = chunkUpdates(updates).map((chunk): StatusBatchMessage => ({
+    type: "status.batch",
+    id: ulid(),
+    region,
+    enqueuedAt,
+    updates: chunk,
+  }));
   const op = kv.atomic();
-  for (const chunk of chunks) {
-    const message: StatusBatchMessage = {
-      type: "status.batch",
-      id: ulid(),
-      region,
-      enqueuedAt,
-      updates: chunk,
-    };
+  for (const message of messages) {
     op.enqueue(message, {
       keysIfUndelivered: [keys.deadLetter(region, message.id)],
       backoffSchedule: STATUS_BACKOFF_MS,
     });
     op.set(
       keys.pending(region, enqueuedAt, message.id),
-      { count: chunk.length } satisfies PendingMessage,
+      { count: message.updates.length } satisfies PendingMessage,
     );
   }
   addCounter(op, region, "enqueued", updates.length);
   markWrite(op, region);
   const res = await op.commit();
   if (!res.ok) throw new UnavailableError(`Cannot accept status for region "${region}": retry`);
-  return { accepted: updates.length, messages: chunks.length, consistencyToken: res.versionstamp };
+  return { accepted: updates.length, messages, consistencyToken: res.versionstamp };
 }
 
-/** The spec a resource ends with after `updates` (in seq order) are applied to `spec`. */
-export function foldUpdates(
+/** A resource's fields after a set of updates, and the updates that supplied them. */
+export interface Merged {
+  spec: ResourceSpec;
+  telemetry: Telemetry;
+  /** Updates that supplied at least one field (the rest were no-ops). */
+  used: number;
+}
+
+/**
+ * Merges updates into a resource per field, last writer (highest seq) wins: a field
+ * takes the value of the highest-seq update that carries it, if that seq is newer
+ * than the one the field's current value came from. Commutative and idempotent, so
+ * duplicated and reordered deliveries end in the state an in-order delivery gives.
+ * Null when no update is newer for any field.
+ */
+export function mergeUpdates(
   id: string,
   spec: ResourceSpec | null,
+  telemetry: Telemetry | null,
   updates: readonly StatusUpdate[],
   now: number,
-): ResourceSpec {
-  let next: ResourceSpec = spec ?? { id, slots: 1, labels: {}, state: "ready", updatedAt: now };
-  for (const u of updates) {
-    next = {
-      ...next,
-      state: u.state,
-      slots: u.slots ?? next.slots,
-      labels: u.labels ?? next.labels,
-    };
-  }
-  return { ...next, updatedAt: now };
+): Merged | null {
+  const fieldSeq: FieldSeq = telemetry?.fieldSeq ?? { state: 0, slots: 0, labels: 0, load: 0 };
+  const used = new Set<StatusUpdate>();
+  const newest = <F extends keyof FieldSeq>(field: F): StatusUpdate | null => {
+    let best: StatusUpdate | null = null;
+    for (const u of updates) {
+      if (u[field] === undefined || u.seq <= fieldSeq[field]) continue;
+      // Equal seqs with different values (an agent bug) still resolve the same way in any order.
+      if (
+        best === null || u.seq > best.seq ||
+        (u.seq === best.seq && JSON.stringify(u) > JSON.stringify(best))
+      ) best = u;
+    }
+    if (best) used.add(best);
+    return best;
+  };
+  const state = newest("state");
+  const slots = newest("slots");
+  const labels = newest("labels");
+  const load = newest("load");
+  if (used.size === 0) return null;
+  const base = spec ?? { id, slots: 1, labels: {}, state: "ready" as const, updatedAt: now };
+  return {
+    spec: {
+      id,
+      state: state?.state ?? base.state,
+      slots: slots?.slots ?? base.slots,
+      labels: labels?.labels ?? base.labels,
+      updatedAt: now,
+    },
+    telemetry: {
+      seq: Math.max(telemetry?.seq ?? 0, ...[...used].map((u) => u.seq)),
+      load: load?.load ?? telemetry?.load ?? null,
+      at: now,
+      fieldSeq: {
+        state: state?.seq ?? fieldSeq.state,
+        slots: slots?.seq ?? fieldSeq.slots,
+        labels: labels?.seq ?? fieldSeq.labels,
+        load: load?.seq ?? fieldSeq.load,
+      },
+    },
+    used: used.size,
+  };
 }
 
 function specChanged(before: ResourceSpec | null, after: ResourceSpec): boolean {
-  if (before === null) return after.state !== "gone";
+  // A first report creates the spec even when it says gone: a later, older "ready" must not revive it.
+  if (before === null) return true;
   return before.state !== after.state || before.slots !== after.slots ||
     JSON.stringify(before.labels) !== JSON.stringify(after.labels);
 }
 
 /** What planning a group of messages produced. */
 export interface PlannedApply {
-  /** Updates newer than what was applied (the rest were no-ops). */
-  applied: number;
+  /** Updates that supplied a field (the rest were superseded or already applied). */
+  effective: number;
+  /** Updates of the messages this plan completes. */
+  processed: number;
   /** Messages whose bookkeeping is in this plan. */
   completed: number;
   regions: Set<string>;
@@ -148,7 +201,13 @@ export async function planApply(
   bookkeep = true,
 ): Promise<PlannedApply> {
   const now = clock.now();
-  const result: PlannedApply = { applied: 0, completed: 0, regions: new Set(), gone: [] };
+  const result: PlannedApply = {
+    effective: 0,
+    processed: 0,
+    completed: 0,
+    regions: new Set(),
+    gone: [],
+  };
   const unique = [...new Map(messages.map((m) => [m.id, m])).values()];
   const pending = await getAll<PendingMessage>(
     kv,
@@ -176,27 +235,16 @@ export async function planApply(
   await Promise.all(groups.map(async (group, i) => {
     const spec = entries[2 * i] as Deno.KvEntryMaybe<ResourceSpec>;
     const telemetry = entries[2 * i + 1] as Deno.KvEntryMaybe<Telemetry>;
-    const appliedSeq = telemetry.value?.seq ?? 0;
-    const fresh = group.updates.filter((u) => u.seq > appliedSeq).sort((a, b) => a.seq - b.seq);
-    if (fresh.length === 0) return;
-    const last = fresh[fresh.length - 1];
-    const loads = fresh.filter((u) => u.load !== undefined);
+    const merged = mergeUpdates(group.id, spec.value, telemetry.value, group.updates, now);
+    if (merged === null) return;
     plan.check(telemetry);
-    plan.set(
-      keys.telemetry(group.region, group.id),
-      {
-        seq: last.seq,
-        load: loads.length > 0 ? loads[loads.length - 1].load! : telemetry.value?.load ?? null,
-        at: now,
-      } satisfies Telemetry,
-    );
-    const next = foldUpdates(group.id, spec.value, fresh, now);
-    if (specChanged(spec.value, next)) {
+    plan.set(keys.telemetry(group.region, group.id), merged.telemetry);
+    if (specChanged(spec.value, merged.spec)) {
       const held = await readHeldSlots(kv, group.region, group.id);
-      stageSpecChange(plan, group.region, spec, next, held);
-      if (next.state === "gone") result.gone.push({ region: group.region, id: group.id });
+      stageSpecChange(plan, group.region, spec, merged.spec, held);
+      if (merged.spec.state === "gone") result.gone.push({ region: group.region, id: group.id });
     }
-    result.applied += new Set(fresh.map((u) => u.seq)).size;
+    result.effective += merged.used;
     result.regions.add(group.region);
   }));
   if (bookkeep) {
@@ -204,6 +252,7 @@ export async function planApply(
       plan.check(pending);
       plan.delete(pending.key);
       addCounter(plan, message.region, "applied", pending.value!.count);
+      result.processed += pending.value!.count;
       result.regions.add(message.region);
       result.completed++;
     }

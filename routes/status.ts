@@ -44,8 +44,13 @@ export function statusRoutes({ kv, clock }: RouteDeps) {
   return newRouter().openapi(postRoute, async (c) => {
     const { region } = c.req.valid("param");
     caller(c, ["agent", "admin"], region);
-    const result = await ingestStatus(kv, clock, region, c.req.valid("json").updates);
-    c.header("Allot-Consistency-Token", result.consistencyToken);
-    return c.json(result, 202);
+    const { accepted, messages, consistencyToken } = await ingestStatus(
+      kv,
+      clock,
+      region,
+      c.req.valid("json").updates,
+    );
+    c.header("Allot-Consistency-Token", consistencyToken);
+    return c.json({ accepted, messages: messages.length, consistencyToken }, 202);
   });
 }

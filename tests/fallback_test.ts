@@ -1,0 +1,214 @@
+import assert from "node:assert/strict";
+import { StatusApplier } from "../lib/applier.ts";
+import type { StatusBatchMessage } from "../lib/queue.ts";
+import { ingestStatus } from "../lib/status.ts";
+import { claim, makeApp, type TestApp, TOKENS } from "./_helpers.ts";
+
+const LAG = { enterMs: 2000, exitMs: 500 };
+
+/** fra (the backup) and iad (backed up by fra), each with `count` single-slot resources. */
+async function twoRegions(t: TestApp, count = 5): Promise<void> {
+  await t.request("PUT", "/v1/regions/fra", { body: { lag: LAG } });
+  await t.request("PUT", "/v1/regions/iad", { body: { backup: "fra", lag: LAG } });
+  for (const region of ["iad", "fra"]) {
+    for (let i = 0; i < count; i++) {
+      const res = await t.request("PUT", `/v1/regions/${region}/resources/${region}-${i}`, {
+        body: {},
+      });
+      assert.equal(res.status, 201);
+    }
+  }
+}
+
+/** Enqueues one status update for a region without applying it: lag starts now. */
+async function stall(t: TestApp, region: string, seq = 1): Promise<StatusBatchMessage[]> {
+  const update = { resource: `${region}-0`, seq, state: "ready" as const };
+  return (await ingestStatus(t.kv, t.clock, region, [update])).messages;
+}
+
+const health = async (t: TestApp, region: string) =>
+  (await t.request("GET", `/v1/regions/${region}`)).body;
+
+Deno.test("lag above enterMs switches a region to its backup; below exitMs it returns", async (t) => {
+  await using app = await makeApp();
+  await twoRegions(app);
+  const before = await claim(app, "iad", { holder: "early", leaseMs: 600_000 });
+  assert.equal(before.body.servedBy, "iad");
+
+  const pending = await stall(app, "iad");
+  app.clock.advance(LAG.enterMs);
+  assert.equal((await health(app, "iad")).mode, "primary", "at enterMs exactly: not yet");
+  app.clock.advance(1);
+
+  await t.step("one evaluation past enterMs enters fallback", async () => {
+    const h = await health(app, "iad");
+    assert.equal(h.mode, "fallback");
+    assert.equal(h.lagMs, LAG.enterMs + 1);
+    assert.equal(h.modeHistory.length, 1);
+    assert.match(h.modeHistory[0].reason, /enterMs/);
+  });
+
+  await t.step("new claims are served from the backup's pool, and say so", async () => {
+    const res = await claim(app, "iad", { holder: "during" });
+    assert.equal(res.status, 201);
+    assert.equal(res.body.region, "iad");
+    assert.equal(res.body.servedBy, "fra");
+    assert.equal(res.body.mode, "fallback");
+    assert.match(res.body.resource, /^fra-/);
+    assert.equal(res.headers.get("allot-served-by"), "fra");
+    const read = await app.request("GET", `/v1/claims/${res.body.id}`, { token: TOKENS.client });
+    assert.equal(read.body.servedBy, "fra");
+    assert.equal((await health(app, "fra")).claimed, 1);
+  });
+
+  await t.step("leases in the lagging region are untouched", async () => {
+    const renewed = await app.request("POST", `/v1/claims/${before.body.id}/renew`, {
+      token: TOKENS.client,
+      body: {},
+      headers: { "allot-claim-secret": before.body.secret },
+    });
+    assert.equal(renewed.status, 200);
+    assert.equal((await health(app, "iad")).claimed, 1);
+  });
+
+  await t.step("once applied, lag falls below exitMs and the region is primary again", async () => {
+    await new StatusApplier(app.kv, app.clock).apply(pending);
+    const h = await health(app, "iad");
+    assert.equal(h.mode, "primary");
+    assert.equal(h.lagMs, 0);
+    assert.deepEqual(h.modeHistory.map((c: { to: string }) => c.to), ["fallback", "primary"]);
+    const res = await claim(app, "iad", { holder: "after" });
+    assert.equal(res.body.servedBy, "iad");
+  });
+});
+
+/**
+ * Keeps a region's lag between 800 and 1600 ms for `cycles` evaluations: two messages
+ * staggered by 800 ms, the older applied after each evaluation.
+ */
+async function oscillate(app: TestApp, region: string, cycles: number): Promise<number[]> {
+  const applier = new StatusApplier(app.kv, app.clock);
+  const seen: number[] = [];
+  let seq = 100;
+  let older = await stall(app, region, seq++);
+  app.clock.advance(800);
+  for (let i = 0; i < cycles; i++) {
+    const newer = await stall(app, region, seq++);
+    app.clock.advance(800);
+    seen.push((await health(app, region)).lagMs);
+    await applier.apply(older);
+    seen.push((await health(app, region)).lagMs);
+    older = newer;
+  }
+  return seen;
+}
+
+Deno.test("lag oscillating between exitMs and enterMs never flaps the mode", async (t) => {
+  await t.step("from primary: 60 cycles, no change", async () => {
+    await using app = await makeApp();
+    await twoRegions(app);
+    const lags = await oscillate(app, "iad", 60);
+    assert.ok(lags.every((l) => l > LAG.exitMs && l <= LAG.enterMs), `lags ${lags}`);
+    const h = await health(app, "iad");
+    assert.equal(h.mode, "primary");
+    assert.deepEqual(h.modeHistory, []);
+  });
+  await t.step("from fallback: 60 cycles, no change", async () => {
+    await using app = await makeApp();
+    await twoRegions(app);
+    const first = await stall(app, "iad", 1);
+    app.clock.advance(LAG.enterMs + 500);
+    assert.equal((await health(app, "iad")).mode, "fallback");
+    const lags = await oscillate(app, "iad", 60);
+    await new StatusApplier(app.kv, app.clock).apply(first);
+    assert.ok(lags.every((l) => l > LAG.exitMs), `lags ${lags}`);
+    const h = await health(app, "iad");
+    assert.equal(h.mode, "fallback");
+    assert.equal(h.modeHistory.length, 1);
+  });
+});
+
+Deno.test("fallback is refused when the backup lags or is exhausted, and the answer says who served", async (t) => {
+  await t.step("backup exhausted: the region stays primary and serves, stale", async () => {
+    await using app = await makeApp();
+    await twoRegions(app, 2);
+    for (let i = 0; i < 2; i++) assert.equal((await claim(app, "fra")).status, 201);
+    await stall(app, "iad");
+    app.clock.advance(3000);
+    assert.equal((await health(app, "iad")).mode, "primary");
+    const res = await claim(app, "iad");
+    assert.equal(res.status, 201);
+    assert.equal(res.body.servedBy, "iad");
+    assert.equal(res.body.lagMs, 3000, "the answer says how stale its pool view was");
+  });
+  await t.step("backup lagging too: no fallback", async () => {
+    await using app = await makeApp();
+    await twoRegions(app);
+    await stall(app, "fra");
+    await stall(app, "iad");
+    app.clock.advance(3000);
+    assert.equal((await health(app, "iad")).mode, "primary");
+    assert.equal((await claim(app, "iad")).body.servedBy, "iad");
+  });
+  await t.step("in fallback, a backup that runs out hands claims back to the region", async () => {
+    await using app = await makeApp();
+    await twoRegions(app, 2);
+    await stall(app, "iad");
+    app.clock.advance(3000);
+    assert.equal((await health(app, "iad")).mode, "fallback");
+    assert.equal((await claim(app, "iad")).body.servedBy, "fra");
+    assert.equal((await claim(app, "iad")).body.servedBy, "fra");
+    const third = await claim(app, "iad");
+    assert.equal(third.status, 201);
+    assert.equal(third.body.servedBy, "iad");
+    assert.equal(third.body.mode, "fallback");
+    assert.match(third.body.note, /fallback refused .*no free slot/);
+  });
+});
+
+Deno.test("200 concurrent claims through two app instances during repeated switchovers never double-allocate", async () => {
+  const kv = await Deno.openKv(":memory:");
+  await using one = await makeApp({ kv });
+  await using two = await makeApp({ kv, clock: one.clock });
+  await twoRegions(one, 150);
+  const applier = new StatusApplier(kv, one.clock);
+  const pendingWaves: StatusBatchMessage[][] = [];
+  const grants: Array<{ servedBy: string; resource: string; slot: number }> = [];
+  let seq = 1;
+  let statuses: number[] = [];
+  for (let wave = 0; wave < 10; wave++) {
+    const flip = (async () => {
+      if (wave % 2 === 0) {
+        const messages = await stall(one, "iad", seq++);
+        one.clock.advance(2500);
+        await one.request("GET", "/v1/regions/iad");
+        pendingWaves.push(messages);
+      } else {
+        await applier.apply(pendingWaves.splice(0).flat());
+      }
+    })();
+    const results = await Promise.all([
+      ...Array.from(
+        { length: 20 },
+        (_, i) => claim(i % 2 ? one : two, "iad", { holder: `w${wave}-${i}` }),
+      ),
+      flip.then(() => null),
+    ]);
+    for (const res of results) {
+      if (res === null) continue;
+      statuses.push(res.status);
+      if (res.status === 201) grants.push(res.body);
+    }
+  }
+  statuses = [...new Set(statuses)];
+  assert.deepEqual(statuses, [201], "300 slots: every one of the 200 claims is served");
+  const slots = grants.map((g) => `${g.servedBy}/${g.resource}/${g.slot}`);
+  assert.equal(new Set(slots).size, slots.length, "no slot granted twice");
+  const served = new Set(grants.map((g) => g.servedBy));
+  assert.deepEqual([...served].sort(), ["fra", "iad"], "both pools served during the run");
+  const iad = await health(one, "iad");
+  const fra = await health(one, "fra");
+  assert.equal(iad.claimed + fra.claimed, grants.length);
+  assert.equal(iad.free + fra.free, 300 - grants.length);
+  kv.close();
+});

@@ -1,0 +1,323 @@
+import assert from "node:assert/strict";
+import { StatusApplier } from "../lib/applier.ts";
+import { handleQueueMessage, type StatusBatchMessage } from "../lib/queue.ts";
+import { ingestStatus } from "../lib/status.ts";
+import type { StatusUpdate } from "../lib/schemas.ts";
+import { keys } from "../lib/keys.ts";
+import { claim, makeApp, type TestApp, TOKENS } from "./_helpers.ts";
+
+/** The observable state of a region: its resources (minus timestamps) and pool figures. */
+async function observe(t: TestApp, region: string) {
+  const resources = await t.request("GET", `/v1/regions/${region}/resources?limit=1000`);
+  const health = await t.request("GET", `/v1/regions/${region}`);
+  // deno-lint-ignore no-explicit-any
+  const items = resources.body.items.map(({ updatedAt: _u, ...rest }: any) => rest);
+  const { total, free, claimed, pending, lagMs } = health.body;
+  return { items, total, free, claimed, pending, lagMs };
+}
+
+/** Three batches touching overlapping resources with partial fields, as an agent might send. */
+const BATCHES: StatusUpdate[][] = [
+  [
+    { resource: "a", seq: 1, state: "ready", slots: 2, labels: { gpu: "a100" } },
+    { resource: "b", seq: 1, state: "ready" },
+    { resource: "c", seq: 5, state: "gone" },
+  ],
+  [
+    { resource: "a", seq: 2, state: "draining", load: 0.4 },
+    { resource: "b", seq: 2, state: "ready", labels: { zone: "x" }, slots: 3 },
+    { resource: "c", seq: 4, state: "ready" },
+    { resource: "d", seq: 1, state: "draining", slots: 4 },
+  ],
+  [
+    { resource: "a", seq: 3, state: "ready", load: 0.9 },
+    { resource: "b", seq: 3, state: "ready", slots: 1 },
+    { resource: "d", seq: 2, state: "ready" },
+  ],
+];
+
+async function ingestAll(t: TestApp, region: string): Promise<StatusBatchMessage[]> {
+  await t.request("PUT", `/v1/regions/${region}`, { body: {} });
+  const messages: StatusBatchMessage[] = [];
+  for (const batch of BATCHES) {
+    messages.push(...(await ingestStatus(t.kv, t.clock, region, batch)).messages);
+  }
+  return messages;
+}
+
+function shuffle<T>(items: T[], seed: number): T[] {
+  const out = [...items];
+  let s = seed;
+  for (let i = out.length - 1; i > 0; i--) {
+    s = (s * 1103515245 + 12345) % 2 ** 31;
+    const j = s % (i + 1);
+    [out[i], out[j]] = [out[j], out[i]];
+  }
+  return out;
+}
+
+Deno.test("status apply: duplicated and reordered deliveries end in the in-order state", async (t) => {
+  await using reference = await makeApp();
+  const inOrder = await ingestAll(reference, "iad");
+  const applier = new StatusApplier(reference.kv, reference.clock);
+  for (const message of inOrder) assert.deepEqual(await applier.apply([message]), [null]);
+  const expected = await observe(reference, "iad");
+  assert.equal(expected.pending, 0);
+  const c = expected.items.find((r: { id: string }) => r.id === "c");
+  assert.equal(c.state, "gone", "c's first report (seq 5) was gone; its older ready is a no-op");
+  assert.deepEqual(expected.items.find((r: { id: string }) => r.id === "a"), {
+    id: "a",
+    region: "iad",
+    slots: 2,
+    labels: { gpu: "a100" },
+    state: "ready",
+    seq: 3,
+    load: 0.9,
+    claimed: 0,
+  });
+
+  for (const seed of [1, 2, 3, 4, 5, 6, 7, 8]) {
+    await t.step(`permutation with duplicates, seed ${seed}`, async () => {
+      await using other = await makeApp();
+      const messages = await ingestAll(other, "iad");
+      const deliveries = shuffle(
+        [...messages, ...messages, messages[seed % messages.length]],
+        seed,
+      );
+      const consumer = new StatusApplier(other.kv, other.clock, {
+        maxMessagesPerCommit: 1 + (seed % 3),
+      });
+      // Some one by one, some in coalesced groups, like concurrent queue deliveries.
+      const half = Math.floor(deliveries.length / 2);
+      for (const message of deliveries.slice(0, half)) await consumer.apply([message]);
+      await consumer.apply(deliveries.slice(half));
+      assert.deepEqual(await observe(other, "iad"), expected);
+    });
+  }
+});
+
+Deno.test("status apply: a commit that fails midway is redelivered and nothing partial is visible", async () => {
+  await using reference = await makeApp();
+  const refMessages = await ingestAll(reference, "iad");
+  await new StatusApplier(reference.kv, reference.clock).apply(refMessages);
+  const expected = await observe(reference, "iad");
+
+  await using t = await makeApp();
+  const messages = await ingestAll(t, "iad");
+  let commits = 0;
+  const applier = new StatusApplier(t.kv, t.clock, {
+    maxMessagesPerCommit: 1,
+    faults: {
+      beforeCommit() {
+        if (++commits === 2) throw new Error("injected: consumer crashed before its second commit");
+      },
+    },
+  });
+  const outcomes = await applier.apply(messages);
+  assert.equal(outcomes[0], null);
+  assert.match(String(outcomes[1]), /injected/);
+  assert.equal(outcomes[2], null, "later messages are not held hostage by a failed one");
+
+  const between = await observe(t, "iad");
+  const byId = (id: string) => between.items.find((r: { id: string }) => r.id === id);
+  assert.equal(byId("a").load, 0.9, "message 3 applied");
+  assert.equal(byId("a").slots, 2);
+  assert.deepEqual(byId("b").labels, {}, "message 2's labels for b are not visible");
+  assert.equal(byId("c").state, "gone", "message 2's older ready for c is not visible either");
+  assert.equal(byId("d").slots, 1, "d registered by message 3, without message 2's slots");
+  assert.equal(
+    between.pending,
+    messages[1].updates.length,
+    "the failed message still counts as pending",
+  );
+
+  // The queue redelivers the failed message (and perhaps the others again).
+  assert.deepEqual(await applier.apply(messages), [null, null, null]);
+  assert.deepEqual(await observe(t, "iad"), expected);
+});
+
+Deno.test("status apply coalesces many messages into few commits, split at Deno KV's limits", async () => {
+  await using t = await makeApp();
+  await t.request("PUT", "/v1/regions/iad", { body: {} });
+  const ids = Array.from({ length: 400 }, (_, i) => `r-${i}`);
+  const batch = (seq: number) =>
+    ids.map((resource, i): StatusUpdate => ({ resource, seq, state: "ready", load: seq * i }));
+  const registration = new StatusApplier(t.kv, t.clock);
+  const first = (await ingestStatus(t.kv, t.clock, "iad", batch(1))).messages;
+  assert.ok((await registration.apply(first)).every((o) => o === null));
+  assert.equal(registration.stats.updates, 400);
+
+  // Steady state: load reports on known resources, several batches in flight at once.
+  const messages: StatusBatchMessage[] = [];
+  for (let seq = 2; seq <= 6; seq++) {
+    messages.push(...(await ingestStatus(t.kv, t.clock, "iad", batch(seq))).messages);
+  }
+  const applier = new StatusApplier(t.kv, t.clock);
+  const outcomes = await applier.apply(shuffle(messages, 7));
+  assert.ok(outcomes.every((o) => o === null));
+  assert.equal(applier.stats.messages, messages.length);
+  assert.ok(
+    applier.stats.updates / applier.stats.commits >= 50,
+    `${applier.stats.updates} updates in ${applier.stats.commits} commits`,
+  );
+  const health = await t.request("GET", "/v1/regions/iad");
+  assert.deepEqual([health.body.total, health.body.free, health.body.pending], [400, 400, 0]);
+  const r7 = await t.request("GET", "/v1/regions/iad/resources/r-7");
+  assert.deepEqual(
+    [r7.body.seq, r7.body.load],
+    [6, 42],
+    "the newest report wins whatever the order",
+  );
+});
+
+Deno.test("status updates drive the pool: ready registers, draining keeps leases, gone loses them", async () => {
+  await using t = await makeApp();
+  await t.request("PUT", "/v1/regions/iad", { body: {} });
+  const applier = new StatusApplier(t.kv, t.clock);
+  const report = async (updates: StatusUpdate[]) => {
+    const { messages } = await ingestStatus(t.kv, t.clock, "iad", updates);
+    assert.ok((await applier.apply(messages)).every((o) => o === null));
+  };
+  await report([{ resource: "x", seq: 1, state: "ready", slots: 2 }]);
+  const first = await claim(t, "iad", { holder: "one" });
+  assert.equal(first.status, 201);
+  await report([{ resource: "x", seq: 2, state: "draining" }]);
+  assert.equal((await claim(t, "iad", { holder: "two" })).status, 503, "draining: no new claims");
+  const renewed = await t.request("POST", `/v1/claims/${first.body.id}/renew`, {
+    token: TOKENS.client,
+    body: {},
+    headers: { "allot-claim-secret": first.body.secret },
+  });
+  assert.equal(renewed.status, 200, "draining keeps live leases");
+  await report([{ resource: "x", seq: 3, state: "gone" }]);
+  const lost = await t.request("POST", `/v1/claims/${first.body.id}/renew`, {
+    token: TOKENS.client,
+    body: {},
+    headers: { "allot-claim-secret": first.body.secret },
+  });
+  assert.equal(lost.status, 409);
+  assert.equal((await t.request("GET", `/v1/claims/${first.body.id}`)).body.state, "lost");
+  const health = await t.request("GET", "/v1/regions/iad");
+  assert.deepEqual([health.body.total, health.body.free, health.body.claimed], [0, 0, 0]);
+});
+
+Deno.test("POST status validates the batch whole and changes nothing on a 4xx", async (t) => {
+  await using app = await makeApp();
+  await app.request("PUT", "/v1/regions/iad", { body: {} });
+  await app.request("PUT", "/v1/regions/fra", { body: {} });
+  const snapshot = async () => {
+    const out = [];
+    for await (const e of app.kv.list({ prefix: [] })) out.push([e.key, e.value, e.versionstamp]);
+    return out;
+  };
+  const good = (n: number) =>
+    Array.from({ length: n }, (_, i) => ({ resource: `r${i}`, seq: 1, state: "ready" }));
+  const cases: Array<[string, unknown, number, string | null, string]> = [
+    [
+      "bad seq at index 3",
+      { updates: [...good(3), { resource: "z", seq: 0, state: "ready" }] },
+      422,
+      "updates.3.seq",
+      TOKENS.agent,
+    ],
+    [
+      "unknown state",
+      { updates: [{ resource: "z", seq: 1, state: "broken" }] },
+      422,
+      "updates.0.state",
+      TOKENS.agent,
+    ],
+    [
+      "unknown field",
+      { updates: [{ resource: "z", seq: 1, state: "ready", colour: 1 }] },
+      422,
+      "updates.0.colour",
+      TOKENS.agent,
+    ],
+    ["empty batch", { updates: [] }, 422, "updates", TOKENS.agent],
+    ["too many updates", { updates: good(1001) }, 422, "updates", TOKENS.agent],
+    [
+      "bad resource id",
+      { updates: [{ resource: "../x", seq: 1, state: "ready" }] },
+      422,
+      "updates.0.resource",
+      TOKENS.agent,
+    ],
+    ["client token", { updates: good(1) }, 403, null, TOKENS.client],
+    ["agent of another region", { updates: good(1) }, 403, null, TOKENS.agentFra],
+  ];
+  for (const [name, body, status, field, token] of cases) {
+    await t.step(name, async () => {
+      const before = await snapshot();
+      const res = await app.request("POST", "/v1/regions/iad/status", { token, body });
+      assert.equal(res.status, status, JSON.stringify(res.body));
+      assert.equal(res.headers.get("content-type"), "application/problem+json");
+      if (field) assert.equal(res.body.field, field);
+      assert.deepEqual(await snapshot(), before);
+    });
+  }
+  await t.step("a region-scoped agent reports for its own region", async () => {
+    const res = await app.request("POST", "/v1/regions/fra/status", {
+      token: TOKENS.agentFra,
+      body: { updates: good(2) },
+    });
+    assert.equal(res.status, 202);
+    assert.equal(res.body.accepted, 2);
+    assert.match(res.body.consistencyToken, /^[0-9a-f]{20}$/);
+  });
+});
+
+Deno.test("a dead-lettered status message stops counting as lag and is reported", async () => {
+  await using t = await makeApp();
+  await t.request("PUT", "/v1/regions/iad", { body: {} });
+  const { messages } = await ingestStatus(t.kv, t.clock, "iad", [
+    { resource: "a", seq: 1, state: "ready" },
+  ]);
+  t.clock.advance(10_000);
+  assert.equal((await t.request("GET", "/v1/regions/iad")).body.lagMs, 10_000);
+  // What Deno KV does once a message's backoffSchedule is exhausted: write it to keysIfUndelivered.
+  await t.kv.set(keys.deadLetter("iad", messages[0].id), messages[0]);
+  const health = (await t.request("GET", "/v1/regions/iad")).body;
+  assert.equal(health.lagMs, 0);
+  assert.equal(health.pending, 0);
+  assert.equal(health.deadLettered, 1);
+});
+
+Deno.test("status batches are delivered end to end through kv.listenQueue", async () => {
+  const kv = await Deno.openKv(":memory:");
+  await using t = await makeApp({ kv });
+  await t.request("PUT", "/v1/regions/iad", { body: {} });
+  const applier = new StatusApplier(t.kv, t.clock, {
+    faults: {
+      // The first delivery fails: the queue must redeliver it.
+      beforeCommit: (() => {
+        let failed = false;
+        return () => {
+          if (!failed) {
+            failed = true;
+            throw new Error("injected first-delivery failure");
+          }
+        };
+      })(),
+    },
+  });
+  const listening = t.kv.listenQueue(async (m) => {
+    await handleQueueMessage({ kv: t.kv, clock: t.clock, applier }, m);
+  });
+  const posted = await t.request("POST", "/v1/regions/iad/status", {
+    token: TOKENS.agent,
+    body: { updates: [{ resource: "q1", seq: 1, state: "ready", load: 3 }] },
+  });
+  assert.equal(posted.status, 202);
+  let resource = null;
+  for (let i = 0; i < 200 && !resource; i++) {
+    const res = await t.request("GET", "/v1/regions/iad/resources/q1");
+    if (res.status === 200) resource = res.body;
+    else await new Promise((r) => setTimeout(r, 25));
+  }
+  assert.ok(resource, "the update was applied after redelivery");
+  assert.equal(resource.load, 3);
+  assert.equal((await t.request("GET", "/v1/regions/iad")).body.pending, 0);
+  t.kv.close();
+  await listening;
+});
