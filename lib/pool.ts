@@ -80,9 +80,10 @@ export function stageSpecChange(
     if (!was && !now) continue;
     if (was && now && !relabelled) continue;
     const heldEntry = held.get(slot);
-    // A slot that only now becomes claimable needs no check: without a free entry no
-    // claim can take it, and ending its lease checks the spec this change rewrites.
-    if (was) {
+    // Every slot whose state this change relies on is checked as read, except a free
+    // slot that only now becomes claimable: with no free entry no claim can take it,
+    // and no lease holds it, so nothing else can write it meanwhile.
+    if (was || heldEntry) {
       op.check(heldEntry ?? { key: keys.slot(region, id, slot), versionstamp: null });
       checks++;
     }

@@ -2,6 +2,7 @@
 import { OpenAPIHono, z } from "@hono/zod-openapi";
 import type { Context } from "hono";
 import { authorize, type Principal } from "../lib/auth.ts";
+import type { Allocator } from "../lib/allocate.ts";
 import type { Clock } from "../lib/clock.ts";
 import type { Role } from "../lib/config.ts";
 import { BadRequestError, type FieldIssue, ValidationError } from "../lib/errors.ts";
@@ -14,6 +15,8 @@ export type AppEnv = { Variables: { principal: Principal } };
 export interface RouteDeps {
   kv: Deno.Kv;
   clock: Clock;
+  /** Group commit for claims, one per app instance. */
+  allocator: Allocator;
 }
 
 /** Turns zod issues into field issues named as the caller wrote them. */

@@ -1,8 +1,8 @@
 /** Claims: allocate (client), read, renew and release (client + secret), list and revoke (admin). */
 import { createRoute, z } from "@hono/zod-openapi";
+import { createClaim } from "../lib/allocate.ts";
 import {
   type ClaimAccess,
-  createClaim,
   listClaims,
   releaseClaim,
   renewClaim,
@@ -181,7 +181,7 @@ function scopedTo(principal: Principal, roles: readonly Role[]): ClaimAccess {
 }
 
 /** Claim routes. */
-export function claimRoutes({ kv, clock }: RouteDeps) {
+export function claimRoutes({ kv, clock, allocator }: RouteDeps) {
   return newRouter()
     .openapi(createRouteDef, async (c) => {
       const { region } = c.req.valid("param");
@@ -191,7 +191,7 @@ export function claimRoutes({ kv, clock }: RouteDeps) {
         caller: principal.id,
         input: c.req.valid("json"),
         idempotencyKey: c.req.valid("header")["idempotency-key"],
-      });
+      }, allocator);
       c.header("Allot-Served-By", grant.servedBy);
       c.header("Allot-Consistency-Token", grant.consistencyToken);
       if (replayed) c.header("Idempotent-Replayed", "true");

@@ -1,0 +1,294 @@
+/**
+ * Allocation: how a claim becomes a lease. Every claim commits with checks on the
+ * free-index entry and the slot it read (see pool.ts), alone or in a group commit
+ * with others; a stale read costs a retry, never a double allocation.
+ */
+import { ulid } from "ulid";
+import type { AtomicWriter } from "./atomic.ts";
+import { digestsEqual, sha256Hex } from "./auth.ts";
+import { encodeBase64Url } from "./base64.ts";
+import type { Clock } from "./clock.ts";
+import { NoCapacityError, UnavailableError, ValidationError } from "./errors.ts";
+import { type ClaimRoute, routeClaim } from "./fallback.ts";
+import { keys } from "./keys.ts";
+import { addCounter, markWrite } from "./kv.ts";
+import { type ClaimRecord, describeClaim, sweepExpired } from "./leases.ts";
+import { type FreeSlot, type HeldSlot, labelsMatch } from "./pool.ts";
+import type { LeaseExpireMessage } from "./queue.ts";
+import type { ClaimGrant, ClaimInput } from "./schemas.ts";
+
+/** Conflicting commits a lone claim survives before answering 503 (each retry reads afresh). */
+const MAX_CLAIM_ATTEMPTS = 32;
+/** Free entries read per attempt; the claim picks one at random so racers spread out. */
+const CANDIDATES_PER_ATTEMPT = 8;
+/** Idempotency keys outlive the lease they produced by this much. */
+const IDEMPOTENCY_GRACE_MS = 24 * 3600 * 1000;
+
+/** What an idempotency key remembers: the request's digest and the first answer. */
+interface IdempotencyRecord {
+  bodyHash: string;
+  grant: GrantDraft;
+  commitIndex: number;
+}
+
+/** A grant before its commit gives it tokens. */
+export type GrantDraft = Omit<ClaimGrant, "fencingToken" | "consistencyToken">;
+
+/** A claim request, as the route hands it over. */
+export interface ClaimRequest {
+  region: string;
+  caller: string;
+  input: ClaimInput;
+  idempotencyKey?: string;
+}
+
+/** A claim request after its idempotency pre-check: what the allocators work with. */
+export interface PreparedClaim {
+  request: ClaimRequest;
+  bodyHash: string;
+  idemKey: Deno.KvKey | null;
+}
+
+/** A granted claim; `replayed` when an idempotency key returned an earlier answer. */
+export interface ClaimOutcome {
+  grant: ClaimGrant;
+  replayed: boolean;
+}
+
+/** Something that allocates prepared claims (the group committer, or a lone CAS). */
+export interface Allocator {
+  allocate(claim: PreparedClaim): Promise<ClaimOutcome>;
+}
+
+/**
+ * Claims one free slot in the request's region (or its backup in fallback). Replays
+ * the first answer for a known idempotency key; otherwise hands the claim to
+ * `allocator` (group commit) or allocates it alone.
+ */
+export async function createClaim(
+  kv: Deno.Kv,
+  clock: Clock,
+  request: ClaimRequest,
+  allocator?: Allocator,
+): Promise<ClaimOutcome> {
+  const bodyHash = await sha256Hex(canonicalJson(request.input));
+  const idemKey = request.idempotencyKey === undefined
+    ? null
+    : keys.idempotency(request.region, request.caller, request.idempotencyKey);
+  if (idemKey) {
+    const earlier = await kv.get<IdempotencyRecord>(idemKey);
+    if (earlier.versionstamp !== null) return replay(earlier, bodyHash);
+  }
+  const prepared = { request, bodyHash, idemKey };
+  if (allocator) return await allocator.allocate(prepared);
+  return await allocateAlone(kv, clock, prepared, await routeClaim(kv, clock, request.region));
+}
+
+/**
+ * Allocates one claim with its own CAS loop: from the routed pool, then (when a
+ * backup ran out between routing and claiming) from the region's own pool.
+ */
+export async function allocateAlone(
+  kv: Deno.Kv,
+  clock: Clock,
+  claim: PreparedClaim,
+  route: ClaimRoute,
+): Promise<ClaimOutcome> {
+  const region = claim.request.region;
+  const pools = route.servedBy === region ? [region] : [route.servedBy, region];
+  for (const [i, servedBy] of pools.entries()) {
+    try {
+      return await allocateFrom(kv, clock, claim, route, servedBy);
+    } catch (error) {
+      if (!(error instanceof NoCapacityError) || i === pools.length - 1) throw error;
+    }
+  }
+  throw new Error("unreachable: the last pool rethrows");
+}
+
+async function allocateFrom(
+  kv: Deno.Kv,
+  clock: Clock,
+  claim: PreparedClaim,
+  route: ClaimRoute,
+  servedBy: string,
+): Promise<ClaimOutcome> {
+  const { region, input } = claim.request;
+  let swept = false;
+  for (let attempt = 0; attempt < MAX_CLAIM_ATTEMPTS; attempt++) {
+    const candidates = await findFreeSlots(kv, servedBy, input.labels, CANDIDATES_PER_ATTEMPT);
+    if (candidates.length === 0) {
+      if (!swept) {
+        swept = true;
+        if (await sweepExpired(kv, clock, servedBy) > 0) continue;
+      }
+      // A duplicate of a request that just took the last slot gets that claim, not a 503.
+      const raced = await replayIfKnown(kv, claim);
+      if (raced) return raced;
+      throw new NoCapacityError(
+        `Cannot claim in region "${region}": no ready resource${
+          input.labels ? " matching the requested labels" : ""
+        } has a free slot${servedBy === region ? "" : ` in backup "${servedBy}"`}`,
+        await secondsUntilNextExpiry(kv, clock, servedBy),
+      );
+    }
+    const pick = candidates[Math.floor(Math.random() * candidates.length)];
+    const op = kv.atomic();
+    const draft = await stageClaim(op, clock, claim, route, servedBy, pick, 0);
+    const res = await op.commit();
+    if (res.ok) return { grant: withTokens(draft, res.versionstamp, 0), replayed: false };
+    const raced = await replayIfKnown(kv, claim);
+    if (raced) return raced;
+  }
+  throw new UnavailableError(
+    `Cannot claim in region "${region}": too much contention, retry shortly`,
+  );
+}
+
+/** Checks a claim adds to its commit: its free entry, its slot, and its idempotency key. */
+export function checksOf(claim: PreparedClaim): number {
+  return claim.idemKey ? 3 : 2;
+}
+
+/**
+ * Adds one claim to an atomic: checks on the free entry and slot it read (and on its
+ * idempotency key), the held slot, the claim record, the expiry index, the delayed
+ * expiry message, counters. `commitIndex` orders claims within one commit, so their
+ * fencing tokens stay distinct.
+ */
+export async function stageClaim(
+  op: AtomicWriter & Pick<Deno.AtomicOperation, "enqueue">,
+  clock: Clock,
+  claim: PreparedClaim,
+  route: ClaimRoute,
+  servedBy: string,
+  free: Deno.KvEntry<FreeSlot>,
+  commitIndex: number,
+): Promise<GrantDraft> {
+  const { region, input, caller } = claim.request;
+  const [resource, slot] = free.key.slice(-2) as [string, number];
+  const { config } = route;
+  const leaseMs = Math.min(input.leaseMs ?? config.lease.defaultMs, config.lease.maxMs);
+  const now = clock.now();
+  const secret = encodeBase64Url(crypto.getRandomValues(new Uint8Array(32)));
+  const record: ClaimRecord = {
+    id: `${servedBy}.${ulid()}`,
+    region,
+    servedBy,
+    resource,
+    slot,
+    holder: input.holder,
+    caller,
+    state: "active",
+    secretHash: await sha256Hex(secret),
+    leaseMs,
+    createdAt: now,
+    expiresAt: now + leaseMs,
+    endedAt: null,
+    reason: null,
+    commitIndex,
+    fencingToken: null,
+  };
+  const slotKey = keys.slot(servedBy, resource, slot);
+  op.check(free, { key: slotKey, versionstamp: null });
+  op.set(slotKey, { claimId: record.id } satisfies HeldSlot);
+  op.delete(free.key);
+  op.set(keys.claim(servedBy, record.id), record);
+  op.set(keys.lease(servedBy, record.expiresAt, record.id), null);
+  op.enqueue(expiryMessage(record), { delay: leaseMs });
+  addCounter(op, servedBy, "free", -1);
+  addCounter(op, servedBy, "held", 1);
+  markWrite(op, servedBy, region);
+  const routed = servedBy === route.servedBy;
+  const draft: GrantDraft = {
+    ...describeClaim(record),
+    secret,
+    mode: route.mode,
+    lagMs: routed ? route.lagMs : 0,
+    note: routed ? route.note : `backup "${route.servedBy}" ran out; served by "${servedBy}"`,
+  };
+  if (claim.idemKey) {
+    op.check({ key: claim.idemKey, versionstamp: null });
+    const remembered: IdempotencyRecord = { bodyHash: claim.bodyHash, grant: draft, commitIndex };
+    op.set(claim.idemKey, remembered, { expireIn: leaseMs + IDEMPOTENCY_GRACE_MS });
+  }
+  return draft;
+}
+
+/** The grant as answered: the commit's versionstamp gives both tokens. */
+export function withTokens(
+  draft: GrantDraft,
+  versionstamp: string,
+  commitIndex: number,
+): ClaimGrant {
+  return {
+    ...draft,
+    fencingToken: versionstamp + commitIndex.toString(16).padStart(4, "0"),
+    consistencyToken: versionstamp,
+  };
+}
+
+/** The earlier answer for the claim's idempotency key, if a concurrent duplicate won. */
+async function replayIfKnown(kv: Deno.Kv, claim: PreparedClaim): Promise<ClaimOutcome | null> {
+  if (!claim.idemKey) return null;
+  const entry = await kv.get<IdempotencyRecord>(claim.idemKey);
+  return entry.versionstamp === null ? null : replay(entry, claim.bodyHash);
+}
+
+function replay(entry: Deno.KvEntry<IdempotencyRecord>, bodyHash: string): ClaimOutcome {
+  if (!digestsEqual(entry.value.bodyHash, bodyHash)) {
+    throw new ValidationError(
+      "This Idempotency-Key was already used with a different request body",
+      [{ field: "Idempotency-Key", message: "reused with a different body" }],
+    );
+  }
+  // The idempotency record was written in the claim's own commit: same versionstamp.
+  const { grant, commitIndex } = entry.value;
+  return { grant: withTokens(grant, entry.versionstamp, commitIndex), replayed: true };
+}
+
+/** Up to `want` free entries matching `labels`, read from a random point of the index. */
+export async function findFreeSlots(
+  kv: Deno.Kv,
+  region: string,
+  labels: ClaimInput["labels"],
+  want: number,
+): Promise<Deno.KvEntry<FreeSlot>[]> {
+  const prefix = keys.freeIndex(region);
+  const from = keys.freeFrom(region, Math.floor(Math.random() * 2 ** 32));
+  const found: Deno.KvEntry<FreeSlot>[] = [];
+  for (const selector of [{ prefix, start: from }, { prefix, end: from }]) {
+    const batchSize = labels ? 100 : Math.min(want, 100);
+    for await (const entry of kv.list<FreeSlot>(selector, { batchSize })) {
+      if (!labelsMatch(entry.value.labels, labels)) continue;
+      found.push(entry);
+      if (found.length >= want) return found;
+    }
+  }
+  return found;
+}
+
+/** Seconds until the region's soonest lease expiry, as a Retry-After hint (1..60). */
+async function secondsUntilNextExpiry(kv: Deno.Kv, clock: Clock, region: string): Promise<number> {
+  for await (const entry of kv.list({ prefix: keys.leases(region) }, { limit: 1 })) {
+    const expiresAt = entry.key.at(-2) as number;
+    return Math.min(60, Math.max(1, Math.ceil((expiresAt - clock.now()) / 1000)));
+  }
+  return 5;
+}
+
+/** The delayed message that expires a lease durably. */
+export function expiryMessage(record: ClaimRecord): LeaseExpireMessage {
+  return { type: "lease.expire", claimId: record.id, expiresAt: record.expiresAt };
+}
+
+/** JSON with sorted object keys, so equal bodies hash equally. */
+function canonicalJson(value: unknown): string {
+  return JSON.stringify(
+    value,
+    (_key, v) =>
+      v && typeof v === "object" && !Array.isArray(v)
+        ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1)))
+        : v,
+  );
+}
