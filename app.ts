@@ -8,6 +8,7 @@ import { HTTPException } from "hono/http-exception";
 import { z } from "zod";
 import type { TokenRegistry } from "./lib/auth.ts";
 import { type Clock, systemClock } from "./lib/clock.ts";
+import { GroupEnder } from "./lib/ender.ts";
 import { GroupCommitter } from "./lib/group.ts";
 import { AllotError, ValidationError } from "./lib/errors.ts";
 import { type AppEnv, fieldIssues } from "./routes/_shared.ts";
@@ -77,7 +78,12 @@ function toProblemResponse(error: unknown): Response {
 
 /** Builds the allot HTTP app over one KV handle. */
 export function createApp({ kv, tokens, clock = systemClock }: AppOptions) {
-  const deps = { kv, clock, allocator: new GroupCommitter(kv, clock) };
+  const deps = {
+    kv,
+    clock,
+    allocator: new GroupCommitter(kv, clock),
+    ender: new GroupEnder(kv, clock),
+  };
   const app = new OpenAPIHono<AppEnv>();
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", {
     type: "http",

@@ -11,6 +11,8 @@ import {
   expireIfDue,
   fencingTokenOf,
   getClaimEntry,
+  type LeaseEnd,
+  type LeaseEnder,
 } from "./leases.ts";
 import { expiryMessage } from "./allocate.ts";
 import type { ResourceSpec } from "./pool.ts";
@@ -103,23 +105,31 @@ export async function releaseClaim(
   clock: Clock,
   claimId: string,
   request: { secret: string | undefined; access: ClaimAccess },
+  ender?: LeaseEnder,
 ): Promise<{ consistencyToken: string }> {
   const guard = await secretGuard(request.secret, request.access);
-  const entry = await getClaimEntry(kv, claimId);
-  guard(entry.value);
-  await refuseIfExpired(kv, clock, entry.value);
-  const { consistencyToken } = await endLease(kv, clock, claimId, {
+  const end: LeaseEnd = {
     state: "released",
     reason: null,
     guard: (record) => {
       guard(record);
-      if (record.state === "active" && record.expiresAt <= clock.now()) {
-        throw new LeaseLostError(`Claim "${claimId}" is no longer active: its lease expired`);
-      }
+      if (record.state === "active" && record.expiresAt <= clock.now()) throw new PastExpiry();
     },
-  });
-  return { consistencyToken };
+  };
+  try {
+    const { consistencyToken } = ender
+      ? await ender.end(claimId, end)
+      : await endLease(kv, clock, claimId, end);
+    return { consistencyToken };
+  } catch (error) {
+    if (!(error instanceof PastExpiry)) throw error;
+    await expireIfDue(kv, clock, claimId);
+    throw new LeaseLostError(`Claim "${claimId}" is no longer active: its lease expired`);
+  }
 }
+
+/** A release that came after the lease's expiry: the lease is expired, not released. */
+class PastExpiry extends Error {}
 
 /** Ends a live lease now on an operator's word; the claim keeps the reason. */
 export async function revokeClaim(

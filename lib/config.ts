@@ -16,7 +16,11 @@ export const TokenSpec = z.strictObject({
 export type TokenSpec = z.infer<typeof TokenSpec>;
 
 const Env = z.object({
-  PORT: z.coerce.number().int().min(0).max(65535).default(8000),
+  // An empty PORT (`PORT=`) is unset, as for ALLOT_TOKENS: coercing it would give 0, a random port.
+  PORT: z.preprocess(
+    (raw) => (typeof raw === "string" && raw.trim() === "" ? undefined : raw),
+    z.coerce.number().int().min(0).max(65535).default(8000),
+  ),
   ALLOT_KV: z.string().min(1).optional(),
   ALLOT_TOKENS: z.string().optional().transform((raw, ctx) => {
     if (raw === undefined || raw.trim() === "") return [];

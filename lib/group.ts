@@ -19,6 +19,7 @@ import {
 import { ATOMIC_LIMITS } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { type ClaimRoute, routeClaim } from "./fallback.ts";
+import { CommitQueue, type Pending } from "./commit_queue.ts";
 import type { FreeSlot } from "./pool.ts";
 
 /** Counters for metrics and the bench. */
@@ -30,72 +31,56 @@ export interface GroupStats {
   failedGroups: number;
 }
 
-interface Waiting {
-  claim: PreparedClaim;
-  resolve: (outcome: ClaimOutcome) => void;
-  reject: (error: unknown) => void;
-}
+type Waiting = Pending<PreparedClaim, ClaimOutcome>;
 
 /** Most claims in one commit: bounded by 100 checks (2-3 a claim) and 1,000 mutations. */
 const MAX_GROUP = 48;
+/** Claims waiting for a group beyond which new ones get 503 (bounded work per isolate). */
+export const MAX_QUEUED_CLAIMS = 2048;
+
+type Routes = Map<string, PromiseSettledResult<ClaimRoute>>;
+
+/** The route of a claim that survived routing. */
+function routeOf(routes: Routes, waiting: Waiting): ClaimRoute {
+  const route = routes.get(waiting.job.request.region)!;
+  if (route.status !== "fulfilled") throw new Error("unreachable: unrouted claims are dropped");
+  return route.value;
+}
+
+const idemOf = (claim: PreparedClaim) => claim.idemKey ? JSON.stringify(claim.idemKey) : null;
 
 /** Coalesces concurrent claims of one isolate into shared atomic commits. */
 export class GroupCommitter implements Allocator {
   readonly stats: GroupStats = { commits: 0, claims: 0, alone: 0, failedGroups: 0 };
-  #queue: Waiting[] = [];
-  #running = false;
+  readonly #queue: CommitQueue<PreparedClaim, ClaimOutcome>;
 
-  constructor(private readonly kv: Deno.Kv, private readonly clock: Clock) {}
-
-  /** Queues a claim; resolves with its own grant or rejects with its own error. */
-  allocate(claim: PreparedClaim): Promise<ClaimOutcome> {
-    return new Promise((resolve, reject) => {
-      this.#queue.push({ claim, resolve, reject });
-      if (!this.#running) void this.#drain();
+  constructor(private readonly kv: Deno.Kv, private readonly clock: Clock) {
+    this.#queue = new CommitQueue({
+      what: "claims",
+      maxQueued: MAX_QUEUED_CLAIMS,
+      // A repeated idempotency key waits a turn, so it replays instead of failing the group.
+      fits: (group, claim) =>
+        group.length < MAX_GROUP &&
+        group.reduce((n, c) => n + checksOf(c), checksOf(claim)) <= ATOMIC_LIMITS.checks &&
+        (idemOf(claim) === null || !group.some((c) => idemOf(c) === idemOf(claim))),
+      run: (group) => this.#commitGroup(group),
     });
   }
 
-  async #drain(): Promise<void> {
-    this.#running = true;
-    try {
-      while (this.#queue.length > 0) await this.#commitGroup(this.#takeGroup());
-    } finally {
-      this.#running = false;
-    }
+  /** Queues a claim; resolves with its own grant or rejects with its own error. */
+  allocate(claim: PreparedClaim): Promise<ClaimOutcome> {
+    return this.#queue.push(claim);
   }
 
-  /** The next claims whose checks fit one atomic; a repeated idempotency key waits a turn. */
-  #takeGroup(): Waiting[] {
-    const group: Waiting[] = [];
-    const rest: Waiting[] = [];
-    const idemKeys = new Set<string>();
-    let checks = 0;
-    for (const waiting of this.#queue) {
-      const idem = waiting.claim.idemKey ? JSON.stringify(waiting.claim.idemKey) : null;
-      const cost = checksOf(waiting.claim);
-      if (
-        group.length >= MAX_GROUP || checks + cost > ATOMIC_LIMITS.checks ||
-        (idem !== null && idemKeys.has(idem))
-      ) {
-        rest.push(waiting);
-        continue;
-      }
-      if (idem !== null) idemKeys.add(idem);
-      checks += cost;
-      group.push(waiting);
-    }
-    this.#queue = rest;
-    return group;
-  }
-
-  async #commitGroup(group: Waiting[]): Promise<void> {
-    let routes: Map<string, ClaimRoute>;
-    try {
-      routes = await this.#routes(group);
-    } catch (error) {
-      for (const waiting of group) waiting.reject(error);
-      return;
-    }
+  async #commitGroup(everyone: Waiting[]): Promise<void> {
+    const routes = await this.#routes(everyone);
+    // A claim whose region cannot be routed (unknown region) fails alone, not the group.
+    const group = everyone.filter((waiting) => {
+      const route = routes.get(waiting.job.request.region)!;
+      if (route.status === "fulfilled") return true;
+      waiting.reject(route.reason);
+      return false;
+    });
     const candidates = await this.#candidates(group, routes);
     const op = this.kv.atomic();
     const staged: Array<{ waiting: Waiting; draft: GrantDraft; index: number }> = [];
@@ -106,12 +91,12 @@ export class GroupCommitter implements Allocator {
         alone.push(waiting);
         continue;
       }
-      const route = routes.get(waiting.claim.request.region)!;
+      const route = routeOf(routes, waiting);
       const index = staged.length;
       const draft = await stageClaim(
         op,
         this.clock,
-        waiting.claim,
+        waiting.job,
         route,
         route.servedBy,
         free,
@@ -135,9 +120,9 @@ export class GroupCommitter implements Allocator {
     // The lone path re-reads, sweeps expired leases, answers 503, or replays a raced key.
     this.stats.alone += alone.length;
     await Promise.all(alone.map(async (waiting) => {
-      const route = routes.get(waiting.claim.request.region)!;
+      const route = routeOf(routes, waiting);
       try {
-        waiting.resolve(await allocateAlone(this.kv, this.clock, waiting.claim, route));
+        waiting.resolve(await allocateAlone(this.kv, this.clock, waiting.job, route));
       } catch (error) {
         waiting.reject(error);
       }
@@ -145,28 +130,30 @@ export class GroupCommitter implements Allocator {
   }
 
   /** One routing decision per region per group. */
-  async #routes(group: Waiting[]): Promise<Map<string, ClaimRoute>> {
-    const regions = [...new Set(group.map((w) => w.claim.request.region))];
-    const routes = await Promise.all(regions.map((r) => routeClaim(this.kv, this.clock, r)));
+  async #routes(group: Waiting[]): Promise<Routes> {
+    const regions = [...new Set(group.map((w) => w.job.request.region))];
+    const routes = await Promise.allSettled(
+      regions.map((r) => routeClaim(this.kv, this.clock, r)),
+    );
     return new Map(regions.map((r, i) => [r, routes[i]]));
   }
 
   /** Distinct free entries for the group, read once per (pool, labels). */
   async #candidates(
     group: Waiting[],
-    routes: Map<string, ClaimRoute>,
+    routes: Routes,
   ): Promise<Map<Waiting, Deno.KvEntry<FreeSlot>>> {
     const byPool = new Map<string, Waiting[]>();
     for (const waiting of group) {
-      const { region, input } = waiting.claim.request;
-      const key = JSON.stringify([routes.get(region)!.servedBy, input.labels ?? null]);
+      const { input } = waiting.job.request;
+      const key = JSON.stringify([routeOf(routes, waiting).servedBy, input.labels ?? null]);
       byPool.set(key, [...(byPool.get(key) ?? []), waiting]);
     }
     const assigned = new Map<Waiting, Deno.KvEntry<FreeSlot>>();
     const taken = new Set<string>();
     for (const [key, waiting] of byPool) {
       const [servedBy] = JSON.parse(key) as [string];
-      const labels = waiting[0].claim.request.input.labels;
+      const labels = waiting[0].job.request.input.labels;
       const free = await findFreeSlots(this.kv, servedBy, labels, waiting.length + 4);
       let next = 0;
       for (const w of waiting) {

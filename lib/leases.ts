@@ -1,4 +1,5 @@
 /** Claim records and the one way a lease ends (release, expiry, loss, revocation). */
+import type { AtomicWriter } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { LeaseLostError, NotFoundError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
@@ -93,56 +94,91 @@ export interface LeaseEnd {
   guard?: (record: ClaimRecord) => void;
 }
 
+/** What ending a lease reads and checks: the claim, its resource's spec, its slot. */
+export interface LeaseEndRead {
+  claim: Deno.KvEntry<ClaimRecord>;
+  spec: Deno.KvEntryMaybe<ResourceSpec>;
+  slot: Deno.KvEntryMaybe<HeldSlot>;
+}
+
+/** The spec and slot keys a claim's lease end depends on. */
+export function leaseEndKeys(record: ClaimRecord): [Deno.KvKey, Deno.KvKey] {
+  return [
+    keys.resource(record.servedBy, record.resource),
+    keys.slot(record.servedBy, record.resource, record.slot),
+  ];
+}
+
 /**
- * Ends a live lease in one atomic: the claim record, the held slot, the expiry index,
- * the free entry (only if the spec, which is checked, still allows the slot) and counters.
- * Throws 409 if the lease already ended.
+ * Adds a lease end to an atomic: checks on the claim, spec and slot as read; the
+ * ended claim record, the held slot and expiry index removed, the free entry back
+ * only if the spec allows the slot, counters. Throws (guard, or 409 when the lease
+ * already ended) before staging anything.
  */
+export function stageLeaseEnd(
+  op: AtomicWriter,
+  clock: Clock,
+  { claim, spec, slot }: LeaseEndRead,
+  end: LeaseEnd,
+): ClaimRecord {
+  const record = claim.value;
+  end.guard?.(record);
+  if (record.state !== "active") {
+    throw new LeaseLostError(`Claim "${record.id}" is no longer active: it was ${record.state}`);
+  }
+  const region = record.servedBy;
+  const ended: ClaimRecord = {
+    ...record,
+    state: end.state,
+    endedAt: clock.now(),
+    reason: end.reason,
+    fencingToken: fencingTokenOf(claim),
+  };
+  op.check(claim, spec, slot);
+  op.set(claim.key, ended, { expireIn: ENDED_CLAIM_RETENTION_MS });
+  op.delete(keys.lease(region, record.expiresAt, record.id));
+  if (slot.value?.claimId === record.id) {
+    op.delete(slot.key);
+    addCounter(op, region, "held", -1);
+    if (isClaimable(spec.value, record.slot)) {
+      op.set(
+        keys.free(region, record.resource, record.slot),
+        { labels: spec.value!.labels } satisfies FreeSlot,
+      );
+      addCounter(op, region, "free", 1);
+    }
+  }
+  markWrite(op, region);
+  return ended;
+}
+
+/** A lease end as committed. */
+export interface LeaseEnded {
+  entry: Deno.KvEntry<ClaimRecord>;
+  consistencyToken: string;
+}
+
+/** Something that ends leases (the group committer, or endLease alone). */
+export interface LeaseEnder {
+  end(claimId: string, end: LeaseEnd): Promise<LeaseEnded>;
+}
+
+/** Ends a live lease alone, retrying on conflicts. Throws 409 if the lease already ended. */
 export async function endLease(
   kv: Deno.Kv,
   clock: Clock,
   claimId: string,
   end: LeaseEnd,
-): Promise<{ entry: Deno.KvEntry<ClaimRecord>; consistencyToken: string }> {
+): Promise<LeaseEnded> {
   for (let attempt = 0; attempt < 20; attempt++) {
-    const claimEntry = await getClaimEntry(kv, claimId);
-    const record = claimEntry.value;
-    end.guard?.(record);
-    if (record.state !== "active") {
-      throw new LeaseLostError(`Claim "${claimId}" is no longer active: it was ${record.state}`);
-    }
-    const region = record.servedBy;
-    const [spec, slot] = await kv.getMany<[ResourceSpec, HeldSlot]>([
-      keys.resource(region, record.resource),
-      keys.slot(region, record.resource, record.slot),
-    ]);
-    const now = clock.now();
-    const ended: ClaimRecord = {
-      ...record,
-      state: end.state,
-      endedAt: now,
-      reason: end.reason,
-      fencingToken: fencingTokenOf(claimEntry),
-    };
-    const op = kv.atomic().check(claimEntry).check(spec).check(slot)
-      .set(claimEntry.key, ended, { expireIn: ENDED_CLAIM_RETENTION_MS })
-      .delete(keys.lease(region, record.expiresAt, claimId));
-    if (slot.value?.claimId === claimId) {
-      op.delete(slot.key);
-      addCounter(op, region, "held", -1);
-      if (isClaimable(spec.value, record.slot)) {
-        op.set(
-          keys.free(region, record.resource, record.slot),
-          { labels: spec.value!.labels } satisfies FreeSlot,
-        );
-        addCounter(op, region, "free", 1);
-      }
-    }
-    markWrite(op, region);
+    const claim = await getClaimEntry(kv, claimId);
+    const [spec, slot] = await kv.getMany<[ResourceSpec, HeldSlot]>(leaseEndKeys(claim.value));
+    const op = kv.atomic();
+    const ended = stageLeaseEnd(op, clock, { claim, spec, slot }, end);
     const res = await op.commit();
     if (res.ok) {
       return {
-        entry: { key: claimEntry.key, value: ended, versionstamp: res.versionstamp },
+        entry: { key: claim.key, value: ended, versionstamp: res.versionstamp },
         consistencyToken: res.versionstamp,
       };
     }

@@ -4,6 +4,7 @@ import type { Context } from "hono";
 import { authorize, type Principal } from "../lib/auth.ts";
 import type { Allocator } from "../lib/allocate.ts";
 import type { Clock } from "../lib/clock.ts";
+import type { LeaseEnder } from "../lib/leases.ts";
 import type { Role } from "../lib/config.ts";
 import { BadRequestError, type FieldIssue, ValidationError } from "../lib/errors.ts";
 import { Problem } from "../lib/schemas.ts";
@@ -17,6 +18,8 @@ export interface RouteDeps {
   clock: Clock;
   /** Group commit for claims, one per app instance. */
   allocator: Allocator;
+  /** Group commit for releases, one per app instance. */
+  ender: LeaseEnder;
 }
 
 /** Turns zod issues into field issues named as the caller wrote them. */

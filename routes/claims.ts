@@ -181,7 +181,7 @@ function scopedTo(principal: Principal, roles: readonly Role[]): ClaimAccess {
 }
 
 /** Claim routes. */
-export function claimRoutes({ kv, clock, allocator }: RouteDeps) {
+export function claimRoutes({ kv, clock, allocator, ender }: RouteDeps) {
   return newRouter()
     .openapi(createRouteDef, async (c) => {
       const { region } = c.req.valid("param");
@@ -230,7 +230,7 @@ export function claimRoutes({ kv, clock, allocator }: RouteDeps) {
       const { consistencyToken } = await releaseClaim(kv, clock, id, {
         secret: c.req.valid("header")["allot-claim-secret"],
         access: scopedTo(principal, ["client", "admin"]),
-      });
+      }, ender);
       c.header("Allot-Consistency-Token", consistencyToken);
       return c.body(null, 204);
     })
