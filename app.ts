@@ -105,7 +105,7 @@ export function createApp({ kv, tokens, clock = systemClock }: AppOptions) {
     (c, next) => c.req.path.endsWith("/status") ? statusLimit(c, next) : defaultLimit(c, next),
   );
   app.use("/v1/*", async (c, next) => {
-    c.set("principal", await tokens.authenticate(c.req.header("authorization")));
+    c.set("principal", tokens.authenticate(c.req.header("authorization")));
     await next();
   });
   app.route("/", healthRoutes(deps));

@@ -36,7 +36,7 @@ const applier = new StatusApplier(kv, clock);
 kv.listenQueue(async (message) => {
   await handleQueueMessage({ kv, clock, applier }, message);
 });
-const tokens = await TokenRegistry.from(
+const tokens = TokenRegistry.from(
   config.tokens.length > 0 ? config.tokens : [generatedAdminToken()],
 );
 const app = createApp({ kv, tokens, clock });

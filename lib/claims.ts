@@ -22,11 +22,11 @@ import type { Claim, ClaimState, RegionConfig } from "./schemas.ts";
 /** Checks a caller may touch a claim (its region scope), before anything is revealed or changed. */
 export type ClaimAccess = (record: ClaimRecord) => void;
 
-async function secretGuard(
+function secretGuard(
   secret: string | undefined,
   access: ClaimAccess,
-): Promise<(record: ClaimRecord) => void> {
-  const presented = secret ? await sha256Hex(secret) : null;
+): (record: ClaimRecord) => void {
+  const presented = secret ? sha256Hex(secret) : null;
   return (record) => {
     access(record);
     if (presented === null) {
@@ -53,7 +53,7 @@ export async function renewClaim(
   claimId: string,
   request: { secret: string | undefined; leaseMs?: number; access: ClaimAccess },
 ): Promise<{ claim: Claim; consistencyToken: string }> {
-  const guard = await secretGuard(request.secret, request.access);
+  const guard = secretGuard(request.secret, request.access);
   const leaseMs = request.leaseMs;
   for (let attempt = 0; attempt < 10; attempt++) {
     const entry = await getClaimEntry(kv, claimId);
@@ -107,7 +107,7 @@ export async function releaseClaim(
   request: { secret: string | undefined; access: ClaimAccess },
   ender?: LeaseEnder,
 ): Promise<{ consistencyToken: string }> {
-  const guard = await secretGuard(request.secret, request.access);
+  const guard = secretGuard(request.secret, request.access);
   const end: LeaseEnd = {
     state: "released",
     reason: null,

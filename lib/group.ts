@@ -93,7 +93,7 @@ export class GroupCommitter implements Allocator {
       }
       const route = routeOf(routes, waiting);
       const index = staged.length;
-      const draft = await stageClaim(
+      const draft = stageClaim(
         op,
         this.clock,
         waiting.job,

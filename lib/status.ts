@@ -3,7 +3,7 @@
  * with kv.enqueue in the same atomic that records them in the region's lag watermark,
  * so a 202 survives a crash and the watermark can never miss a message.
  */
-import { ulid } from "ulid";
+import { newId } from "./ids.ts";
 import type { AtomicPlan } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { UnavailableError } from "./errors.ts";
@@ -78,7 +78,7 @@ export async function ingestStatus(
   const enqueuedAt = clock.now();
   const messages = chunkUpdates(updates).map((chunk): StatusBatchMessage => ({
     type: "status.batch",
-    id: ulid(),
+    id: newId(),
     region,
     enqueuedAt,
     updates: chunk,
