@@ -1,8 +1,10 @@
 /** Test harness: a fresh :memory: KV per app, a fake clock, tokens for every role. */
+import assert from "node:assert/strict";
 import { createApp } from "../app.ts";
 import { TokenRegistry } from "../lib/auth.ts";
 import type { Clock } from "../lib/clock.ts";
 import type { TokenSpec } from "../lib/config.ts";
+import type { handleQueueMessage } from "../lib/queue.ts";
 
 /** A clock that only moves when told to. */
 export class FakeClock implements Clock {
@@ -22,6 +24,8 @@ export const TOKENS = {
   client: "test-client-token-00001",
   agentFra: "test-agent-fra-token-01",
   clientFra: "test-client-fra-token-1",
+  /** A second, unscoped client: a different caller for idempotency scoping. */
+  client2: "test-client-token-00002",
 } as const;
 
 export const TOKEN_SPECS: TokenSpec[] = [
@@ -30,6 +34,7 @@ export const TOKEN_SPECS: TokenSpec[] = [
   { token: TOKENS.client, role: "client" },
   { token: TOKENS.agentFra, role: "agent", regions: ["fra"] },
   { token: TOKENS.clientFra, role: "client", regions: ["fra"] },
+  { token: TOKENS.client2, role: "client" },
 ];
 
 /** What a test request returns: status, headers and parsed JSON (null when empty). */
@@ -133,4 +138,198 @@ export function claim(
   headers: Record<string, string> = {},
 ): Promise<TestResponse> {
   return t.request("POST", `/v1/regions/${region}/claims`, { token: TOKENS.client, body, headers });
+}
+
+/** Renews a claim as the client with its secret. */
+export function renew(
+  t: TestApp,
+  id: string,
+  secret: string | null,
+  body: Record<string, unknown> = {},
+): Promise<TestResponse> {
+  return t.request("POST", `/v1/claims/${id}/renew`, {
+    token: TOKENS.client,
+    body,
+    headers: secret === null ? {} : { "allot-claim-secret": secret },
+  });
+}
+
+/** Releases a claim as the client with its secret. */
+export function release(t: TestApp, id: string, secret: string | null): Promise<TestResponse> {
+  return t.request("DELETE", `/v1/claims/${id}`, {
+    token: TOKENS.client,
+    headers: secret === null ? {} : { "allot-claim-secret": secret },
+  });
+}
+
+/** Reads a claim as the client; asserts it exists and returns its body. */
+export async function getClaim(t: TestApp, id: string): Promise<TestResponse["body"]> {
+  const res = await t.request("GET", `/v1/claims/${id}`, { token: TOKENS.client });
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  return res.body;
+}
+
+/** A region's pool figures as GET /v1/regions/{region} reports them. */
+export async function poolOf(
+  t: TestApp,
+  region: string,
+): Promise<{ free: number; claimed: number; total: number }> {
+  const res = await t.request("GET", `/v1/regions/${region}`, { token: TOKENS.admin });
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  const { free, claimed, total } = res.body;
+  return { free, claimed, total };
+}
+
+/** Asserts a problem+json answer with this status, naming `field` when given. */
+export function assertProblem(res: TestResponse, status: number, field?: string): void {
+  assert.equal(res.status, status, JSON.stringify(res.body));
+  assert.match(res.headers.get("content-type") ?? "", /^application\/problem\+json/);
+  assert.equal(res.body.status, status);
+  assert.equal(typeof res.body.title, "string");
+  assert.equal(typeof res.body.detail, "string");
+  if (field !== undefined) {
+    const named = [
+      res.body.field,
+      ...(res.body.errors ?? []).map((e: { field: string }) => e.field),
+    ];
+    assert.ok(
+      named.includes(field),
+      `expected the problem to name ${field}: ${JSON.stringify(res.body)}`,
+    );
+    assert.ok(res.body.detail.includes(field), `expected the detail to name ${field}`);
+  }
+}
+
+/**
+ * Every entry of a KV store (key, value, versionstamp) in a form `assert.deepEqual`
+ * compares exactly: any write, even of an equal value, changes the snapshot.
+ */
+export async function snapshotKv(kv: Deno.Kv): Promise<string[]> {
+  const out: string[] = [];
+  for await (const entry of kv.list({ prefix: [] })) {
+    out.push(JSON.stringify([
+      entry.key.map((part) => (typeof part === "bigint" ? `${part}n` : part)),
+      entry.value instanceof Deno.KvU64 ? `u64:${entry.value.value}` : entry.value,
+      entry.versionstamp,
+    ], (_k, v) => (typeof v === "bigint" ? `${v}n` : v instanceof Uint8Array ? [...v] : v)));
+  }
+  return out;
+}
+
+/** Every page of a listing (`{items, cursor}`), following cursors. */
+export async function listPages<T = Record<string, unknown>>(
+  t: TestApp,
+  path: string,
+  token: string = TOKENS.admin,
+): Promise<{ items: T[]; pages: number }> {
+  const items: T[] = [];
+  let cursor: string | null = null;
+  let pages = 0;
+  do {
+    const sep = path.includes("?") ? "&" : "?";
+    const url: string = cursor === null
+      ? path
+      : `${path}${sep}cursor=${encodeURIComponent(cursor)}`;
+    const res = await t.request("GET", url, { token });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    items.push(...res.body.items);
+    cursor = res.body.cursor;
+    pages++;
+    assert.ok(pages < 10_000, "pagination does not end");
+  } while (cursor !== null);
+  return { items, pages };
+}
+
+/** A small seeded PRNG (mulberry32), so randomized tests can be replayed from their seed. */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let x = a;
+    x = Math.imul(x ^ (x >>> 15), x | 1);
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/**
+ * Dependencies for delivering `lease.expire` messages to handleQueueMessage by hand.
+ * That branch needs only the KV and the clock, so nothing else is provided.
+ */
+export function leaseQueueDeps(t: TestApp): Parameters<typeof handleQueueMessage>[0] {
+  const deps: unknown = { kv: t.kv, clock: t.clock };
+  return deps as Parameters<typeof handleQueueMessage>[0];
+}
+
+/**
+ * Wraps a KV handle so a test can land other writes between an operation's reads and
+ * its commit, deterministically: `arm(hook)` makes the next atomic commit through the
+ * wrapper first await `hook` (once). Build the app under test over `kv`, and the app
+ * that races it over the unwrapped handle.
+ */
+export function interceptCommits(inner: Deno.Kv): {
+  kv: Deno.Kv;
+  arm(hook: () => Promise<unknown>): void;
+  /** Whether the armed hook has run. */
+  fired(): boolean;
+} {
+  let hook: (() => Promise<unknown>) | null = null;
+  let fired = false;
+  const wrapOp = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
+    const proxy: Deno.AtomicOperation = new Proxy(op, {
+      get(target, prop) {
+        if (prop === "commit") {
+          return async () => {
+            const run = hook;
+            hook = null;
+            if (run) {
+              await run();
+              fired = true;
+            }
+            return await target.commit();
+          };
+        }
+        const value = Reflect.get(target, prop, target);
+        if (typeof value !== "function") return value;
+        return (...args: unknown[]) => {
+          const result = value.apply(target, args);
+          return result === target ? proxy : result;
+        };
+      },
+    });
+    return proxy;
+  };
+  const kv = new Proxy(inner, {
+    get(target, prop) {
+      if (prop === "atomic") return () => wrapOp(target.atomic());
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  return {
+    kv,
+    arm(next) {
+      hook = next;
+      fired = false;
+    },
+    fired: () => fired,
+  };
+}
+
+/** Claims in `region` until it answers 503; returns the grants (a destructive capacity probe). */
+export async function claimAll(
+  t: TestApp,
+  region: string,
+  body: Record<string, unknown> = { holder: "probe" },
+): Promise<TestResponse["body"][]> {
+  const grants: TestResponse["body"][] = [];
+  for (let i = 0; i < 1000; i++) {
+    const res = await claim(t, region, body);
+    if (res.status !== 201) {
+      assert.equal(res.status, 503, JSON.stringify(res.body));
+      return grants;
+    }
+    grants.push(res.body);
+  }
+  throw new Error("claimAll: region never ran out");
 }

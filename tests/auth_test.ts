@@ -1,0 +1,296 @@
+import assert from "node:assert/strict";
+import {
+  assertProblem,
+  claim,
+  makeApp,
+  seedRegion,
+  snapshotKv,
+  type TestApp,
+  type TestResponse,
+  TOKENS,
+} from "./_helpers.ts";
+
+/**
+ * Who may call what, from the SPEC's HTTP contract (not from the code). Admins may do
+ * everything a role may (an operator acting for a client or an agent). Region-scoped
+ * tokens (here: scoped to fra) may act in their regions only; every request below is
+ * about region iad, so they are refused even where their role is allowed.
+ */
+type Role = "admin" | "agent" | "client";
+const ANY: Role[] = ["admin", "agent", "client"];
+
+interface RouteCase {
+  route: string;
+  /** null: public, no token needed. */
+  allowed: Role[] | null;
+  /** Builds a fresh request (creating whatever it acts on) and the status it gets when allowed. */
+  setup(t: TestApp, n: number): Promise<Req>;
+}
+
+interface Req {
+  method: string;
+  path: string;
+  body?: unknown;
+  headers?: Record<string, string>;
+  ok: number;
+}
+
+async function newClaim(t: TestApp): Promise<{ id: string; secret: string }> {
+  const res = await claim(t, "iad", { holder: "owner" });
+  assert.equal(res.status, 201, JSON.stringify(res.body));
+  return res.body;
+}
+
+async function newResource(t: TestApp, id: string): Promise<void> {
+  const res = await t.request("PUT", `/v1/regions/iad/resources/${id}`, { body: {} });
+  assert.equal(res.status, 201, JSON.stringify(res.body));
+}
+
+const TABLE: RouteCase[] = [
+  {
+    route: "GET /healthz",
+    allowed: null,
+    setup: () => Promise.resolve({ method: "GET", path: "/healthz", ok: 200 }),
+  },
+  {
+    route: "GET /readyz",
+    allowed: null,
+    setup: () => Promise.resolve({ method: "GET", path: "/readyz", ok: 200 }),
+  },
+  {
+    route: "GET /openapi.json",
+    allowed: null,
+    setup: () => Promise.resolve({ method: "GET", path: "/openapi.json", ok: 200 }),
+  },
+  {
+    route: "PUT /v1/regions/{region}",
+    allowed: ["admin"],
+    setup: () => Promise.resolve({ method: "PUT", path: "/v1/regions/iad", body: {}, ok: 200 }),
+  },
+  {
+    route: "GET /v1/regions",
+    // Scoped tokens may list; they see only their regions (checked separately).
+    allowed: ANY,
+    setup: () => Promise.resolve({ method: "GET", path: "/v1/regions", ok: 200 }),
+  },
+  {
+    route: "GET /v1/regions/{region}",
+    allowed: ANY,
+    setup: () => Promise.resolve({ method: "GET", path: "/v1/regions/iad", ok: 200 }),
+  },
+  {
+    route: "PUT /v1/regions/{region}/resources/{id}",
+    allowed: ["admin", "agent"],
+    setup: (_t, n) =>
+      Promise.resolve({
+        method: "PUT",
+        path: `/v1/regions/iad/resources/put-${n}`,
+        body: {},
+        ok: 201,
+      }),
+  },
+  {
+    route: "DELETE /v1/regions/{region}/resources/{id}",
+    allowed: ["admin", "agent"],
+    setup: async (t, n) => {
+      await newResource(t, `del-${n}`);
+      return { method: "DELETE", path: `/v1/regions/iad/resources/del-${n}`, ok: 200 };
+    },
+  },
+  {
+    route: "GET /v1/regions/{region}/resources",
+    allowed: ANY,
+    setup: () => Promise.resolve({ method: "GET", path: "/v1/regions/iad/resources", ok: 200 }),
+  },
+  {
+    route: "GET /v1/regions/{region}/resources/{id}",
+    allowed: ANY,
+    setup: () =>
+      Promise.resolve({ method: "GET", path: "/v1/regions/iad/resources/res-0000", ok: 200 }),
+  },
+  {
+    route: "POST /v1/regions/{region}/status",
+    allowed: ["admin", "agent"],
+    setup: (_t, n) =>
+      Promise.resolve({
+        method: "POST",
+        path: "/v1/regions/iad/status",
+        body: { updates: [{ resource: "res-0001", seq: n + 1, state: "ready", load: 0.5 }] },
+        ok: 202,
+      }),
+  },
+  {
+    route: "POST /v1/regions/{region}/claims",
+    allowed: ["admin", "client"],
+    setup: () =>
+      Promise.resolve({
+        method: "POST",
+        path: "/v1/regions/iad/claims",
+        body: { holder: "h" },
+        ok: 201,
+      }),
+  },
+  {
+    route: "GET /v1/claims/{id}",
+    allowed: ["admin", "client"],
+    setup: async (t) => ({ method: "GET", path: `/v1/claims/${(await newClaim(t)).id}`, ok: 200 }),
+  },
+  {
+    route: "POST /v1/claims/{id}/renew",
+    allowed: ["admin", "client"],
+    setup: async (t) => {
+      const { id, secret } = await newClaim(t);
+      return {
+        method: "POST",
+        path: `/v1/claims/${id}/renew`,
+        body: {},
+        headers: { "allot-claim-secret": secret },
+        ok: 200,
+      };
+    },
+  },
+  {
+    route: "DELETE /v1/claims/{id}",
+    allowed: ["admin", "client"],
+    setup: async (t) => {
+      const { id, secret } = await newClaim(t);
+      return {
+        method: "DELETE",
+        path: `/v1/claims/${id}`,
+        headers: { "allot-claim-secret": secret },
+        ok: 204,
+      };
+    },
+  },
+  {
+    route: "GET /v1/regions/{region}/claims",
+    allowed: ["admin", "client"],
+    setup: () => Promise.resolve({ method: "GET", path: "/v1/regions/iad/claims", ok: 200 }),
+  },
+  {
+    route: "POST /v1/claims/{id}/revoke",
+    allowed: ["admin"],
+    setup: async (t) => ({
+      method: "POST",
+      path: `/v1/claims/${(await newClaim(t)).id}/revoke`,
+      body: { reason: "audit" },
+      ok: 200,
+    }),
+  },
+];
+
+/** The callers: a token (or header) and what it is. */
+const CALLERS: {
+  name: string;
+  authorization: string | null;
+  role: Role | null;
+  scoped: boolean;
+}[] = [
+  { name: "admin", authorization: `Bearer ${TOKENS.admin}`, role: "admin", scoped: false },
+  { name: "agent", authorization: `Bearer ${TOKENS.agent}`, role: "agent", scoped: false },
+  { name: "client", authorization: `Bearer ${TOKENS.client}`, role: "client", scoped: false },
+  { name: "agentFra", authorization: `Bearer ${TOKENS.agentFra}`, role: "agent", scoped: true },
+  { name: "clientFra", authorization: `Bearer ${TOKENS.clientFra}`, role: "client", scoped: true },
+  { name: "no token", authorization: null, role: null, scoped: false },
+  {
+    name: "unknown token",
+    authorization: "Bearer not-a-known-token-at-all",
+    role: null,
+    scoped: false,
+  },
+  {
+    name: "basic auth",
+    authorization: `Basic ${btoa(`x:${TOKENS.admin}`)}`,
+    role: null,
+    scoped: false,
+  },
+];
+
+function expectedStatus(route: RouteCase, caller: (typeof CALLERS)[number], ok: number): number {
+  if (route.allowed === null) return ok;
+  if (caller.role === null) return 401;
+  if (!route.allowed.includes(caller.role)) return 403;
+  if (caller.scoped && route.route !== "GET /v1/regions") return 403;
+  return ok;
+}
+
+async function send(t: TestApp, req: Req, authorization: string | null): Promise<TestResponse> {
+  const headers = { ...req.headers };
+  if (authorization !== null) headers.authorization = authorization;
+  return await t.request(req.method, req.path, { token: null, body: req.body, headers });
+}
+
+Deno.test("every route answers every role as the authorization table says", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 60);
+  await seedRegion(app, "fra", 1);
+  let n = 0;
+  for (const route of TABLE) {
+    await t.step(route.route, async () => {
+      for (const caller of CALLERS) {
+        const req = await route.setup(app, n++);
+        const expected = expectedStatus(route, caller, req.ok);
+        const before = await snapshotKv(app.kv);
+        const res = await send(app, req, caller.authorization);
+        const what = `${route.route} as ${caller.name}`;
+        assert.equal(res.status, expected, `${what}: ${JSON.stringify(res.body)}`);
+        if (expected === 401 || expected === 403) {
+          assertProblem(res, expected);
+          if (expected === 401) {
+            assert.match(res.headers.get("www-authenticate") ?? "", /^Bearer/, what);
+          }
+          assert.deepEqual(await snapshotKv(app.kv), before, `${what} changed state`);
+        }
+      }
+    });
+  }
+});
+
+Deno.test("region-scoped tokens see and act in their own regions only", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 2);
+  await seedRegion(app, "fra", 2);
+  const as = (token: string, method: string, path: string, body?: unknown, headers = {}) =>
+    app.request(method, path, { token, body, headers });
+
+  await t.step("listing regions shows only the token's regions", async () => {
+    for (const token of [TOKENS.agentFra, TOKENS.clientFra]) {
+      const res = await as(token, "GET", "/v1/regions");
+      assert.deepEqual(res.body.items.map((r: { name: string }) => r.name), ["fra"]);
+    }
+    const all = await as(TOKENS.client, "GET", "/v1/regions");
+    assert.deepEqual(all.body.items.map((r: { name: string }) => r.name).sort(), ["fra", "iad"]);
+  });
+
+  await t.step("a fra agent manages fra resources", async () => {
+    assert.equal((await as(TOKENS.agentFra, "GET", "/v1/regions/fra")).status, 200);
+    assert.equal((await as(TOKENS.agentFra, "PUT", "/v1/regions/fra/resources/x", {})).status, 201);
+    assert.equal((await as(TOKENS.agentFra, "DELETE", "/v1/regions/fra/resources/x")).status, 200);
+    assertProblem(await as(TOKENS.agentFra, "PUT", "/v1/regions/fra", {}), 403);
+  });
+
+  await t.step("a fra client claims in fra and manages its claim", async () => {
+    const granted = await as(TOKENS.clientFra, "POST", "/v1/regions/fra/claims", { holder: "h" });
+    assert.equal(granted.status, 201);
+    const { id, secret } = granted.body;
+    const auth = { "allot-claim-secret": secret };
+    assert.equal((await as(TOKENS.clientFra, "GET", `/v1/claims/${id}`)).status, 200);
+    assert.equal(
+      (await as(TOKENS.clientFra, "POST", `/v1/claims/${id}/renew`, {}, auth)).status,
+      200,
+    );
+    assert.equal((await as(TOKENS.clientFra, "GET", "/v1/regions/fra/claims")).status, 200);
+    // The fra token may not touch an iad claim, even holding its secret.
+    const iadClaim = (await claim(app, "iad", { holder: "i" })).body;
+    const iadAuth = { "allot-claim-secret": iadClaim.secret };
+    assertProblem(await as(TOKENS.clientFra, "GET", `/v1/claims/${iadClaim.id}`), 403);
+    assertProblem(
+      await as(TOKENS.clientFra, "DELETE", `/v1/claims/${iadClaim.id}`, undefined, iadAuth),
+      403,
+    );
+    assert.equal(
+      (await as(TOKENS.clientFra, "DELETE", `/v1/claims/${id}`, undefined, auth)).status,
+      204,
+    );
+  });
+});

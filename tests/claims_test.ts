@@ -1,0 +1,186 @@
+import assert from "node:assert/strict";
+import {
+  assertProblem,
+  claim,
+  getClaim,
+  listPages,
+  makeApp,
+  poolOf,
+  release,
+  renew,
+  seedRegion,
+  snapshotKv,
+  type TestApp,
+  TOKENS,
+} from "./_helpers.ts";
+
+/** Asserts no secret (nor its hash) appears anywhere in an answer. */
+function assertNoSecret(body: unknown, secrets: readonly string[]): void {
+  const text = JSON.stringify(body);
+  assert.ok(!/"secret(Hash)?"/.test(text), `a secret field leaked: ${text.slice(0, 200)}`);
+  for (const secret of secrets) assert.ok(!text.includes(secret), "a claim secret leaked");
+}
+
+Deno.test("a wrong or missing Allot-Claim-Secret gets 403 and changes nothing", async () => {
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 1);
+  const held = await claim(t, "iad", { holder: "h", leaseMs: 10_000 });
+  const { id, secret } = held.body;
+  const other = await claim(t, "iad", { holder: "x" });
+  assertProblem(other, 503);
+
+  const before = await snapshotKv(t.kv);
+  const wrong = secret.slice(0, -2) + (secret.endsWith("AA") ? "BB" : "AA");
+  for (const presented of [null, wrong, "", "x".repeat(256)]) {
+    assertProblem(await renew(t, id, presented, { leaseMs: 20_000 }), 403);
+    assertProblem(await release(t, id, presented), 403);
+  }
+  assert.deepEqual(await snapshotKv(t.kv), before);
+
+  const read = await getClaim(t, id);
+  assert.equal(read.state, "active");
+  assert.equal(read.leaseExpiresAt, held.body.leaseExpiresAt);
+  assertProblem(await claim(t, "iad", { holder: "x" }), 503);
+  assert.equal((await release(t, id, secret)).status, 204);
+});
+
+Deno.test("another claim's secret does not open a claim", async () => {
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 2);
+  const a = await claim(t, "iad", { holder: "a" });
+  const b = await claim(t, "iad", { holder: "b" });
+  assertProblem(await release(t, a.body.id, b.body.secret), 403);
+  assertProblem(await renew(t, b.body.id, a.body.secret), 403);
+  assert.equal((await getClaim(t, a.body.id)).state, "active");
+  assert.equal((await getClaim(t, b.body.id)).state, "active");
+});
+
+Deno.test("reading claims never reveals a secret", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 10);
+  const secrets: string[] = [];
+  const ids: Record<string, string[]> = { alice: [], bob: [] };
+  for (let i = 0; i < 7; i++) {
+    const holder = i % 3 === 0 ? "bob" : "alice";
+    const res = await claim(app, "iad", { holder });
+    assert.equal(res.status, 201);
+    secrets.push(res.body.secret);
+    ids[holder].push(res.body.id);
+    if (i === 1) assert.equal((await release(app, res.body.id, res.body.secret)).status, 204);
+  }
+
+  await t.step("GET /v1/claims/{id} has no secret", async () => {
+    for (const id of [...ids.alice, ...ids.bob]) {
+      const read = await app.request("GET", `/v1/claims/${id}`, { token: TOKENS.client });
+      assert.equal(read.status, 200);
+      assert.equal(read.body.id, id);
+      assertNoSecret(read.body, secrets);
+    }
+  });
+
+  await t.step("the region's claim list filters, paginates and hides secrets", async () => {
+    const all = await listPages<{ id: string; holder: string; state: string }>(
+      app,
+      "/v1/regions/iad/claims?limit=2",
+    );
+    assert.ok(all.pages >= 4, `paginated over ${all.pages} pages`);
+    assert.deepEqual(
+      all.items.map((c) => c.id).sort(),
+      [...ids.alice, ...ids.bob].sort(),
+      "every claim exactly once",
+    );
+    assertNoSecret(all.items, secrets);
+
+    const bob = await listPages<{ id: string; holder: string }>(
+      app,
+      "/v1/regions/iad/claims?holder=bob&limit=1",
+    );
+    assert.deepEqual(bob.items.map((c) => c.id).sort(), ids.bob.slice().sort());
+    assert.ok(bob.items.every((c) => c.holder === "bob"));
+
+    const clientView = await listPages(app, "/v1/regions/iad/claims?holder=alice", TOKENS.client);
+    assert.equal(clientView.items.length, ids.alice.length);
+    assertNoSecret(clientView.items, secrets);
+  });
+});
+
+Deno.test("the region's claim list filters by state", async () => {
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 5, { config: { lease: { defaultMs: 1000, maxMs: 5000 } } });
+  const grants = [];
+  for (let i = 0; i < 5; i++) grants.push((await claim(t, "iad", { holder: `h${i}` })).body);
+  assert.equal((await release(t, grants[0].id, grants[0].secret)).status, 204);
+  assert.equal((await release(t, grants[1].id, grants[1].secret)).status, 204);
+  const revoked = await t.request("POST", `/v1/claims/${grants[2].id}/revoke`, {
+    body: { reason: "test" },
+  });
+  assert.equal(revoked.status, 200);
+  t.clock.advance(1000);
+  assertProblem(await renew(t, grants[3].id, grants[3].secret), 409); // expires it
+
+  const byState = async (state: string) =>
+    (await listPages<{ id: string; state: string }>(
+      t,
+      `/v1/regions/iad/claims?state=${state}&limit=1`,
+    ))
+      .items.map((c) => c.id).sort();
+  assert.deepEqual(await byState("released"), [grants[0].id, grants[1].id].sort());
+  assert.deepEqual(await byState("lost"), [grants[2].id]);
+  assert.deepEqual(await byState("expired"), [grants[3].id]);
+  assert.deepEqual(await byState("active"), [grants[4].id]);
+  const bad = await t.request("GET", "/v1/regions/iad/claims?state=zombie");
+  assertProblem(bad, 400, "state");
+});
+
+async function revokeAs(t: TestApp, id: string, token: string, reason = "host maintenance") {
+  return await t.request("POST", `/v1/claims/${id}/revoke`, { token, body: { reason } });
+}
+
+Deno.test("revoke ends a live lease with its reason, frees the slot, and only admins may", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 1);
+  const held = await claim(app, "iad", { holder: "h", leaseMs: 60_000 });
+  const { id, secret } = held.body;
+
+  await t.step("clients and agents get 403 and nothing changes", async () => {
+    const before = await snapshotKv(app.kv);
+    for (const token of [TOKENS.client, TOKENS.agent, TOKENS.clientFra, TOKENS.agentFra]) {
+      assertProblem(await revokeAs(app, id, token), 403);
+    }
+    assert.deepEqual(await snapshotKv(app.kv), before);
+    assert.equal((await getClaim(app, id)).state, "active");
+  });
+
+  await t.step("an admin revokes: lost, with the reason, slot freed", async () => {
+    const res = await revokeAs(app, id, TOKENS.admin);
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    assert.equal(res.body.state, "lost");
+    assert.match(res.body.reason, /host maintenance/);
+    assertNoSecret(res.body, [secret]);
+    const read = await getClaim(app, id);
+    assert.equal(read.state, "lost");
+    assert.match(read.reason, /host maintenance/);
+    assert.notEqual(read.endedAt, null);
+    assert.deepEqual(await poolOf(app, "iad"), { free: 1, claimed: 0, total: 1 });
+  });
+
+  await t.step("the holder gets 409 on renew and release", async () => {
+    assertProblem(await renew(app, id, secret), 409);
+    assertProblem(await release(app, id, secret), 409);
+    assert.equal((await getClaim(app, id)).state, "lost");
+  });
+
+  await t.step("the slot goes to the next claim, with a larger fencing token", async () => {
+    const next = await claim(app, "iad", { holder: "next" });
+    assert.equal(next.status, 201);
+    assert.ok(next.body.fencingToken > held.body.fencingToken);
+  });
+
+  await t.step("revoking again is 409; a missing reason is 422", async () => {
+    assertProblem(await revokeAs(app, id, TOKENS.admin), 409);
+    const noReason = await app.request("POST", `/v1/claims/${id}/revoke`, { body: {} });
+    assertProblem(noReason, 422, "reason");
+    const unknown = await revokeAs(app, "iad.01JD3J3ZK6S6M2P1TQ4Z3X9V7A", TOKENS.admin);
+    assertProblem(unknown, 404);
+  });
+});

@@ -1,0 +1,158 @@
+import assert from "node:assert/strict";
+import { checkHistory, type HistoryEvent, HistoryRecorder, isoMs } from "./_checker.ts";
+import {
+  assertProblem,
+  claim,
+  listPages,
+  makeApp,
+  poolOf,
+  release,
+  seedRegion,
+  type TestApp,
+  type TestResponse,
+} from "./_helpers.ts";
+
+/** Asserts every 201 holds a distinct (resource, slot) and distinct id and fencing token. */
+function assertDistinctGrants(granted: TestResponse[]): void {
+  const slots = new Set(granted.map((r) => `${r.body.servedBy}/${r.body.resource}#${r.body.slot}`));
+  assert.equal(slots.size, granted.length, "a slot was granted twice");
+  assert.equal(new Set(granted.map((r) => r.body.id)).size, granted.length, "a claim id repeats");
+  assert.equal(
+    new Set(granted.map((r) => r.body.fencingToken)).size,
+    granted.length,
+    "a fencing token repeats",
+  );
+}
+
+/** Asserts the KV-backed views agree that exactly `held` slots are held. */
+async function assertPoolState(
+  t: TestApp,
+  region: string,
+  expected: { free: number; claimed: number; total: number },
+): Promise<void> {
+  assert.deepEqual(await poolOf(t, region), expected);
+  const resources = await listPages<{ claimed: number; slots: number }>(
+    t,
+    `/v1/regions/${region}/resources?limit=7`,
+  );
+  const claimedPerResource = resources.items.reduce((n, r) => n + r.claimed, 0);
+  assert.equal(claimedPerResource, expected.claimed);
+  for (const resource of resources.items) assert.ok(resource.claimed <= resource.slots);
+  const active = await listPages(t, `/v1/regions/${region}/claims?state=active&limit=50`);
+  assert.equal(active.items.length, expected.claimed);
+}
+
+async function raceClaims(
+  resources: number,
+  slots: number,
+  callers: number,
+  instances = 1,
+): Promise<void> {
+  await using t = await makeApp();
+  // Extra app instances over the same KV (each its own in-memory state), as on Deno Deploy.
+  const apps: TestApp[] = [t];
+  for (let i = 1; i < instances; i++) apps.push(await makeApp({ kv: t.kv, clock: t.clock }));
+  await seedRegion(t, "iad", resources, { slots });
+  const capacity = resources * slots;
+  const answers = await Promise.all(
+    Array.from(
+      { length: callers },
+      (_, i) => claim(apps[i % apps.length], "iad", { holder: `caller-${i}` }),
+    ),
+  );
+  const granted = answers.filter((r) => r.status === 201);
+  const refused = answers.filter((r) => r.status !== 201);
+  assert.equal(granted.length, capacity);
+  assert.equal(refused.length, callers - capacity);
+  for (const res of refused) {
+    assertProblem(res, 503);
+    assert.match(res.headers.get("retry-after") ?? "", /^[1-9][0-9]*$/);
+  }
+  assertDistinctGrants(granted);
+  const perResource = new Map<string, number>();
+  for (const r of granted) {
+    perResource.set(r.body.resource, (perResource.get(r.body.resource) ?? 0) + 1);
+  }
+  assert.equal(perResource.size, resources);
+  for (const n of perResource.values()) assert.equal(n, slots);
+  await assertPoolState(t, "iad", { free: 0, claimed: capacity, total: capacity });
+
+  // Every grant is releasable exactly once, and the counters come back to a full pool.
+  const released = await Promise.all(granted.map((r) => release(t, r.body.id, r.body.secret)));
+  assert.ok(released.every((r) => r.status === 204));
+  await assertPoolState(t, "iad", { free: capacity, claimed: 0, total: capacity });
+}
+
+Deno.test("claim() never double-allocates under 500 concurrent callers", async (t) => {
+  await t.step("100 single-slot resources", () => raceClaims(100, 1, 500));
+  await t.step("25 resources with 4 slots each", () => raceClaims(25, 4, 500));
+  await t.step(
+    "100 single-slot resources, through 5 app instances",
+    () => raceClaims(100, 1, 500, 5),
+  );
+});
+
+Deno.test("two app instances over one KV never double-allocate", async () => {
+  await using a = await makeApp();
+  await using b = await makeApp({ kv: a.kv, clock: a.clock });
+  await seedRegion(a, "iad", 20, { slots: 1, prefix: "single" });
+  await seedRegion(a, "iad", 10, { slots: 4, prefix: "quad" });
+  const capacity = 60;
+  const history = new HistoryRecorder(a.clock);
+  const apps = [a, b];
+
+  async function tracedClaim(i: number): Promise<TestResponse> {
+    const invoked = history.now();
+    const res = await claim(apps[i % 2], "iad", { holder: `caller-${i}`, leaseMs: 600_000 });
+    const acked = history.now();
+    if (res.status === 201) {
+      history.record({
+        kind: "grant",
+        claimId: res.body.id,
+        region: res.body.servedBy,
+        resource: res.body.resource,
+        slot: res.body.slot,
+        fencingToken: res.body.fencingToken,
+        expiresAt: isoMs(res.body.leaseExpiresAt),
+        invoked,
+        acked,
+      });
+    } else assertProblem(res, 503);
+    return res;
+  }
+
+  // Phase 1: 300 claims race through both instances for 60 slots.
+  const first = await Promise.all(Array.from({ length: 300 }, (_, i) => tracedClaim(i)));
+  const held = first.filter((r) => r.status === 201);
+  assert.equal(held.length, capacity);
+  assertDistinctGrants(held);
+  const servedBy = new Set(held.map((r) => (first.indexOf(r) % 2 === 0 ? "a" : "b")));
+  assert.deepEqual([...servedBy].sort(), ["a", "b"], "both instances granted claims");
+  await assertPoolState(b, "iad", { free: 0, claimed: capacity, total: capacity });
+
+  // Phase 2: half the holders release through one instance while 200 claims race
+  // through both; releases and claims interleave across instances.
+  const leaving = held.filter((_, i) => i % 2 === 0);
+  const staying = held.filter((_, i) => i % 2 === 1);
+  const [releases, second] = await Promise.all([
+    Promise.all(leaving.map(async (r, i) => {
+      const invoked = history.now();
+      const res = await release(apps[i % 2], r.body.id, r.body.secret);
+      const acked = history.now();
+      assert.equal(res.status, 204, JSON.stringify(res.body));
+      history.record({ kind: "release", claimId: r.body.id, invoked, acked } as HistoryEvent);
+      return res;
+    })),
+    Promise.all(Array.from({ length: 200 }, (_, i) => tracedClaim(1000 + i))),
+  ]);
+  assert.equal(releases.length, leaving.length);
+  const regained = second.filter((r) => r.status === 201);
+  // A claim may finish before a release it raced with, so not every freed slot need be
+  // taken; but none may be taken twice, and never more than were freed.
+  assert.ok(regained.length <= leaving.length);
+  assertDistinctGrants([...staying, ...regained]);
+  const after = regained.length + staying.length;
+  await assertPoolState(a, "iad", { free: capacity - after, claimed: after, total: capacity });
+
+  assert.deepEqual(checkHistory(history.events), []);
+});

@@ -1,0 +1,131 @@
+import assert from "node:assert/strict";
+import {
+  assertProblem,
+  claim,
+  getClaim,
+  makeApp,
+  poolOf,
+  release,
+  seedRegion,
+  snapshotKv,
+  TOKENS,
+} from "./_helpers.ts";
+
+const key = (k: string) => ({ "idempotency-key": k });
+
+Deno.test("an Idempotency-Key replays the first claim and consumes one slot", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 4);
+  const body = { holder: "worker-1", leaseMs: 30_000, labels: {} };
+  const first = await claim(app, "iad", body, key("job-42"));
+  assert.equal(first.status, 201, JSON.stringify(first.body));
+  assert.equal(first.headers.get("idempotent-replayed"), null);
+
+  await t.step("same key, same body: the same claim and secret, replayed", async () => {
+    // Key order in the body does not matter: it is the same request.
+    const again = await claim(
+      app,
+      "iad",
+      { labels: {}, leaseMs: 30_000, holder: "worker-1" },
+      key("job-42"),
+    );
+    assert.equal(again.status, 201);
+    assert.equal(again.headers.get("idempotent-replayed"), "true");
+    assert.equal(again.body.id, first.body.id);
+    assert.equal(again.body.secret, first.body.secret);
+    assert.equal(again.body.fencingToken, first.body.fencingToken);
+    assert.equal(again.body.resource, first.body.resource);
+    assert.equal(again.body.slot, first.body.slot);
+    assert.deepEqual(await poolOf(app, "iad"), { free: 3, claimed: 1, total: 4 });
+  });
+
+  await t.step("the replayed secret works", async () => {
+    const replay = await claim(app, "iad", body, key("job-42"));
+    assert.equal((await release(app, replay.body.id, replay.body.secret)).status, 204);
+    assert.equal((await getClaim(app, first.body.id)).state, "released");
+    assert.deepEqual(await poolOf(app, "iad"), { free: 4, claimed: 0, total: 4 });
+  });
+
+  await t.step(
+    "same key, different body: 422 naming Idempotency-Key, nothing changes",
+    async () => {
+      const before = await snapshotKv(app.kv);
+      const other = await claim(app, "iad", { ...body, holder: "worker-2" }, key("job-42"));
+      assertProblem(other, 422, "Idempotency-Key");
+      const longer = await claim(app, "iad", { ...body, leaseMs: 30_001 }, key("job-42"));
+      assertProblem(longer, 422, "Idempotency-Key");
+      assert.deepEqual(await snapshotKv(app.kv), before);
+    },
+  );
+
+  await t.step("another key is another claim", async () => {
+    const next = await claim(app, "iad", body, key("job-43"));
+    assert.equal(next.status, 201);
+    assert.notEqual(next.body.id, first.body.id);
+    assert.equal(next.headers.get("idempotent-replayed"), null);
+  });
+});
+
+Deno.test("20 concurrent duplicates with one Idempotency-Key make exactly one claim", async () => {
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 50);
+  const answers = await Promise.all(
+    Array.from({ length: 20 }, () => claim(t, "iad", { holder: "h" }, key("burst"))),
+  );
+  for (const res of answers) assert.equal(res.status, 201, JSON.stringify(res.body));
+  assert.equal(new Set(answers.map((r) => r.body.id)).size, 1);
+  assert.equal(new Set(answers.map((r) => r.body.secret)).size, 1);
+  const originals = answers.filter((r) => r.headers.get("idempotent-replayed") === null);
+  assert.equal(originals.length, 1, "exactly one answer is the original");
+  assert.deepEqual(await poolOf(t, "iad"), { free: 49, claimed: 1, total: 50 });
+  const active = await t.request("GET", "/v1/regions/iad/claims?state=active", {
+    token: TOKENS.admin,
+  });
+  assert.equal(active.body.items.length, 1);
+});
+
+Deno.test("concurrent duplicates for the last free slot all get the one claim", async () => {
+  // A duplicate that finds the pool empty (the original took the last slot) must replay
+  // the original claim, not answer 503.
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 1);
+  const answers = await Promise.all(
+    Array.from({ length: 20 }, () => claim(t, "iad", { holder: "h" }, key("last"))),
+  );
+  for (const res of answers) assert.equal(res.status, 201, JSON.stringify(res.body));
+  assert.equal(new Set(answers.map((r) => r.body.id)).size, 1);
+  assert.deepEqual(await poolOf(t, "iad"), { free: 0, claimed: 1, total: 1 });
+});
+
+Deno.test("Idempotency-Keys of different callers are independent", async () => {
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 3);
+  const body = { holder: "h" };
+  const mine = await claim(t, "iad", body, key("shared"));
+  const theirs = await t.request("POST", "/v1/regions/iad/claims", {
+    token: TOKENS.client2,
+    body,
+    headers: key("shared"),
+  });
+  assert.equal(mine.status, 201);
+  assert.equal(theirs.status, 201);
+  assert.equal(theirs.headers.get("idempotent-replayed"), null);
+  assert.notEqual(theirs.body.id, mine.body.id);
+  assert.notEqual(theirs.body.secret, mine.body.secret);
+  // Each caller's retry replays its own claim.
+  const theirRetry = await t.request("POST", "/v1/regions/iad/claims", {
+    token: TOKENS.client2,
+    body,
+    headers: key("shared"),
+  });
+  assert.equal(theirRetry.body.id, theirs.body.id);
+  assert.equal((await claim(t, "iad", body, key("shared"))).body.id, mine.body.id);
+  // A different body under the same key is refused for one caller only.
+  const clash = await t.request("POST", "/v1/regions/iad/claims", {
+    token: TOKENS.client2,
+    body: { holder: "other" },
+    headers: key("shared"),
+  });
+  assertProblem(clash, 422, "Idempotency-Key");
+  assert.deepEqual(await poolOf(t, "iad"), { free: 1, claimed: 2, total: 3 });
+});

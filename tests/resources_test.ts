@@ -1,0 +1,290 @@
+import assert from "node:assert/strict";
+import {
+  assertProblem,
+  claim,
+  claimAll,
+  getClaim,
+  interceptCommits,
+  makeApp,
+  poolOf,
+  release,
+  renew,
+  seedRegion,
+  type TestApp,
+  TOKENS,
+} from "./_helpers.ts";
+
+function putResource(t: TestApp, id: string, body: Record<string, unknown>, region = "iad") {
+  return t.request("PUT", `/v1/regions/${region}/resources/${id}`, { token: TOKENS.agent, body });
+}
+
+async function resourceOf(t: TestApp, id: string) {
+  const res = await t.request("GET", `/v1/regions/iad/resources/${id}`, { token: TOKENS.client });
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  return res.body;
+}
+
+Deno.test("draining a held resource never frees its slot", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 1);
+  const a = await claim(app, "iad", { holder: "a" });
+  assert.equal(a.status, 201);
+
+  await t.step("draining: not claimable, the holder keeps its lease", async () => {
+    const drained = await putResource(app, "res-0000", { state: "draining" });
+    assert.equal(drained.status, 200, JSON.stringify(drained.body));
+    assert.equal(drained.body.claimed, 1);
+    assertProblem(await claim(app, "iad", { holder: "b" }), 503);
+    assert.equal((await getClaim(app, a.body.id)).state, "active");
+    assert.equal((await renew(app, a.body.id, a.body.secret)).status, 200);
+    assert.deepEqual(await poolOf(app, "iad"), { free: 0, claimed: 1, total: 1 });
+  });
+
+  await t.step("ready again while held: still only the holder has it", async () => {
+    assert.equal((await putResource(app, "res-0000", { state: "ready" })).status, 200);
+    assertProblem(await claim(app, "iad", { holder: "b" }), 503);
+    assert.equal((await resourceOf(app, "res-0000")).claimed, 1);
+    assert.deepEqual(await poolOf(app, "iad"), { free: 0, claimed: 1, total: 1 });
+  });
+
+  await t.step("the holder's release frees it for the next claim", async () => {
+    assert.equal((await release(app, a.body.id, a.body.secret)).status, 204);
+    const b = await claim(app, "iad", { holder: "b" });
+    assert.equal(b.status, 201);
+    assert.ok(b.body.fencingToken > a.body.fencingToken);
+  });
+});
+
+Deno.test("a release while draining does not free the slot; ready does", async () => {
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 1);
+  const a = await claim(t, "iad", { holder: "a" });
+  await putResource(t, "res-0000", { state: "draining" });
+  assert.equal((await release(t, a.body.id, a.body.secret)).status, 204);
+  assertProblem(await claim(t, "iad", { holder: "b" }), 503);
+  assert.deepEqual(await poolOf(t, "iad"), { free: 0, claimed: 0, total: 1 });
+  await putResource(t, "res-0000", { state: "ready" });
+  assert.deepEqual(await poolOf(t, "iad"), { free: 1, claimed: 0, total: 1 });
+  assert.equal((await claim(t, "iad", { holder: "b" })).status, 201);
+});
+
+Deno.test("shrinking slots keeps held leases and never re-frees removed slots", async () => {
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 1, { slots: 4 });
+  const bySlot = new Map<number, { id: string; secret: string }>();
+  for (let i = 0; i < 4; i++) {
+    const res = await claim(t, "iad", { holder: `h${i}` });
+    bySlot.set(res.body.slot, res.body);
+  }
+  assert.deepEqual([...bySlot.keys()].sort(), [0, 1, 2, 3]);
+  for (const slot of [0, 1]) {
+    assert.equal((await release(t, bySlot.get(slot)!.id, bySlot.get(slot)!.secret)).status, 204);
+  }
+
+  const shrunk = await putResource(t, "res-0000", { slots: 1 });
+  assert.equal(shrunk.status, 200);
+  assert.deepEqual(await poolOf(t, "iad"), { free: 1, claimed: 2, total: 1 });
+  for (const slot of [2, 3]) {
+    const held = bySlot.get(slot)!;
+    assert.equal((await getClaim(t, held.id)).state, "active");
+    assert.equal((await renew(t, held.id, held.secret)).status, 200);
+  }
+
+  assert.equal((await release(t, bySlot.get(2)!.id, bySlot.get(2)!.secret)).status, 204);
+  assert.deepEqual(await poolOf(t, "iad"), { free: 1, claimed: 1, total: 1 });
+  const only = await claimAll(t, "iad");
+  assert.deepEqual(only.map((g) => g.slot), [0], "only slot 0 is claimable");
+  assert.equal((await release(t, bySlot.get(3)!.id, bySlot.get(3)!.secret)).status, 204);
+  assertProblem(await claim(t, "iad", { holder: "x" }), 503);
+  assert.equal((await resourceOf(t, "res-0000")).claimed, 1);
+
+  // Growing back frees exactly the slots nobody holds.
+  assert.equal((await putResource(t, "res-0000", { slots: 4 })).status, 200);
+  const regrown = await claimAll(t, "iad");
+  assert.deepEqual(regrown.map((g) => g.slot).sort(), [1, 2, 3]);
+  assert.deepEqual(await poolOf(t, "iad"), { free: 0, claimed: 4, total: 4 });
+});
+
+Deno.test("gone and DELETE make live leases lost", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 2, { slots: 2 });
+
+  await t.step("state gone", async () => {
+    const a = await claim(app, "iad", { holder: "a", labels: {} });
+    const id = a.body.resource;
+    const gone = await putResource(app, id, { slots: 2, state: "gone" });
+    assert.equal(gone.status, 200);
+    const read = await getClaim(app, a.body.id);
+    assert.equal(read.state, "lost");
+    assert.match(read.reason, /gone/);
+    assertProblem(await renew(app, a.body.id, a.body.secret), 409);
+    assertProblem(await release(app, a.body.id, a.body.secret), 409);
+    assert.deepEqual(await poolOf(app, "iad"), { free: 2, claimed: 0, total: 2 });
+    const others = await claimAll(app, "iad");
+    assert.ok(others.every((g) => g.resource !== id), "a gone resource is not claimable");
+    for (const g of others) await release(app, g.id, g.secret);
+
+    assert.equal((await putResource(app, id, { slots: 2, state: "ready" })).status, 200);
+    const back = await claimAll(app, "iad");
+    assert.equal(back.filter((g) => g.resource === id).length, 2);
+    assert.ok(back.every((g) => g.fencingToken > a.body.fencingToken));
+    for (const g of back) await release(app, g.id, g.secret);
+  });
+
+  await t.step("DELETE", async () => {
+    const a = await claim(app, "iad", { holder: "a" });
+    const id = a.body.resource;
+    const deleted = await app.request("DELETE", `/v1/regions/iad/resources/${id}`, {
+      token: TOKENS.agent,
+    });
+    assert.equal(deleted.status, 200, JSON.stringify(deleted.body));
+    const read = await getClaim(app, a.body.id);
+    assert.equal(read.state, "lost");
+    assertProblem(await renew(app, a.body.id, a.body.secret), 409);
+    assertProblem(await release(app, a.body.id, a.body.secret), 409);
+    const missing = await app.request("GET", `/v1/regions/iad/resources/${id}`);
+    assertProblem(missing, 404);
+    assertProblem(await app.request("DELETE", `/v1/regions/iad/resources/${id}`), 404);
+    assert.deepEqual(await poolOf(app, "iad"), { free: 2, claimed: 0, total: 2 });
+    const rest = await claimAll(app, "iad");
+    assert.ok(rest.every((g) => g.resource !== id));
+  });
+});
+
+Deno.test("claims with labels only get matching resources", async () => {
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 0);
+  await putResource(t, "chrome-1", { labels: { browser: "chromium" } });
+  await putResource(t, "chrome-gpu", { labels: { browser: "chromium", gpu: "yes" } });
+  await putResource(t, "firefox-1", { labels: { browser: "firefox" } });
+
+  const ff = await claim(t, "iad", { holder: "h", labels: { browser: "firefox" } });
+  assert.equal(ff.body.resource, "firefox-1");
+  const noFf = await claim(t, "iad", { holder: "h", labels: { browser: "firefox" } });
+  assertProblem(noFf, 503);
+  assert.match(noFf.body.detail, /label/);
+
+  const gpu = await claim(t, "iad", { holder: "h", labels: { gpu: "yes", browser: "chromium" } });
+  assert.equal(gpu.body.resource, "chrome-gpu");
+  assertProblem(await claim(t, "iad", { holder: "h", labels: { gpu: "yes" } }), 503);
+  assertProblem(await claim(t, "iad", { holder: "h", labels: { browser: "safari" } }), 503);
+  assertProblem(await claim(t, "iad", { holder: "h", labels: { browser: "Chromium" } }), 503);
+
+  const any = await claim(t, "iad", { holder: "h" });
+  assert.equal(any.body.resource, "chrome-1");
+
+  // Relabelling applies to free slots at once and to held ones when they come back.
+  await release(t, ff.body.id, ff.body.secret);
+  await putResource(t, "firefox-1", { labels: { browser: "firefox", esr: "128" } });
+  await putResource(t, "chrome-1", { labels: { browser: "firefox" } });
+  await release(t, any.body.id, any.body.secret);
+  const relabelled = await claimAll(t, "iad", {
+    holder: "h",
+    labels: { browser: "firefox" },
+  });
+  assert.deepEqual(relabelled.map((g) => g.resource).sort(), ["chrome-1", "firefox-1"]);
+});
+
+Deno.test("spec changes racing lease ends and claims keep the pool exact", async (t) => {
+  /** An app whose commits can be intercepted, and a second app racing it over the same KV. */
+  async function racing() {
+    const inner = await Deno.openKv(":memory:");
+    const hook = interceptCommits(inner);
+    const subject = await makeApp({ kv: hook.kv });
+    const racer = await makeApp({ kv: inner, clock: subject.clock });
+    return {
+      hook,
+      subject,
+      racer,
+      [Symbol.asyncDispose]: () => {
+        inner.close();
+        return Promise.resolve();
+      },
+    };
+  }
+
+  await t.step("a release lands between a draining -> ready change's read and commit", async () => {
+    await using r = await racing();
+    await seedRegion(r.racer, "iad", 1);
+    const a = await claim(r.racer, "iad", { holder: "a" });
+    await putResource(r.racer, "res-0000", { state: "draining" });
+    r.hook.arm(async () => {
+      assert.equal((await release(r.racer, a.body.id, a.body.secret)).status, 204);
+    });
+    assert.equal((await putResource(r.subject, "res-0000", { state: "ready" })).status, 200);
+    assert.ok(r.hook.fired());
+    // The slot is neither held nor lost: exactly one claim gets it.
+    assert.deepEqual(await poolOf(r.racer, "iad"), { free: 1, claimed: 0, total: 1 });
+    assert.equal((await claimAll(r.racer, "iad")).length, 1);
+  });
+
+  await t.step("a ready -> draining change lands between a release's read and commit", async () => {
+    await using r = await racing();
+    await seedRegion(r.racer, "iad", 1);
+    const a = await claim(r.racer, "iad", { holder: "a" });
+    r.hook.arm(async () => {
+      assert.equal((await putResource(r.racer, "res-0000", { state: "draining" })).status, 200);
+    });
+    assert.equal((await release(r.subject, a.body.id, a.body.secret)).status, 204);
+    assert.ok(r.hook.fired());
+    assert.deepEqual(await poolOf(r.racer, "iad"), { free: 0, claimed: 0, total: 1 });
+    assertProblem(await claim(r.racer, "iad", { holder: "b" }), 503);
+  });
+
+  await t.step("a claim lands between a draining change's read and commit", async () => {
+    await using r = await racing();
+    await seedRegion(r.racer, "iad", 1, { slots: 2 });
+    let taken: { id: string; secret: string; slot: number } | null = null;
+    r.hook.arm(async () => {
+      taken = (await claim(r.racer, "iad", { holder: "a" })).body;
+    });
+    assert.equal(
+      (await putResource(r.subject, "res-0000", { slots: 2, state: "draining" })).status,
+      200,
+    );
+    assert.ok(taken !== null);
+    const held = taken as { id: string; secret: string };
+    assert.equal((await getClaim(r.racer, held.id)).state, "active");
+    assert.deepEqual(await poolOf(r.racer, "iad"), { free: 0, claimed: 1, total: 2 });
+    assertProblem(await claim(r.racer, "iad", { holder: "b" }), 503);
+    assert.equal((await release(r.racer, held.id, held.secret)).status, 204);
+    assertProblem(await claim(r.racer, "iad", { holder: "b" }), 503);
+  });
+
+  await t.step("a claim lands between a shrink's read and commit", async () => {
+    await using r = await racing();
+    await seedRegion(r.racer, "iad", 1, { slots: 2 });
+    let taken: { id: string; secret: string; slot: number } | null = null;
+    r.hook.arm(async () => {
+      taken = (await claim(r.racer, "iad", { holder: "a" })).body;
+    });
+    assert.equal((await putResource(r.subject, "res-0000", { slots: 1 })).status, 200);
+    assert.ok(r.hook.fired());
+    const held = taken! as { id: string; secret: string; slot: number };
+    const expectFree = held.slot === 0 ? 0 : 1;
+    assert.deepEqual(await poolOf(r.racer, "iad"), { free: expectFree, claimed: 1, total: 1 });
+    const more = await claimAll(r.racer, "iad");
+    assert.deepEqual(more.map((g) => g.slot), expectFree ? [0] : []);
+    assert.ok(more.every((g) => g.slot !== held.slot));
+  });
+
+  await t.step("a claim lands between a relabel's read and commit", async () => {
+    await using r = await racing();
+    await seedRegion(r.racer, "iad", 1, { slots: 3, labels: { pool: "a" } });
+    r.hook.arm(async () => {
+      assert.equal(
+        (await claim(r.racer, "iad", { holder: "h", labels: { pool: "a" } })).status,
+        201,
+      );
+    });
+    assert.equal(
+      (await putResource(r.subject, "res-0000", { slots: 3, labels: { pool: "b" } })).status,
+      200,
+    );
+    assert.ok(r.hook.fired());
+    assertProblem(await claim(r.racer, "iad", { holder: "h", labels: { pool: "a" } }), 503);
+    const relabelled = await claimAll(r.racer, "iad", { holder: "h", labels: { pool: "b" } });
+    assert.equal(relabelled.length, 2);
+    assert.deepEqual(await poolOf(r.racer, "iad"), { free: 0, claimed: 3, total: 3 });
+  });
+});

@@ -1,0 +1,79 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { createApp } from "../app.ts";
+import { TokenRegistry } from "../lib/auth.ts";
+import { FakeClock, send, type TestResponse, TOKEN_SPECS, TOKENS } from "./_helpers.ts";
+
+/** A real HTTP server on an ephemeral port over a file-backed KV. */
+async function startServer(path: string, clock: FakeClock) {
+  const kv = await Deno.openKv(path);
+  const app = createApp({ kv, clock, tokens: await TokenRegistry.from(TOKEN_SPECS) });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, app.fetch);
+  const base = `http://127.0.0.1:${server.addr.port}`;
+  return {
+    request: (method: string, url: string, options: Parameters<typeof send>[3] = {}) =>
+      send(fetch, method, url, options, base),
+    /** Stops serving and closes the KV, as a process exit would. */
+    async stop() {
+      await server.shutdown();
+      kv.close();
+    },
+  };
+}
+
+Deno.test("a claim made over real HTTP survives a server and KV restart", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "allot-server-test-" });
+  const path = join(dir, "allot.sqlite");
+  const clock = new FakeClock();
+  try {
+    const first = await startServer(path, clock);
+    let granted: TestResponse;
+    try {
+      assert.equal((await first.request("GET", "/healthz", { token: null })).status, 200);
+      assert.equal((await first.request("PUT", "/v1/regions/iad", { body: {} })).status, 201);
+      const res = await first.request("PUT", "/v1/regions/iad/resources/r1", {
+        body: { slots: 1 },
+      });
+      assert.equal(res.status, 201);
+      granted = await first.request("POST", "/v1/regions/iad/claims", {
+        token: TOKENS.client,
+        body: { holder: "h", leaseMs: 60_000 },
+      });
+      assert.equal(granted.status, 201, JSON.stringify(granted.body));
+    } finally {
+      await first.stop();
+    }
+
+    clock.advance(30_000);
+    const second = await startServer(path, clock);
+    try {
+      const { id, secret, fencingToken } = granted.body;
+      const read = await second.request("GET", `/v1/claims/${id}`, { token: TOKENS.client });
+      assert.equal(read.status, 200);
+      assert.equal(read.body.state, "active");
+      assert.equal(read.body.fencingToken, fencingToken);
+      const busy = await second.request("POST", "/v1/regions/iad/claims", {
+        token: TOKENS.client,
+        body: { holder: "other" },
+      });
+      assert.equal(busy.status, 503, "the slot is still held after the restart");
+      const released = await second.request("DELETE", `/v1/claims/${id}`, {
+        token: TOKENS.client,
+        headers: { "allot-claim-secret": secret },
+      });
+      assert.equal(released.status, 204);
+      const after = await second.request("GET", `/v1/claims/${id}`, { token: TOKENS.client });
+      assert.equal(after.body.state, "released");
+      const next = await second.request("POST", "/v1/regions/iad/claims", {
+        token: TOKENS.client,
+        body: { holder: "other" },
+      });
+      assert.equal(next.status, 201);
+      assert.ok(next.body.fencingToken > fencingToken);
+    } finally {
+      await second.stop();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

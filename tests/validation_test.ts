@@ -1,0 +1,535 @@
+import assert from "node:assert/strict";
+import {
+  assertProblem,
+  claim,
+  makeApp,
+  seedRegion,
+  snapshotKv,
+  type TestApp,
+  TOKENS,
+} from "./_helpers.ts";
+
+interface BadRequest {
+  name: string;
+  method: string;
+  path: string | ((f: Fixture) => string);
+  body?: unknown;
+  headers?: Record<string, string> | ((f: Fixture) => Record<string, string>);
+  token?: string;
+  status: number;
+  /** The field the problem must name (as the caller wrote it). */
+  field?: string;
+}
+
+interface Fixture {
+  id: string;
+  secret: string;
+}
+
+const labels = (n: number) =>
+  Object.fromEntries(Array.from({ length: n }, (_, i) => [`k${i}`, "v"]));
+const big = "x".repeat(70 * 1024);
+
+const CASES: BadRequest[] = [
+  // Malformed or oversized bodies, wrong media types.
+  {
+    name: "malformed JSON claim",
+    method: "POST",
+    path: "/v1/regions/iad/claims",
+    body: "{holder:",
+    token: TOKENS.client,
+    status: 400,
+  },
+  {
+    name: "malformed JSON region",
+    method: "PUT",
+    path: "/v1/regions/iad",
+    body: '{"lag": ',
+    status: 400,
+  },
+  {
+    name: "malformed JSON resource",
+    method: "PUT",
+    path: "/v1/regions/iad/resources/r",
+    body: "[1,",
+    status: 400,
+  },
+  {
+    name: "claim body over 64 KiB",
+    method: "POST",
+    path: "/v1/regions/iad/claims",
+    body: { holder: big },
+    token: TOKENS.client,
+    status: 413,
+  },
+  {
+    name: "region body over 64 KiB",
+    method: "PUT",
+    path: "/v1/regions/iad",
+    body: { pad: big },
+    status: 413,
+  },
+  {
+    name: "resource body over 64 KiB",
+    method: "PUT",
+    path: "/v1/regions/iad/resources/r",
+    body: { labels: { k: big } },
+    status: 413,
+  },
+  {
+    name: "claim as text/plain",
+    method: "POST",
+    path: "/v1/regions/iad/claims",
+    body: JSON.stringify({ holder: "h" }),
+    headers: { "content-type": "text/plain" },
+    token: TOKENS.client,
+    status: 415,
+  },
+  {
+    name: "resource as form data",
+    method: "PUT",
+    path: "/v1/regions/iad/resources/r",
+    body: "slots=2",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    status: 415,
+  },
+  // Unknown fields.
+  {
+    name: "unknown claim field",
+    method: "POST",
+    path: "/v1/regions/iad/claims",
+    body: { holder: "h", priority: 1 },
+    token: TOKENS.client,
+    status: 422,
+    field: "priority",
+  },
+  {
+    name: "unknown region field",
+    method: "PUT",
+    path: "/v1/regions/iad",
+    body: { owner: "me" },
+    status: 422,
+    field: "owner",
+  },
+  {
+    name: "unknown nested region field",
+    method: "PUT",
+    path: "/v1/regions/iad",
+    body: { lag: { enterMs: 3000, exitMs: 100, jitter: 1 } },
+    status: 422,
+    field: "lag.jitter",
+  },
+  {
+    name: "unknown resource field",
+    method: "PUT",
+    path: "/v1/regions/iad/resources/r",
+    body: { slots: 1, color: "red" },
+    status: 422,
+    field: "color",
+  },
+  // Paths.
+  {
+    name: "uppercase region name",
+    method: "PUT",
+    path: "/v1/regions/IAD",
+    body: {},
+    status: 400,
+    field: "region",
+  },
+  {
+    name: "region name with underscore",
+    method: "POST",
+    path: "/v1/regions/a_b/claims",
+    body: { holder: "h" },
+    token: TOKENS.client,
+    status: 400,
+    field: "region",
+  },
+  {
+    name: "region name of 33 characters",
+    method: "GET",
+    path: `/v1/regions/${"a".repeat(33)}/resources`,
+    status: 400,
+    field: "region",
+  },
+  {
+    name: "resource id starting with '-'",
+    method: "PUT",
+    path: "/v1/regions/iad/resources/-bad",
+    body: {},
+    status: 400,
+    field: "id",
+  },
+  {
+    name: "resource id of 129 characters",
+    method: "PUT",
+    path: `/v1/regions/iad/resources/${"r".repeat(129)}`,
+    body: {},
+    status: 400,
+    field: "id",
+  },
+  {
+    name: "resource id with a space",
+    method: "DELETE",
+    path: "/v1/regions/iad/resources/a%20b",
+    status: 400,
+    field: "id",
+  },
+  // Region rules.
+  {
+    name: "lag.exitMs equal to enterMs",
+    method: "PUT",
+    path: "/v1/regions/iad",
+    body: { lag: { enterMs: 1000, exitMs: 1000 } },
+    status: 422,
+    field: "lag.exitMs",
+  },
+  {
+    name: "lag.exitMs above enterMs",
+    method: "PUT",
+    path: "/v1/regions/iad",
+    body: { lag: { enterMs: 1000, exitMs: 5000 } },
+    status: 422,
+    field: "lag.exitMs",
+  },
+  {
+    name: "lease.defaultMs above maxMs",
+    method: "PUT",
+    path: "/v1/regions/iad",
+    body: { lease: { defaultMs: 10_000, maxMs: 5000 } },
+    status: 422,
+    field: "lease.defaultMs",
+  },
+  {
+    name: "non-positive lag",
+    method: "PUT",
+    path: "/v1/regions/iad",
+    body: { lag: { enterMs: 0, exitMs: -1 } },
+    status: 422,
+    field: "lag.enterMs",
+  },
+  {
+    name: "backup naming itself",
+    method: "PUT",
+    path: "/v1/regions/iad",
+    body: { backup: "iad" },
+    status: 422,
+    field: "backup",
+  },
+  {
+    name: "backup naming a missing region",
+    method: "PUT",
+    path: "/v1/regions/iad",
+    body: { backup: "nowhere" },
+    status: 422,
+    field: "backup",
+  },
+  {
+    name: "backup with a bad name",
+    method: "PUT",
+    path: "/v1/regions/iad",
+    body: { backup: "No Where" },
+    status: 422,
+    field: "backup",
+  },
+  // Resource rules.
+  {
+    name: "slots 0",
+    method: "PUT",
+    path: "/v1/regions/iad/resources/r",
+    body: { slots: 0 },
+    status: 422,
+    field: "slots",
+  },
+  {
+    name: "slots 65",
+    method: "PUT",
+    path: "/v1/regions/iad/resources/r",
+    body: { slots: 65 },
+    status: 422,
+    field: "slots",
+  },
+  {
+    name: "fractional slots",
+    method: "PUT",
+    path: "/v1/regions/iad/resources/r",
+    body: { slots: 1.5 },
+    status: 422,
+    field: "slots",
+  },
+  {
+    name: "slots as a string",
+    method: "PUT",
+    path: "/v1/regions/iad/resources/r",
+    body: { slots: "2" },
+    status: 422,
+    field: "slots",
+  },
+  {
+    name: "unknown state",
+    method: "PUT",
+    path: "/v1/regions/iad/resources/r",
+    body: { state: "broken" },
+    status: 422,
+    field: "state",
+  },
+  {
+    name: "17 labels",
+    method: "PUT",
+    path: "/v1/regions/iad/resources/r",
+    body: { labels: labels(17) },
+    status: 422,
+    field: "labels",
+  },
+  {
+    name: "label value of 257 characters",
+    method: "PUT",
+    path: "/v1/regions/iad/resources/r",
+    body: { labels: { k: "v".repeat(257) } },
+    status: 422,
+    field: "labels.k",
+  },
+  {
+    name: "label key of 64 characters",
+    method: "PUT",
+    path: "/v1/regions/iad/resources/r",
+    body: { labels: { ["k".repeat(64)]: "v" } },
+    status: 422,
+    field: `labels.${"k".repeat(64)}`,
+  },
+  // Claim rules.
+  {
+    name: "missing holder",
+    method: "POST",
+    path: "/v1/regions/iad/claims",
+    body: {},
+    token: TOKENS.client,
+    status: 422,
+    field: "holder",
+  },
+  {
+    name: "empty holder",
+    method: "POST",
+    path: "/v1/regions/iad/claims",
+    body: { holder: "" },
+    token: TOKENS.client,
+    status: 422,
+    field: "holder",
+  },
+  {
+    name: "holder of 257 characters",
+    method: "POST",
+    path: "/v1/regions/iad/claims",
+    body: { holder: "h".repeat(257) },
+    token: TOKENS.client,
+    status: 422,
+    field: "holder",
+  },
+  {
+    name: "leaseMs 0",
+    method: "POST",
+    path: "/v1/regions/iad/claims",
+    body: { holder: "h", leaseMs: 0 },
+    token: TOKENS.client,
+    status: 422,
+    field: "leaseMs",
+  },
+  {
+    name: "fractional leaseMs",
+    method: "POST",
+    path: "/v1/regions/iad/claims",
+    body: { holder: "h", leaseMs: 1.5 },
+    token: TOKENS.client,
+    status: 422,
+    field: "leaseMs",
+  },
+  {
+    name: "claim with 17 labels",
+    method: "POST",
+    path: "/v1/regions/iad/claims",
+    body: { holder: "h", labels: labels(17) },
+    token: TOKENS.client,
+    status: 422,
+    field: "labels",
+  },
+  {
+    name: "claim as an array",
+    method: "POST",
+    path: "/v1/regions/iad/claims",
+    body: [{ holder: "h" }],
+    token: TOKENS.client,
+    status: 422,
+  },
+  {
+    name: "Idempotency-Key of 257 characters",
+    method: "POST",
+    path: "/v1/regions/iad/claims",
+    body: { holder: "h" },
+    headers: { "idempotency-key": "k".repeat(257) },
+    token: TOKENS.client,
+    status: 400,
+    field: "Idempotency-Key",
+  },
+  {
+    name: "renew with leaseMs -5",
+    method: "POST",
+    path: (f) => `/v1/claims/${f.id}/renew`,
+    body: { leaseMs: -5 },
+    headers: (f) => ({ "allot-claim-secret": f.secret }),
+    token: TOKENS.client,
+    status: 422,
+    field: "leaseMs",
+  },
+  {
+    name: "renew with an unknown field",
+    method: "POST",
+    path: (f) => `/v1/claims/${f.id}/renew`,
+    body: { leaseMs: 1000, extend: true },
+    headers: (f) => ({ "allot-claim-secret": f.secret }),
+    token: TOKENS.client,
+    status: 422,
+    field: "extend",
+  },
+  {
+    name: "revoke with a 513-character reason",
+    method: "POST",
+    path: (f) => `/v1/claims/${f.id}/revoke`,
+    body: { reason: "r".repeat(513) },
+    status: 422,
+    field: "reason",
+  },
+  {
+    name: "revoke without a reason",
+    method: "POST",
+    path: (f) => `/v1/claims/${f.id}/revoke`,
+    body: {},
+    status: 422,
+    field: "reason",
+  },
+  // Queries and headers of reads.
+  {
+    name: "page limit 0",
+    method: "GET",
+    path: "/v1/regions/iad/resources?limit=0",
+    status: 400,
+    field: "limit",
+  },
+  {
+    name: "page limit 1001",
+    method: "GET",
+    path: "/v1/regions/iad/claims?limit=1001",
+    status: 400,
+    field: "limit",
+  },
+  {
+    name: "unknown claim state filter",
+    method: "GET",
+    path: "/v1/regions/iad/claims?state=zombie",
+    status: 400,
+    field: "state",
+  },
+  {
+    name: "malformed consistency token",
+    method: "GET",
+    path: "/v1/regions/iad/resources",
+    headers: { "allot-consistency-token": "not-a-versionstamp" },
+    status: 400,
+    field: "Allot-Consistency-Token",
+  },
+  // Things that do not exist.
+  { name: "unknown region", method: "GET", path: "/v1/regions/nowhere", status: 404 },
+  {
+    name: "claim in an unknown region",
+    method: "POST",
+    path: "/v1/regions/nowhere/claims",
+    body: { holder: "h" },
+    token: TOKENS.client,
+    status: 404,
+  },
+  {
+    name: "resource in an unknown region",
+    method: "PUT",
+    path: "/v1/regions/nowhere/resources/r",
+    body: {},
+    status: 404,
+  },
+  {
+    name: "unknown claim id",
+    method: "GET",
+    path: "/v1/claims/iad.01JD3J3ZK6S6M2P1TQ4Z3X9V7A",
+    status: 404,
+  },
+  { name: "malformed claim id", method: "GET", path: "/v1/claims/not-a-claim", status: 404 },
+  { name: "unknown route", method: "GET", path: "/v1/nothing-here", status: 404 },
+];
+
+Deno.test("bad input gets a problem+json 4xx naming the field, and changes nothing", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 3);
+  await seedRegion(app, "fra", 1);
+  const held = await claim(app, "iad", { holder: "h" });
+  assert.equal(held.status, 201);
+  const fixture: Fixture = { id: held.body.id, secret: held.body.secret };
+
+  for (const c of CASES) {
+    await t.step(c.name, async () => {
+      const before = await snapshotKv(app.kv);
+      const res = await app.request(
+        c.method,
+        typeof c.path === "function" ? c.path(fixture) : c.path,
+        {
+          token: c.token ?? TOKENS.admin,
+          body: c.body,
+          headers: typeof c.headers === "function" ? c.headers(fixture) : c.headers,
+        },
+      );
+      assertProblem(res, c.status, c.field);
+      assert.deepEqual(await snapshotKv(app.kv), before, "a refused request changed state");
+    });
+  }
+});
+
+Deno.test("valid boundary values are accepted", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "fra", 0);
+  const put = (path: string, body: unknown) => app.request("PUT", path, { body });
+  await t.step("region with every field, backup another region", async () => {
+    const res = await put("/v1/regions/iad", {
+      backup: "fra",
+      lag: { enterMs: 2, exitMs: 1 },
+      lease: { defaultMs: 5000, maxMs: 5000 },
+    });
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    assert.equal(res.body.backup, "fra");
+    assert.deepEqual(res.body.lag, { enterMs: 2, exitMs: 1 });
+  });
+  await t.step("a region with an empty body takes the documented defaults", async () => {
+    const res = await put("/v1/regions/ord", {});
+    assert.equal(res.status, 201);
+    assert.equal(res.body.backup, null);
+    assert.deepEqual(res.body.lag, { enterMs: 2000, exitMs: 500 });
+    assert.deepEqual(res.body.lease, { defaultMs: 60_000, maxMs: 3_600_000 });
+  });
+  await t.step("slots 1 and 64, 16 labels, 256-character label values", async () => {
+    const one = await put("/v1/regions/iad/resources/a", { slots: 1 });
+    assert.equal(one.status, 201);
+    const max = await put("/v1/regions/iad/resources/b", {
+      slots: 64,
+      labels: { ...labels(15), long: "v".repeat(256) },
+    });
+    assert.equal(max.status, 201, JSON.stringify(max.body));
+    assert.equal(max.body.slots, 64);
+    const id = `R${"r".repeat(127)}`;
+    assert.equal((await put(`/v1/regions/iad/resources/${id}`, {})).status, 201);
+  });
+});
+
+/** Sanity for the harness itself: a successful write does change the snapshot. */
+Deno.test("snapshotKv() sees every write, even of an equal value", async () => {
+  await using t: TestApp = await makeApp();
+  await seedRegion(t, "iad", 1);
+  const before = await snapshotKv(t.kv);
+  const res = await t.request("PUT", "/v1/regions/iad/resources/res-0000", { body: { slots: 1 } });
+  assert.equal(res.status, 200);
+  assert.notDeepEqual(await snapshotKv(t.kv), before);
+});
