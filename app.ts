@@ -10,6 +10,7 @@ import type { TokenRegistry } from "./lib/auth.ts";
 import { type Clock, systemClock } from "./lib/clock.ts";
 import { GroupEnder } from "./lib/ender.ts";
 import { GroupCommitter } from "./lib/group.ts";
+import { log } from "./lib/log.ts";
 import { AllotError, ValidationError } from "./lib/errors.ts";
 import { type AppEnv, fieldIssues } from "./routes/_shared.ts";
 import { claimRoutes } from "./routes/claims.ts";
@@ -55,14 +56,7 @@ function toProblemResponse(error: unknown): Response {
     );
   }
   if (!known) {
-    console.error(
-      JSON.stringify({
-        level: "error",
-        msg: "unhandled error",
-        error: String(error),
-        stack: (error as Error)?.stack,
-      }),
-    );
+    log("error", "unhandled error", { error: String(error), stack: (error as Error)?.stack });
     return Response.json(
       { type: "about:blank", title: "Internal error", status: 500, detail: "Internal error" },
       { status: 500, headers: { "content-type": "application/problem+json" } },

@@ -8,7 +8,7 @@ import type { AtomicWriter } from "./atomic.ts";
 import { digestsEqual, sha256Hex } from "./auth.ts";
 import { encodeBase64Url } from "./base64.ts";
 import type { Clock } from "./clock.ts";
-import { NoCapacityError, UnavailableError, ValidationError } from "./errors.ts";
+import { AllotError, NoCapacityError, UnavailableError, ValidationError } from "./errors.ts";
 import { type ClaimRoute, routeClaim } from "./fallback.ts";
 import { keys } from "./keys.ts";
 import { addCounter, markWrite } from "./kv.ts";
@@ -16,6 +16,7 @@ import { type ClaimRecord, describeClaim, sweepExpired } from "./leases.ts";
 import { type FreeSlot, type HeldSlot, labelsMatch } from "./pool.ts";
 import type { LeaseExpireMessage } from "./queue.ts";
 import type { ClaimGrant, ClaimInput } from "./schemas.ts";
+import { inSpan, instruments } from "./telemetry.ts";
 
 /** Conflicting commits a lone claim survives before answering 503 (each retry reads afresh). */
 const MAX_CLAIM_ATTEMPTS = 32;
@@ -45,6 +46,7 @@ export interface ClaimRequest {
 /** A claim request after its idempotency pre-check: what the allocators work with. */
 export interface PreparedClaim {
   request: ClaimRequest;
+  /** Digest of the body, remembered with the idempotency key ("" without one). */
   bodyHash: string;
   idemKey: Deno.KvKey | null;
 }
@@ -53,6 +55,8 @@ export interface PreparedClaim {
 export interface ClaimOutcome {
   grant: ClaimGrant;
   replayed: boolean;
+  /** Claims in the commit that granted it (0 for a replay). */
+  groupSize: number;
 }
 
 /** Something that allocates prepared claims (the group committer, or a lone CAS). */
@@ -65,16 +69,44 @@ export interface Allocator {
  * the first answer for a known idempotency key; otherwise hands the claim to
  * `allocator` (group commit) or allocates it alone.
  */
-export async function createClaim(
+export function createClaim(
   kv: Deno.Kv,
   clock: Clock,
   request: ClaimRequest,
   allocator?: Allocator,
 ): Promise<ClaimOutcome> {
-  const bodyHash = sha256Hex(canonicalJson(request.input));
+  return inSpan("allot.claim", { "allot.region": request.region }, async (span) => {
+    try {
+      const outcome = await claimOnce(kv, clock, request, allocator);
+      span.setAttributes({
+        "allot.served_by": outcome.grant.servedBy,
+        "allot.replayed": outcome.replayed,
+        "allot.group_size": outcome.groupSize,
+      });
+      instruments.claims.add(1, {
+        region: request.region,
+        served_by: outcome.grant.servedBy,
+        outcome: outcome.replayed ? "replayed" : "granted",
+      });
+      return outcome;
+    } catch (error) {
+      const outcome = error instanceof AllotError ? error.slug : "error";
+      instruments.claims.add(1, { region: request.region, outcome });
+      throw error;
+    }
+  });
+}
+
+async function claimOnce(
+  kv: Deno.Kv,
+  clock: Clock,
+  request: ClaimRequest,
+  allocator?: Allocator,
+): Promise<ClaimOutcome> {
   const idemKey = request.idempotencyKey === undefined
     ? null
     : keys.idempotency(request.region, request.caller, request.idempotencyKey);
+  const bodyHash = idemKey ? sha256Hex(canonicalJson(request.input)) : "";
   if (idemKey) {
     const earlier = await kv.get<IdempotencyRecord>(idemKey);
     if (earlier.versionstamp !== null) return replay(earlier, bodyHash);
@@ -136,7 +168,9 @@ async function allocateFrom(
     const op = kv.atomic();
     const draft = stageClaim(op, clock, claim, route, servedBy, pick, 0);
     const res = await op.commit();
-    if (res.ok) return { grant: withTokens(draft, res.versionstamp, 0), replayed: false };
+    if (res.ok) {
+      return { grant: withTokens(draft, res.versionstamp, 0), replayed: false, groupSize: 1 };
+    }
     const raced = await replayIfKnown(kv, claim);
     if (raced) return raced;
   }
@@ -244,7 +278,11 @@ function replay(entry: Deno.KvEntry<IdempotencyRecord>, bodyHash: string): Claim
   }
   // The idempotency record was written in the claim's own commit: same versionstamp.
   const { grant, commitIndex } = entry.value;
-  return { grant: withTokens(grant, entry.versionstamp, commitIndex), replayed: true };
+  return {
+    grant: withTokens(grant, entry.versionstamp, commitIndex),
+    replayed: true,
+    groupSize: 0,
+  };
 }
 
 /** Up to `want` free entries matching `labels`, read from a random point of the index. */

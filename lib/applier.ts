@@ -10,7 +10,9 @@ import type { Clock } from "./clock.ts";
 import { evaluateMode } from "./fallback.ts";
 import type { StatusBatchMessage } from "./queue.ts";
 import { loseLeases } from "./resources.ts";
+import { log } from "./log.ts";
 import { planApply } from "./status.ts";
+import { inSpan, instruments } from "./telemetry.ts";
 
 /** Test-only fault injection; production code never constructs one. */
 export interface StatusFaults {
@@ -146,26 +148,33 @@ export class StatusApplier {
   }
 
   /** Plans and commits one group; false when it does not fit one atomic. */
-  async #commitGroup(group: readonly StatusBatchMessage[], bookkeep = true): Promise<boolean> {
-    for (let attempt = 0; attempt <= MAX_CONFLICT_RETRIES; attempt++) {
-      const plan = new AtomicPlan();
-      const planned = await planApply(this.kv, this.clock, plan, group, bookkeep);
-      if (!plan.fits()) return false;
-      if (plan.mutations === 0) return true;
-      await this.#faults.beforeCommit?.(planned.regions);
-      const res = await plan.commit(this.kv);
-      if (!res.ok) {
-        this.stats.conflicts++;
-        continue;
+  #commitGroup(group: readonly StatusBatchMessage[], bookkeep = true): Promise<boolean> {
+    return inSpan("allot.status.apply", { "allot.messages": group.length }, async (span) => {
+      for (let attempt = 0; attempt <= MAX_CONFLICT_RETRIES; attempt++) {
+        const plan = new AtomicPlan();
+        const planned = await planApply(this.kv, this.clock, plan, group, bookkeep);
+        if (!plan.fits()) return false;
+        if (plan.mutations === 0) return true;
+        await this.#faults.beforeCommit?.(planned.regions);
+        const res = await plan.commit(this.kv);
+        if (!res.ok) {
+          this.stats.conflicts++;
+          continue;
+        }
+        this.stats.commits++;
+        this.stats.updates += planned.processed;
+        this.stats.effective += planned.effective;
+        this.stats.messages += planned.completed;
+        span.setAttributes({ "allot.updates": planned.processed, "allot.retries": attempt });
+        for (const region of planned.regions) {
+          instruments.statusUpdates.add(planned.processed, { region });
+        }
+        instruments.updatesPerCommit.record(planned.processed);
+        await this.#afterCommit(planned.regions, planned.gone);
+        return true;
       }
-      this.stats.commits++;
-      this.stats.updates += planned.processed;
-      this.stats.effective += planned.effective;
-      this.stats.messages += planned.completed;
-      await this.#afterCommit(planned.regions, planned.gone);
-      return true;
-    }
-    throw new Error(`status apply: ${MAX_CONFLICT_RETRIES} conflicting commits in a row`);
+      throw new Error(`status apply: ${MAX_CONFLICT_RETRIES} conflicting commits in a row`);
+    });
   }
 
   /**
@@ -196,7 +205,5 @@ export class StatusApplier {
 }
 
 function logFailure(error: unknown): void {
-  console.error(
-    JSON.stringify({ level: "warn", msg: "after-apply step failed", error: String(error) }),
-  );
+  log("warn", "after-apply step failed", { error: String(error) });
 }

@@ -8,7 +8,9 @@
 import type { Clock } from "./clock.ts";
 import { keys } from "./keys.ts";
 import { type Lag, readLag } from "./lag.ts";
+import { log } from "./log.ts";
 import { getRegionConfig, poolCounts } from "./regions.ts";
+import { observeRegion } from "./telemetry.ts";
 import type { RegionConfig, RegionMode } from "./schemas.ts";
 
 /** How many mode changes a region remembers. */
@@ -98,7 +100,10 @@ export async function evaluateMode(
     const config = configEntry.value;
     const current = modeEntry.value ?? initialMode(config);
     const change = await nextMode(kv, clock, config, current, lag);
-    if (change === null) return { config, mode: current, lag };
+    if (change === null) {
+      observeRegion(region, lag.lagMs, current.mode, lag.deadLettered);
+      return { config, mode: current, lag };
+    }
     const now = clock.now();
     const next: ModeRecord = {
       mode: change.to,
@@ -112,15 +117,14 @@ export async function evaluateMode(
     const res = await kv.atomic().check(modeEntry).check(configEntry).set(keys.mode(region), next)
       .commit();
     if (res.ok) {
-      console.log(JSON.stringify({
-        level: "info",
-        msg: "region mode changed",
+      log("info", "region mode changed", {
         region,
         from: current.mode,
         to: next.mode,
         reason: next.reason,
         lagMs: lag.lagMs,
-      }));
+      });
+      observeRegion(region, lag.lagMs, next.mode, lag.deadLettered);
       return { config, mode: next, lag };
     }
   }

@@ -21,6 +21,7 @@ import type { Clock } from "./clock.ts";
 import { type ClaimRoute, routeClaim } from "./fallback.ts";
 import { CommitQueue, type Pending } from "./commit_queue.ts";
 import type { FreeSlot } from "./pool.ts";
+import { instruments } from "./telemetry.ts";
 
 /** Counters for metrics and the bench. */
 export interface GroupStats {
@@ -109,11 +110,17 @@ export class GroupCommitter implements Allocator {
       if (res.ok) {
         this.stats.commits++;
         this.stats.claims += staged.length;
+        instruments.claimGroupSize.record(staged.length);
         for (const { waiting, draft, index } of staged) {
-          waiting.resolve({ grant: withTokens(draft, res.versionstamp, index), replayed: false });
+          waiting.resolve({
+            grant: withTokens(draft, res.versionstamp, index),
+            replayed: false,
+            groupSize: staged.length,
+          });
         }
       } else {
         this.stats.failedGroups++;
+        instruments.groupConflicts.add(1);
         alone.push(...staged.map((s) => s.waiting));
       }
     }

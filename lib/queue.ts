@@ -8,6 +8,7 @@ import type { Clock } from "./clock.ts";
 import { RegionName, StatusUpdate } from "./schemas.ts";
 import { expireIfDue, getClaimEntry } from "./leases.ts";
 import { NotFoundError } from "./errors.ts";
+import { log } from "./log.ts";
 
 export const LeaseExpireMessage = z.strictObject({
   type: z.literal("lease.expire"),
@@ -45,7 +46,7 @@ export type QueueOutcome = "expired" | "rescheduled" | "stale" | "ignored" | "ap
 export async function handleQueueMessage(deps: QueueDeps, raw: unknown): Promise<QueueOutcome> {
   const parsed = QueueMessage.safeParse(raw);
   if (!parsed.success) {
-    console.error(JSON.stringify({ msg: "dropping malformed queue message", raw }));
+    log("error", "dropping malformed queue message", { raw });
     return "ignored";
   }
   const message = parsed.data;

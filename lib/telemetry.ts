@@ -1,0 +1,76 @@
+/**
+ * OpenTelemetry through Deno's built-in support: with OTEL_DENO=true Deno registers
+ * an SDK behind `@opentelemetry/api` and exports over OTLP; without it these calls
+ * are no-ops. Span and metric names are documented in the README.
+ */
+import { type Attributes, metrics, type Span, SpanStatusCode, trace } from "@opentelemetry/api";
+import type { RegionMode } from "./schemas.ts";
+
+const tracer = trace.getTracer("allot");
+const meter = metrics.getMeter("allot");
+
+/** Counters and histograms allot reports. */
+export const instruments = {
+  claims: meter.createCounter("allot.claims", {
+    description: "Claims answered, by region, serving region and outcome",
+  }),
+  claimGroupSize: meter.createHistogram("allot.claim.group_size", {
+    description: "Claims per group commit",
+  }),
+  groupConflicts: meter.createCounter("allot.claim.group_conflicts", {
+    description: "Group commits that failed their checks (their claims retried alone)",
+  }),
+  statusUpdates: meter.createCounter("allot.status.updates", {
+    description: "Status updates applied (processed), by region",
+  }),
+  updatesPerCommit: meter.createHistogram("allot.status.updates_per_commit", {
+    description: "Status updates per apply commit",
+  }),
+};
+
+/** Last lag, mode and dead letters seen per region, exported as gauges. */
+const regionGauges = new Map<string, { lagMs: number; mode: RegionMode; deadLettered: number }>();
+
+meter.createObservableGauge("allot.region.lag_ms", { description: "Status lag per region" })
+  .addCallback((result) => {
+    for (const [region, g] of regionGauges) result.observe(g.lagMs, { region });
+  });
+meter.createObservableGauge("allot.region.fallback", {
+  description: "1 when the region serves claims from its backup, else 0",
+}).addCallback((result) => {
+  for (const [region, g] of regionGauges) result.observe(g.mode === "fallback" ? 1 : 0, { region });
+});
+meter.createObservableGauge("allot.region.dead_letters", {
+  description: "Status updates dead-lettered per region",
+}).addCallback((result) => {
+  for (const [region, g] of regionGauges) result.observe(g.deadLettered, { region });
+});
+
+/** Records a region's latest evaluated lag and mode for the gauges. */
+export function observeRegion(
+  region: string,
+  lagMs: number,
+  mode: RegionMode,
+  deadLettered: number,
+): void {
+  regionGauges.set(region, { lagMs, mode, deadLettered });
+}
+
+/** Runs `fn` in a span; an exception marks the span as an error and is rethrown. */
+export async function inSpan<T>(
+  name: string,
+  attributes: Attributes,
+  fn: (span: Span) => Promise<T>,
+): Promise<T> {
+  return await tracer.startActiveSpan(name, { attributes }, async (span) => {
+    try {
+      return await fn(span);
+    } catch (error) {
+      span.recordException(error as Error);
+      span.setStatus({ code: SpanStatusCode.ERROR, message: String(error) });
+      throw error;
+    } finally {
+      span.end();
+    }
+  });
+}

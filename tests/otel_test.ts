@@ -1,0 +1,69 @@
+import assert from "node:assert/strict";
+
+/** Polls `check` until it is true or `ms` pass. */
+async function eventually(check: () => boolean, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (check()) return true;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return check();
+}
+
+Deno.test("with OTEL_DENO=true a claim exports an allot.claim span and allot metrics over OTLP", async () => {
+  const received: string[] = [];
+  const collector = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+    received.push(`${new URL(req.url).pathname} ${await req.text()}`);
+    return Response.json({});
+  });
+  const admin = "otel-admin-token-000001";
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const server = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", "--allow-env", "--allow-read", "main.ts"],
+    env: {
+      OTEL_DENO: "true",
+      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${collector.addr.port}`,
+      OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+      OTEL_METRIC_EXPORT_INTERVAL: "500",
+      OTEL_BSP_SCHEDULE_DELAY: "100",
+      ALLOT_KV: ":memory:",
+      ALLOT_TOKENS: JSON.stringify([{ token: admin, role: "admin" }]),
+      PORT: String(port),
+    },
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const base = `http://127.0.0.1:${port}`;
+  let up = false;
+  const probe = setInterval(() => {
+    fetch(`${base}/healthz`).then((r) => r.body?.cancel()).then(() => up = true, () => {});
+  }, 100);
+  try {
+    const headers = { authorization: `Bearer ${admin}`, "content-type": "application/json" };
+    assert.ok(await eventually(() => up, 10_000), "server started");
+    for (
+      const [method, path, body] of [
+        ["PUT", "/v1/regions/otel", "{}"],
+        ["PUT", "/v1/regions/otel/resources/r1", "{}"],
+        ["POST", "/v1/regions/otel/claims", '{"holder":"h"}'],
+      ]
+    ) {
+      const res = await fetch(base + path, { method, headers, body });
+      await res.body?.cancel();
+      assert.ok(res.status < 300, `${method} ${path}: ${res.status}`);
+    }
+    const has = (path: string, name: string) =>
+      received.some((r) => r.startsWith(path) && r.includes(`"${name}"`));
+    assert.ok(await eventually(() => has("/v1/traces", "allot.claim"), 15_000), "claim span");
+    assert.ok(await eventually(() => has("/v1/metrics", "allot.claims"), 15_000), "claim counter");
+    assert.ok(
+      await eventually(() => has("/v1/metrics", "allot.region.lag_ms"), 15_000),
+      "lag gauge",
+    );
+  } finally {
+    clearInterval(probe);
+    server.kill("SIGKILL");
+    await server.status;
+    await collector.shutdown();
+  }
+});
