@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { StatusApplier } from "../lib/applier.ts";
-import type { StatusBatchMessage } from "../lib/queue.ts";
+import { handleQueueMessage, type StatusBatchMessage } from "../lib/queue.ts";
 import { ingestStatus } from "../lib/status.ts";
 import { claim, makeApp, type TestApp, TOKENS } from "./_helpers.ts";
 
@@ -211,4 +211,37 @@ Deno.test("200 concurrent claims through two app instances during repeated switc
   assert.equal(iad.claimed + fra.claimed, grants.length);
   assert.equal(iad.free + fra.free, 300 - grants.length);
   kv.close();
+});
+
+Deno.test("a consumer delayed for one region (fault seam) drives it to fallback and back, end to end", async () => {
+  const kv = await Deno.openKv(":memory:");
+  await using app = await makeApp({ kv });
+  await twoRegions(app);
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => open = resolve);
+  const applier = new StatusApplier(kv, app.clock, {
+    faults: { beforeCommit: (regions) => regions.has("iad") ? gate : undefined },
+  });
+  const listening = kv.listenQueue(async (message) => {
+    await handleQueueMessage({ kv, clock: app.clock, applier }, message);
+  });
+  const posted = await app.request("POST", "/v1/regions/iad/status", {
+    token: TOKENS.agent,
+    body: { updates: [{ resource: "iad-0", seq: 1, state: "ready", load: 1 }] },
+  });
+  assert.equal(posted.status, 202);
+  app.clock.advance(LAG.enterMs + 1);
+  assert.equal((await health(app, "iad")).mode, "fallback");
+  assert.equal((await claim(app, "iad")).body.servedBy, "fra");
+
+  open();
+  let mode = "fallback";
+  for (let i = 0; i < 200 && mode !== "primary"; i++) {
+    await new Promise((r) => setTimeout(r, 20));
+    mode = (await health(app, "iad")).mode;
+  }
+  assert.equal(mode, "primary", "the delayed batch applied, lag fell below exitMs");
+  assert.equal((await claim(app, "iad")).body.servedBy, "iad");
+  kv.close();
+  await listening;
 });
