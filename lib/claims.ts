@@ -3,7 +3,7 @@ import { digestsEqual, sha256Hex } from "./auth.ts";
 import type { Clock } from "./clock.ts";
 import { ForbiddenError, LeaseLostError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { markWrite } from "./kv.ts";
+import { cursorError, markWrite } from "./kv.ts";
 import {
   type ClaimRecord,
   claimView,
@@ -174,19 +174,23 @@ export async function listClaims(
   const items: Claim[] = [];
   let scanned = 0;
   let cursor: string | null = null;
-  for await (const entry of iter) {
-    scanned++;
-    const record = entry.value;
-    if (
-      (query.holder === undefined || record.holder === query.holder) &&
-      (query.state === undefined || record.state === query.state)
-    ) {
-      items.push(claimView(entry));
-      if (items.length >= query.limit) {
-        cursor = iter.cursor;
-        break;
+  try {
+    for await (const entry of iter) {
+      scanned++;
+      const record = entry.value;
+      if (
+        (query.holder === undefined || record.holder === query.holder) &&
+        (query.state === undefined || record.state === query.state)
+      ) {
+        items.push(claimView(entry));
+        if (items.length >= query.limit) {
+          cursor = iter.cursor;
+          break;
+        }
       }
     }
+  } catch (error) {
+    throw cursorError(error);
   }
   if (cursor === null && scanned >= scanBudget) cursor = iter.cursor;
   return { items, cursor: cursor || null };

@@ -1,5 +1,6 @@
 /** Small Deno KV helpers shared by lib/ modules. */
 import type { AtomicWriter } from "./atomic.ts";
+import { BadRequestError } from "./errors.ts";
 import { type CounterName, keys } from "./keys.ts";
 
 const U64 = 2n ** 64n;
@@ -50,4 +51,16 @@ export async function listAll<T>(
   const out: Deno.KvEntry<T>[] = [];
   for await (const entry of kv.list<T>({ prefix }, { consistency })) out.push(entry);
   return out;
+}
+
+/**
+ * Deno KV throws a TypeError on a list cursor it cannot decode ("invalid cursor", or
+ * "expected: latin1" for characters past U+00FF): that is the caller's mistake, so it
+ * becomes a 400 naming `cursor`. Any other error is returned as is.
+ */
+export function cursorError(error: unknown): unknown {
+  if (!(error instanceof TypeError) || !/cursor|latin1/i.test(error.message)) return error;
+  return new BadRequestError("Invalid query: cursor is not one this listing returned", [
+    { field: "cursor", message: "is not one this listing returned" },
+  ]);
 }

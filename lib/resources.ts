@@ -2,7 +2,7 @@
 import type { Clock } from "./clock.ts";
 import { LeaseLostError, NotFoundError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { markWrite } from "./kv.ts";
+import { cursorError, markWrite } from "./kv.ts";
 import { endLease } from "./leases.ts";
 import { readHeldSlots, type ResourceSpec, stageSpecChange } from "./pool.ts";
 import { getRegionConfig } from "./regions.ts";
@@ -164,7 +164,11 @@ export async function listResources(
     consistency,
   });
   const specs: ResourceSpec[] = [];
-  for await (const entry of iter) specs.push(entry.value);
+  try {
+    for await (const entry of iter) specs.push(entry.value);
+  } catch (error) {
+    throw cursorError(error);
+  }
   if (specs.length === 0) return { items: [], cursor: null };
   const first = specs[0].id;
   const last = specs[specs.length - 1].id;
