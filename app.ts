@@ -14,6 +14,8 @@ import { log } from "./lib/log.ts";
 import { AllotError, ValidationError } from "./lib/errors.ts";
 import { type AppEnv, fieldIssues } from "./routes/_shared.ts";
 import { claimRoutes } from "./routes/claims.ts";
+import { dashboardRoutes } from "./routes/dashboard.tsx";
+import { docsRoutes } from "./routes/docs.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { regionRoutes } from "./routes/regions.ts";
 import { resourceRoutes } from "./routes/resources.ts";
@@ -107,6 +109,8 @@ export function createApp({ kv, tokens, clock = systemClock }: AppOptions) {
   app.route("/", resourceRoutes(deps));
   app.route("/", claimRoutes(deps));
   app.route("/", statusRoutes(deps));
+  app.route("/", docsRoutes());
+  app.route("/", dashboardRoutes());
   app.doc31("/openapi.json", {
     openapi: "3.1.0",
     info: {
@@ -114,6 +118,8 @@ export function createApp({ kv, tokens, clock = systemClock }: AppOptions) {
       version: "1.0.0",
       description: "Exclusive resource allocation per region, backed by Deno KV.",
     },
+    // Each deployment serves its own document: paths resolve against where it was fetched.
+    servers: [{ url: "/", description: "This deployment" }],
   });
   app.notFound((c) =>
     toProblemResponse(
@@ -123,6 +129,3 @@ export function createApp({ kv, tokens, clock = systemClock }: AppOptions) {
   app.onError((error) => toProblemResponse(error));
   return app;
 }
-
-/** The app's type, for the typed client. */
-export type App = ReturnType<typeof createApp>;

@@ -7,7 +7,8 @@ import type { Clock } from "../lib/clock.ts";
 import type { LeaseEnder } from "../lib/leases.ts";
 import type { Role } from "../lib/config.ts";
 import { BadRequestError, type FieldIssue, ValidationError } from "../lib/errors.ts";
-import { Problem } from "../lib/schemas.ts";
+import { ConsistencyToken, Problem } from "../lib/schemas.ts";
+import { problemExamples } from "./_examples.ts";
 
 /** Hono environment: the authenticated caller is set by the auth middleware. */
 export type AppEnv = { Variables: { principal: Principal } };
@@ -81,29 +82,79 @@ export function caller(
   return principal;
 }
 
-const problem = (description: string) => ({
+const problem = (description: string, status: keyof typeof problemExamples) => ({
   description,
-  content: { "application/problem+json": { schema: Problem } },
+  content: {
+    "application/problem+json": { schema: Problem, example: problemExamples[status] },
+  },
 });
 
 /** The problem responses every authenticated route can give. */
 export const commonProblems = {
-  400: problem("Malformed path, query, header or JSON"),
-  401: problem("Missing or unknown bearer token"),
-  403: problem("The token's role or region scope does not allow this"),
-  404: problem("The region, resource or claim does not exist"),
-  422: problem("The body breaks a rule; `field` names the offending field"),
+  400: problem("Malformed path, query, header or JSON (`urn:allot:problem:bad-request`)", 400),
+  401: {
+    ...problem("Missing or unknown bearer token (`urn:allot:problem:unauthorized`)", 401),
+    headers: z.object({
+      "WWW-Authenticate": z.string().openapi({
+        description: "The scheme to authenticate with.",
+        example: 'Bearer realm="allot"',
+      }),
+    }),
+  },
+  403: problem(
+    "The token's role or region scope does not allow this, or the claim secret is missing or wrong (`urn:allot:problem:forbidden`)",
+    403,
+  ),
+  404: problem(
+    "The region, resource or claim does not exist (`urn:allot:problem:not-found`)",
+    404,
+  ),
+  422: problem(
+    "The body breaks a rule; `field` names the first offending field and `errors` lists them all (`urn:allot:problem:validation`)",
+    422,
+  ),
+} as const;
+
+/** The problem responses of routes that read a JSON body. */
+export const bodyProblems = {
+  413: problem("The body is over the size limit (`urn:allot:problem:too-large`)", 413),
+  415: problem(
+    "The body is not `application/json` (`urn:allot:problem:unsupported-media-type`)",
+    415,
+  ),
 } as const;
 
 /** 409 for renew/release/revoke of a lease that has ended. */
 export const leaseLostProblem = problem(
-  "The lease is no longer the caller's (released, expired, lost)",
+  "The lease is no longer the caller's: released, expired, revoked or its resource gone (`urn:allot:problem:lease-lost`)",
+  409,
 );
 /** 503 with Retry-After. */
 export const unavailableProblem = {
-  ...problem("No capacity or too much contention; retry after `Retry-After` seconds"),
-  headers: z.object({ "Retry-After": z.string().openapi({ example: "1" }) }),
+  ...problem(
+    "No capacity (`urn:allot:problem:no-capacity`) or too much contention or backlog (`urn:allot:problem:unavailable`); retry after `Retry-After` seconds",
+    503,
+  ),
+  headers: z.object({
+    "Retry-After": z.string().openapi({
+      description: "Whole seconds to wait before retrying.",
+      example: "1",
+    }),
+  }),
 };
+
+/** Response header of every write: pass it back as `Allot-Consistency-Token` to read the write. */
+export const ConsistencyTokenHeader = z.object({
+  "Allot-Consistency-Token": ConsistencyToken,
+});
+
+/** Response header of reads that honour `Allot-Consistency-Token`. */
+export const ConsistencyServedHeader = z.object({
+  "Allot-Consistency": z.enum(["strong", "eventual"]).openapi({
+    description:
+      "How the read was served: `eventual` from a replica that had caught up with the presented token, else `strong`.",
+  }),
+});
 
 export const bearerSecurity = [{ bearer: [] }];
 
@@ -111,11 +162,17 @@ export const ConsistencyHeaders = z.object({
   "allot-consistency-token": z.string().regex(/^[0-9a-f]{20}$/, {
     message: "must be a consistencyToken returned by a write",
   }).optional().openapi({
-    description: "A write's consistencyToken: the read will reflect that write (read-your-writes).",
+    description:
+      "A write's consistencyToken (`Allot-Consistency-Token`): the read will reflect that write (read-your-writes). It may be served from a replica; one that cannot catch up within a short bound makes the read strong, never stale.",
+    example: "00000000000000110000",
   }),
 });
 
 export const PageQuery = z.object({
-  cursor: z.string().max(1024).optional(),
-  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  cursor: z.string().max(1024).optional().openapi({
+    description: "The `cursor` of the previous page; omit for the first page.",
+  }),
+  limit: z.coerce.number().int().min(1).max(1000).default(100).openapi({
+    description: "Most items on this page.",
+  }),
 });

@@ -24,11 +24,15 @@ import {
 import { authorize, type Principal } from "../lib/auth.ts";
 import type { Role } from "../lib/config.ts";
 import { NotFoundError } from "../lib/errors.ts";
+import { claimExample, claimWrittenExample, grantExample, revokedExample } from "./_examples.ts";
 import {
   bearerSecurity,
+  bodyProblems,
   caller,
   commonProblems,
   ConsistencyHeaders,
+  ConsistencyServedHeader,
+  ConsistencyTokenHeader,
   leaseLostProblem,
   newRouter,
   PageQuery,
@@ -42,7 +46,9 @@ const ClaimParams = z.object({
 });
 const SecretHeaders = z.object({
   "allot-claim-secret": z.string().max(256).optional().openapi({
-    description: "The `secret` returned when the claim was granted.",
+    description:
+      "`Allot-Claim-Secret`: the `secret` returned when the claim was granted. Required: without it, or with another, the answer is 403.",
+    example: grantExample.secret,
   }),
 });
 const ClaimWritten = Claim.extend({ consistencyToken: ConsistencyToken });
@@ -51,28 +57,48 @@ const createRouteDef = createRoute({
   method: "post",
   path: "/v1/regions/{region}/claims",
   tags: ["claims"],
+  operationId: "createClaim",
   summary: "Claim one free slot (client)",
   description:
-    "Compare-and-swap allocation. A retry with the same `Idempotency-Key` and body replays the first answer, secret included.",
+    "**Roles:** client, admin (region-scoped tokens: their regions).\n\nCompare-and-swap allocation of one slot of a `ready` resource carrying all the asked `labels`. In `fallback` mode the backup region's pool serves it (`servedBy`). A retry with the same `Idempotency-Key`, caller and body replays the first answer, secret included; the key is remembered at least as long as the lease. Keep the `secret`: renew and release need it.",
   security: bearerSecurity,
   request: {
     params: RegionParams,
     headers: z.object({
       "idempotency-key": z.string().min(1).max(LIMITS.idempotencyKey).regex(/^[\x21-\x7e]+$/, {
         message: "must be 1-256 printable ASCII characters",
-      }).optional(),
+      }).optional().openapi({
+        description:
+          "`Idempotency-Key`: retrying with the same key (same caller, same body) returns the same claim, never a second one.",
+        example: "job-8f14e45f-attempt",
+      }),
     }),
-    body: { content: { "application/json": { schema: ClaimInput } }, required: true },
+    body: {
+      content: {
+        "application/json": {
+          schema: ClaimInput,
+          example: { holder: "worker-7", leaseMs: 60000, labels: { browser: "chromium" } },
+        },
+      },
+      required: true,
+    },
   },
   responses: {
     201: {
       description: "Granted (or replayed: see `Idempotent-Replayed`)",
-      headers: z.object({
-        "Allot-Served-By": z.string().openapi({ description: "Region whose pool served it" }),
+      headers: ConsistencyTokenHeader.extend({
+        "Allot-Served-By": z.string().openapi({
+          description: "Region whose pool served it",
+          example: "iad",
+        }),
+        "Idempotent-Replayed": z.literal("true").optional().openapi({
+          description: "Present when this answer replays an earlier one for the same key",
+        }),
       }),
-      content: { "application/json": { schema: ClaimGrant } },
+      content: { "application/json": { schema: ClaimGrant, example: grantExample } },
     },
     ...commonProblems,
+    ...bodyProblems,
     503: unavailableProblem,
   },
 });
@@ -81,11 +107,18 @@ const getRoute = createRoute({
   method: "get",
   path: "/v1/claims/{id}",
   tags: ["claims"],
+  operationId: "getClaim",
   summary: "A claim and its state (client, admin)",
+  description:
+    "**Roles:** client, admin (region-scoped tokens: claims asked for in their regions).\n\nState is `active`, `released`, `expired` or `lost`; an ended claim stays readable for at least an hour. Never shows the secret. Honours `Allot-Consistency-Token` (read-your-writes).",
   security: bearerSecurity,
   request: { params: ClaimParams, headers: ConsistencyHeaders },
   responses: {
-    200: { description: "The claim", content: { "application/json": { schema: Claim } } },
+    200: {
+      description: "The claim",
+      headers: ConsistencyServedHeader,
+      content: { "application/json": { schema: Claim, example: claimExample } },
+    },
     ...commonProblems,
   },
 });
@@ -94,16 +127,27 @@ const renewRoute = createRoute({
   method: "post",
   path: "/v1/claims/{id}/renew",
   tags: ["claims"],
+  operationId: "renewClaim",
   summary: "Extend a live lease (client + Allot-Claim-Secret)",
+  description:
+    "**Roles:** client, admin, with the claim's `Allot-Claim-Secret`.\n\nThe lease runs `leaseMs` from now (default: the claim's current `leaseMs`; clamped to the region's `lease.maxMs`). 409 once the lease has ended: the slot may already be someone else's.",
   security: bearerSecurity,
   request: {
     params: ClaimParams,
     headers: SecretHeaders,
-    body: { content: { "application/json": { schema: RenewInput } }, required: false },
+    body: {
+      content: { "application/json": { schema: RenewInput, example: { leaseMs: 60000 } } },
+      required: false,
+    },
   },
   responses: {
-    200: { description: "Renewed", content: { "application/json": { schema: ClaimWritten } } },
+    200: {
+      description: "Renewed",
+      headers: ConsistencyTokenHeader,
+      content: { "application/json": { schema: ClaimWritten, example: claimWrittenExample } },
+    },
     ...commonProblems,
+    ...bodyProblems,
     409: leaseLostProblem,
   },
 });
@@ -112,12 +156,16 @@ const releaseRoute = createRoute({
   method: "delete",
   path: "/v1/claims/{id}",
   tags: ["claims"],
+  operationId: "releaseClaim",
   summary: "Release a live lease (client + Allot-Claim-Secret)",
+  description:
+    "**Roles:** client, admin, with the claim's `Allot-Claim-Secret`.\n\nThe slot is free again at once; the claim ends in state `released`. 409 when the lease had already ended.",
   security: bearerSecurity,
   request: { params: ClaimParams, headers: SecretHeaders },
   responses: {
     204: {
       description: "Released; the consistency token is in the `Allot-Consistency-Token` header",
+      headers: ConsistencyTokenHeader,
     },
     ...commonProblems,
     409: leaseLostProblem,
@@ -128,15 +176,28 @@ const revokeRoute = createRoute({
   method: "post",
   path: "/v1/claims/{id}/revoke",
   tags: ["claims"],
+  operationId: "revokeClaim",
   summary: "End a live lease now (admin); its holder gets 409 afterwards",
+  description:
+    "**Role:** admin (region-scoped tokens: claims asked for in their regions).\n\nThe claim ends in state `lost` with the `reason` (prefixed `revoked: `); its slot is free at once.",
   security: bearerSecurity,
   request: {
     params: ClaimParams,
-    body: { content: { "application/json": { schema: RevokeInput } }, required: true },
+    body: {
+      content: {
+        "application/json": { schema: RevokeInput, example: { reason: "maintenance" } },
+      },
+      required: true,
+    },
   },
   responses: {
-    200: { description: "Revoked", content: { "application/json": { schema: ClaimWritten } } },
+    200: {
+      description: "Revoked",
+      headers: ConsistencyTokenHeader,
+      content: { "application/json": { schema: ClaimWritten, example: revokedExample } },
+    },
     ...commonProblems,
+    ...bodyProblems,
     409: leaseLostProblem,
   },
 });
@@ -145,22 +206,30 @@ const listRoute = createRoute({
   method: "get",
   path: "/v1/regions/{region}/claims",
   tags: ["claims"],
+  operationId: "listClaims",
   summary: "The claims served by a region's pool (admin, client); never a secret",
+  description:
+    "**Roles:** admin, client (region-scoped tokens: their regions).\n\nWho holds what: filter by `holder` and `state`, page with `cursor`. Honours `Allot-Consistency-Token` (read-your-writes).",
   security: bearerSecurity,
   request: {
     params: RegionParams,
     query: PageQuery.extend({
-      holder: z.string().max(LIMITS.holder).optional(),
-      state: ClaimState.optional(),
+      holder: z.string().max(LIMITS.holder).optional().openapi({
+        description: "Only this holder's claims.",
+        example: "worker-7",
+      }),
+      state: ClaimState.optional().openapi({ description: "Only claims in this state." }),
     }),
     headers: ConsistencyHeaders,
   },
   responses: {
     200: {
       description: "A page; pass `cursor` back for the next one (null: no more)",
+      headers: ConsistencyServedHeader,
       content: {
         "application/json": {
           schema: z.object({ items: z.array(Claim), cursor: z.string().nullable() }),
+          example: { items: [claimExample], cursor: null },
         },
       },
     },

@@ -8,18 +8,33 @@ const livenessRoute = createRoute({
   method: "get",
   path: "/healthz",
   tags: ["health"],
-  summary: "Liveness: the process serves HTTP",
-  responses: { 200: { description: "Alive", content: { "application/json": { schema: Health } } } },
+  operationId: "liveness",
+  summary: "Liveness: the process serves HTTP (no token)",
+  security: [],
+  responses: {
+    200: {
+      description: "Alive",
+      content: { "application/json": { schema: Health, example: { status: "ok" } } },
+    },
+  },
 });
 
 const readinessRoute = createRoute({
   method: "get",
   path: "/readyz",
   tags: ["health"],
-  summary: "Readiness: the KV store answers",
+  operationId: "readiness",
+  summary: "Readiness: the KV store answers (no token)",
+  security: [],
   responses: {
-    200: { description: "Ready", content: { "application/json": { schema: Health } } },
-    503: { description: "KV unreachable", content: { "application/json": { schema: Health } } },
+    200: {
+      description: "Ready",
+      content: { "application/json": { schema: Health, example: { status: "ok" } } },
+    },
+    503: {
+      description: "KV unreachable",
+      content: { "application/json": { schema: Health, example: { status: "unavailable" } } },
+    },
   },
 });
 

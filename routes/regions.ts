@@ -2,7 +2,15 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { describeRegion, listRegionConfigs, putRegion } from "../lib/regions.ts";
 import { ConsistencyToken, RegionInput, RegionName, RegionView } from "../lib/schemas.ts";
-import { bearerSecurity, caller, commonProblems, newRouter, type RouteDeps } from "./_shared.ts";
+import { regionExample, regionWrittenExample } from "./_examples.ts";
+import {
+  bearerSecurity,
+  bodyProblems,
+  caller,
+  commonProblems,
+  newRouter,
+  type RouteDeps,
+} from "./_shared.ts";
 
 const RegionParams = z.object({ region: RegionName });
 const RegionWritten = RegionView.extend({ consistencyToken: ConsistencyToken });
@@ -11,17 +19,34 @@ const putRoute = createRoute({
   method: "put",
   path: "/v1/regions/{region}",
   tags: ["regions"],
+  operationId: "putRegion",
   summary: "Create or replace a region's configuration (admin)",
-  description: "Every field is optional; omitted fields take their defaults (a full replace).",
+  description:
+    "**Role:** admin (a region-scoped admin token only for its regions).\n\nEvery field is optional; omitted fields take their defaults (a full replace): `backup` null, `lag` `{enterMs: 2000, exitMs: 500}`, `lease` `{defaultMs: 60000, maxMs: 3600000}`. `exitMs < enterMs` and `defaultMs <= maxMs`; the backup must be another existing region.",
   security: bearerSecurity,
   request: {
     params: RegionParams,
-    body: { content: { "application/json": { schema: RegionInput } }, required: false },
+    body: {
+      content: {
+        "application/json": {
+          schema: RegionInput,
+          example: { backup: "fra", lag: { enterMs: 2000, exitMs: 500 } },
+        },
+      },
+      required: false,
+    },
   },
   responses: {
-    200: { description: "Updated", content: { "application/json": { schema: RegionWritten } } },
-    201: { description: "Created", content: { "application/json": { schema: RegionWritten } } },
+    200: {
+      description: "Updated",
+      content: { "application/json": { schema: RegionWritten, example: regionWrittenExample } },
+    },
+    201: {
+      description: "Created",
+      content: { "application/json": { schema: RegionWritten, example: regionWrittenExample } },
+    },
     ...commonProblems,
+    ...bodyProblems,
   },
 });
 
@@ -29,12 +54,20 @@ const listRoute = createRoute({
   method: "get",
   path: "/v1/regions",
   tags: ["regions"],
-  summary: "Every region the token may see, with health",
+  operationId: "listRegions",
+  summary: "Every region the token may see, with health (any role)",
+  description:
+    "**Roles:** admin, agent, client; a region-scoped token sees only its regions.\n\nEach region's mode is evaluated on the way (so reading health also moves a region into or out of fallback).",
   security: bearerSecurity,
   responses: {
     200: {
       description: "Regions",
-      content: { "application/json": { schema: z.object({ items: z.array(RegionView) }) } },
+      content: {
+        "application/json": {
+          schema: z.object({ items: z.array(RegionView) }),
+          example: { items: [regionExample] },
+        },
+      },
     },
     ...commonProblems,
   },
@@ -44,11 +77,17 @@ const getRoute = createRoute({
   method: "get",
   path: "/v1/regions/{region}",
   tags: ["regions"],
-  summary: "A region's configuration and health",
+  operationId: "getRegion",
+  summary: "A region's configuration and health (any role)",
+  description:
+    "**Roles:** admin, agent, client (region-scoped tokens: their regions).\n\nConfiguration plus `mode` (`primary`/`fallback`) and its recent history, status `lagMs` and `pending`, and the pool's `free`, `claimed` and `total` slots. Always read strongly.",
   security: bearerSecurity,
   request: { params: RegionParams },
   responses: {
-    200: { description: "The region", content: { "application/json": { schema: RegionView } } },
+    200: {
+      description: "The region",
+      content: { "application/json": { schema: RegionView, example: regionExample } },
+    },
     ...commonProblems,
   },
 });

@@ -9,11 +9,14 @@ import {
   ResourceId,
   ResourceInput,
 } from "../lib/schemas.ts";
+import { resourceExample } from "./_examples.ts";
 import {
   bearerSecurity,
+  bodyProblems,
   caller,
   commonProblems,
   ConsistencyHeaders,
+  ConsistencyServedHeader,
   newRouter,
   PageQuery,
   type RouteDeps,
@@ -22,26 +25,40 @@ import {
 const RegionParams = z.object({ region: RegionName });
 const ResourceParams = RegionParams.extend({ id: ResourceId });
 const ResourceWritten = Resource.extend({ consistencyToken: ConsistencyToken });
+const resourceWrittenExample = { ...resourceExample, consistencyToken: "000000000000000d0000" };
 
 const putRoute = createRoute({
   method: "put",
   path: "/v1/regions/{region}/resources/{id}",
   tags: ["resources"],
+  operationId: "putResource",
   summary: "Register or replace a resource (admin, agent)",
   description:
-    "Changing slots or state never frees a slot a live lease holds. `gone` marks its live leases lost.",
+    "**Roles:** admin, agent (region-scoped tokens: their regions).\n\nA direct write, outside the status queue; every field is optional (`slots` 1, `labels` {}, `state` `ready`). Changing slots or state never frees a slot a live lease holds. `gone` marks its live leases lost.",
   security: bearerSecurity,
   request: {
     params: ResourceParams,
-    body: { content: { "application/json": { schema: ResourceInput } }, required: false },
+    body: {
+      content: {
+        "application/json": {
+          schema: ResourceInput,
+          example: { slots: 2, labels: { browser: "chromium" }, state: "ready" },
+        },
+      },
+      required: false,
+    },
   },
   responses: {
-    200: { description: "Updated", content: { "application/json": { schema: ResourceWritten } } },
+    200: {
+      description: "Updated",
+      content: { "application/json": { schema: ResourceWritten, example: resourceWrittenExample } },
+    },
     201: {
       description: "Registered",
-      content: { "application/json": { schema: ResourceWritten } },
+      content: { "application/json": { schema: ResourceWritten, example: resourceWrittenExample } },
     },
     ...commonProblems,
+    ...bodyProblems,
   },
 });
 
@@ -49,13 +66,21 @@ const deleteRoute = createRoute({
   method: "delete",
   path: "/v1/regions/{region}/resources/{id}",
   tags: ["resources"],
+  operationId: "deleteResource",
   summary: "Remove a resource (admin, agent); its live leases become lost",
+  description:
+    "**Roles:** admin, agent (region-scoped tokens: their regions).\n\nIts live leases end in state `lost`; their holders get 409 on renew and release.",
   security: bearerSecurity,
   request: { params: ResourceParams },
   responses: {
     200: {
       description: "Removed",
-      content: { "application/json": { schema: z.object({ consistencyToken: ConsistencyToken }) } },
+      content: {
+        "application/json": {
+          schema: z.object({ consistencyToken: ConsistencyToken }),
+          example: { consistencyToken: "000000000000002d0000" },
+        },
+      },
     },
     ...commonProblems,
   },
@@ -65,15 +90,20 @@ const listRoute = createRoute({
   method: "get",
   path: "/v1/regions/{region}/resources",
   tags: ["resources"],
-  summary: "A page of the region's resources, in id order",
+  operationId: "listResources",
+  summary: "A page of the region's resources, in id order (any role)",
+  description:
+    "**Roles:** admin, agent, client (region-scoped tokens: their regions).\n\nHonours `Allot-Consistency-Token` (read-your-writes).",
   security: bearerSecurity,
   request: { params: RegionParams, query: PageQuery, headers: ConsistencyHeaders },
   responses: {
     200: {
       description: "A page; pass `cursor` back for the next one (null: no more)",
+      headers: ConsistencyServedHeader,
       content: {
         "application/json": {
           schema: z.object({ items: z.array(Resource), cursor: z.string().nullable() }),
+          example: { items: [resourceExample], cursor: null },
         },
       },
     },
@@ -85,11 +115,18 @@ const getRoute = createRoute({
   method: "get",
   path: "/v1/regions/{region}/resources/{id}",
   tags: ["resources"],
-  summary: "One resource",
+  operationId: "getResource",
+  summary: "One resource (any role)",
+  description:
+    "**Roles:** admin, agent, client (region-scoped tokens: their regions).\n\nHonours `Allot-Consistency-Token` (read-your-writes).",
   security: bearerSecurity,
   request: { params: ResourceParams, headers: ConsistencyHeaders },
   responses: {
-    200: { description: "The resource", content: { "application/json": { schema: Resource } } },
+    200: {
+      description: "The resource",
+      headers: ConsistencyServedHeader,
+      content: { "application/json": { schema: Resource, example: resourceExample } },
+    },
     ...commonProblems,
   },
 });

@@ -2,10 +2,13 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { ingestStatus } from "../lib/status.ts";
 import { ConsistencyToken, MAX_STATUS_UPDATES, RegionName, StatusBatch } from "../lib/schemas.ts";
+import { statusBatchExample } from "./_examples.ts";
 import {
   bearerSecurity,
+  bodyProblems,
   caller,
   commonProblems,
+  ConsistencyTokenHeader,
   newRouter,
   type RouteDeps,
   unavailableProblem,
@@ -13,7 +16,7 @@ import {
 
 const Accepted = z.object({
   accepted: z.number().int().openapi({ description: "Updates made durable in the queue." }),
-  messages: z.number().int(),
+  messages: z.number().int().openapi({ description: "Queue messages the batch was split into." }),
   consistencyToken: ConsistencyToken,
 }).openapi("StatusAccepted");
 
@@ -21,20 +24,31 @@ const postRoute = createRoute({
   method: "post",
   path: "/v1/regions/{region}/status",
   tags: ["status"],
+  operationId: "reportStatus",
   summary: "Report a batch of resource status updates (agent)",
   description:
-    `Up to ${MAX_STATUS_UPDATES} updates. The batch is validated whole (one bad update rejects it, naming its index and field) and answered 202 once durable in the queue; updates are applied asynchronously, idempotently by per-resource seq.`,
+    `**Roles:** agent, admin (region-scoped tokens: only their regions).\n\nUp to ${MAX_STATUS_UPDATES} updates. The batch is validated whole (one bad update rejects it, naming its index and field) and answered 202 once durable in the queue; updates are applied asynchronously, idempotently by per-resource seq (replays and reorderings are harmless). Until they are applied the region's \`lagMs\` grows; past \`lag.enterMs\` its new claims move to its backup. 503 + \`Retry-After\` while the region's backlog is over its bound.`,
   security: bearerSecurity,
   request: {
     params: z.object({ region: RegionName }),
-    body: { content: { "application/json": { schema: StatusBatch } }, required: true },
+    body: {
+      content: { "application/json": { schema: StatusBatch, example: statusBatchExample } },
+      required: true,
+    },
   },
   responses: {
     202: {
       description: "Durable in the queue",
-      content: { "application/json": { schema: Accepted } },
+      headers: ConsistencyTokenHeader,
+      content: {
+        "application/json": {
+          schema: Accepted,
+          example: { accepted: 2, messages: 1, consistencyToken: "000000000000001e0000" },
+        },
+      },
     },
     ...commonProblems,
+    ...bodyProblems,
     503: unavailableProblem,
   },
 });

@@ -1,0 +1,290 @@
+/**
+ * A typed client for allot's HTTP API. It is Hono RPC (`hc`) over the server's own
+ * route definitions, so paths, parameters, bodies and answers are checked against
+ * the zod schemas that validate them; only types are imported from the server.
+ *
+ * ```ts
+ * import { AllotClient, withRetry } from "./client.ts";
+ *
+ * const allot = new AllotClient("http://localhost:8000", { token: Deno.env.get("ALLOT_TOKEN")! });
+ * const claim = await withRetry(() => allot.claim("iad", { holder: "worker-7" }));
+ * await allot.renew(claim, 120_000);
+ * await allot.release(claim);
+ * ```
+ *
+ * Failures throw an {@link AllotProblem} carrying the RFC 9457 problem document:
+ * {@link LeaseLostError} for 409 and {@link UnavailableError} (with `retryAfter`)
+ * for 503, which {@link withRetry} retries after the server's `Retry-After`.
+ */
+import type { OpenAPIHono } from "@hono/zod-openapi";
+import { type ClientResponse, hc } from "hono/client";
+import type { z } from "zod";
+import type { Problem } from "./lib/errors.ts";
+import type {
+  Claim,
+  ClaimGrant,
+  ClaimInput,
+  ClaimState,
+  RegionInput,
+  RegionView,
+  Resource,
+  ResourceInput,
+  StatusUpdate,
+} from "./lib/schemas.ts";
+import type { AppEnv } from "./routes/_shared.ts";
+import type { claimRoutes } from "./routes/claims.ts";
+import type { regionRoutes } from "./routes/regions.ts";
+import type { resourceRoutes } from "./routes/resources.ts";
+import type { statusRoutes } from "./routes/status.ts";
+
+export type { Claim, ClaimGrant, ClaimState, RegionView, Resource, StatusUpdate };
+
+type SchemaOf<T> = T extends OpenAPIHono<AppEnv, infer S, "/"> ? S : never;
+/** The v1 API as createApp mounts it: the route factories' schemas, merged. */
+export type AllotApi = OpenAPIHono<
+  AppEnv,
+  & SchemaOf<ReturnType<typeof regionRoutes>>
+  & SchemaOf<ReturnType<typeof resourceRoutes>>
+  & SchemaOf<ReturnType<typeof claimRoutes>>
+  & SchemaOf<ReturnType<typeof statusRoutes>>
+>;
+
+/** What renew and release need from a grant. */
+export type ClaimHandle = Pick<ClaimGrant, "id" | "secret">;
+/** The answer to a write: what was written, and its consistency token. */
+export type Written<T> = T & { consistencyToken: string };
+/** One page of a listing; pass `cursor` back for the next (null: no more). */
+export interface Page<T> {
+  items: T[];
+  cursor: string | null;
+}
+
+/** A failed request: its HTTP status and its RFC 9457 problem document. */
+export class AllotProblem extends Error {
+  constructor(
+    readonly status: number,
+    readonly problem: Problem,
+    /** Seconds the server asked to wait (`Retry-After`), when it did. */
+    readonly retryAfter: number | null,
+  ) {
+    super(`${status} ${problem.title}: ${problem.detail}`);
+    this.name = new.target.name;
+  }
+}
+
+/** 409: the lease is no longer the caller's (released, expired, revoked, resource gone). */
+export class LeaseLostError extends AllotProblem {}
+
+/** 503: no free slot, or overloaded; retry after `retryAfter` seconds. */
+export class UnavailableError extends AllotProblem {
+  declare readonly retryAfter: number;
+}
+
+/** Seconds from a `Retry-After` header (delta-seconds or HTTP date), or null. */
+function retryAfterSeconds(header: string | null): number | null {
+  if (header === null) return null;
+  if (/^\d+$/.test(header.trim())) return Number(header);
+  const at = Date.parse(header);
+  return Number.isNaN(at) ? null : Math.max(0, Math.ceil((at - Date.now()) / 1000));
+}
+
+/** The typed error for a failed answer. */
+async function problemFrom(
+  res: Pick<Response, "status" | "statusText" | "headers" | "text">,
+): Promise<AllotProblem> {
+  const text = await res.text();
+  let problem: Problem;
+  try {
+    problem = JSON.parse(text);
+  } catch {
+    problem = { type: "about:blank", title: res.statusText, status: res.status, detail: text };
+  }
+  const retryAfter = retryAfterSeconds(res.headers.get("retry-after"));
+  if (res.status === 409) return new LeaseLostError(res.status, problem, retryAfter);
+  if (res.status === 503) return new UnavailableError(res.status, problem, retryAfter ?? 1);
+  return new AllotProblem(res.status, problem, retryAfter);
+}
+
+type BodyOf<R, S extends number> = R extends ClientResponse<infer T, S, "json"> ? T : never;
+
+/** The body of an answer with the expected status; any other status throws its problem. */
+async function expect<R extends ClientResponse<unknown, number, string>, S extends number>(
+  res: R,
+  status: S,
+): Promise<BodyOf<R, S>> {
+  if (res.status !== status) throw await problemFrom(res);
+  return await res.json() as BodyOf<R, S>;
+}
+
+/** Options of a client. */
+export interface ClientOptions {
+  /** A bearer token from the server's ALLOT_TOKENS. */
+  token: string;
+  /** A fetch to send requests with (default: the global one). */
+  fetch?: typeof fetch;
+}
+
+/** One allot server, as one caller (its token). Every method throws AllotProblem on failure. */
+export class AllotClient {
+  readonly #api;
+
+  constructor(baseUrl: string | URL, { token, fetch }: ClientOptions) {
+    this.#api = hc<AllotApi>(String(baseUrl), {
+      headers: { authorization: `Bearer ${token}` },
+      fetch,
+    }).v1;
+  }
+
+  /**
+   * Claims one free slot in `region` (client). Pass an `idempotencyKey` to make
+   * retries safe: the same key returns the same claim, never a second one.
+   */
+  async claim(
+    region: string,
+    input: ClaimInput,
+    { idempotencyKey }: { idempotencyKey?: string } = {},
+  ): Promise<ClaimGrant> {
+    const res = await this.#api.regions[":region"].claims.$post({
+      param: { region },
+      json: input,
+      header: { "idempotency-key": idempotencyKey },
+    });
+    return await expect(res, 201);
+  }
+
+  /** Extends a live lease by `leaseMs` from now (default: its current length). */
+  async renew(claim: ClaimHandle, leaseMs?: number): Promise<Written<Claim>> {
+    const res = await this.#api.claims[":id"].renew.$post({
+      param: { id: claim.id },
+      header: { "allot-claim-secret": claim.secret },
+      json: leaseMs === undefined ? {} : { leaseMs },
+    });
+    return await expect(res, 200);
+  }
+
+  /** Releases a live lease; resolves to the release's consistency token. */
+  async release(claim: ClaimHandle): Promise<{ consistencyToken: string }> {
+    const res = await this.#api.claims[":id"].$delete({
+      param: { id: claim.id },
+      header: { "allot-claim-secret": claim.secret },
+    });
+    if (res.status !== 204) throw await problemFrom(res);
+    return { consistencyToken: res.headers.get("allot-consistency-token") ?? "" };
+  }
+
+  /** Reads a claim; a `consistencyToken` from a write makes the read reflect it. */
+  async getClaim(id: string, { consistencyToken }: { consistencyToken?: string } = {}) {
+    const res = await this.#api.claims[":id"].$get({
+      param: { id },
+      header: { "allot-consistency-token": consistencyToken },
+    });
+    return await expect(res, 200);
+  }
+
+  /**
+   * One page of the claims a region's pool serves (admin, client), filtered by holder
+   * and state; never a secret. A `consistencyToken` makes it reflect that write.
+   */
+  async listClaims(
+    region: string,
+    { consistencyToken, limit, ...query }: {
+      holder?: string;
+      state?: ClaimState;
+      cursor?: string;
+      limit?: number;
+      consistencyToken?: string;
+    } = {},
+  ): Promise<Page<Claim>> {
+    const res = await this.#api.regions[":region"].claims.$get({
+      param: { region },
+      query: { ...query, limit: limit?.toString() },
+      header: { "allot-consistency-token": consistencyToken },
+    });
+    return await expect(res, 200);
+  }
+
+  /** Every region this token may see, with its health. */
+  async regions(): Promise<RegionView[]> {
+    return (await expect(await this.#api.regions.$get(), 200)).items;
+  }
+
+  /** One region's configuration and health. */
+  async region(region: string): Promise<RegionView> {
+    return await expect(await this.#api.regions[":region"].$get({ param: { region } }), 200);
+  }
+
+  /** Creates or replaces a region's configuration (admin); omitted fields take defaults. */
+  async putRegion(
+    region: string,
+    input: z.input<typeof RegionInput> = {},
+  ): Promise<Written<RegionView>> {
+    const res = await this.#api.regions[":region"].$put({ param: { region }, json: input });
+    return res.status === 200 ? await expect(res, 200) : await expect(res, 201);
+  }
+
+  /** Registers or replaces a resource (admin, agent). */
+  async putResource(
+    region: string,
+    id: string,
+    input: z.input<typeof ResourceInput> = {},
+  ): Promise<Written<Resource>> {
+    const res = await this.#api.regions[":region"].resources[":id"].$put({
+      param: { region, id },
+      json: input,
+    });
+    return res.status === 200 ? await expect(res, 200) : await expect(res, 201);
+  }
+
+  /** Reports a batch of status updates (agent); resolves once they are durable in the queue. */
+  async reportStatus(region: string, updates: StatusUpdate[]) {
+    const res = await this.#api.regions[":region"].status.$post({
+      param: { region },
+      json: { updates },
+    });
+    return await expect(res, 202);
+  }
+
+  /** Ends a live lease now (admin); its holder gets LeaseLostError afterwards. */
+  async revoke(id: string, reason: string): Promise<Written<Claim>> {
+    const res = await this.#api.claims[":id"].revoke.$post({ param: { id }, json: { reason } });
+    return await expect(res, 200);
+  }
+}
+
+/** Options of {@link withRetry}. */
+export interface RetryOptions {
+  /** Attempts in all, the first included (default 5). */
+  attempts?: number;
+  /** Longest single wait in ms, whatever Retry-After says (default 30 s). */
+  maxDelayMs?: number;
+  /** How to wait (default: a timer); tests pass one that does not. */
+  sleep?: (ms: number) => Promise<void>;
+  /** Called before each wait, e.g. to log it. */
+  onRetry?: (error: UnavailableError, attempt: number, delayMs: number) => void;
+}
+
+/**
+ * Runs `fn`, retrying it after each UnavailableError (503) for as long as the
+ * server's `Retry-After` asks, up to `attempts` in all; other errors, and the last
+ * 503, are thrown. Give claims an idempotency key so a retry can never claim twice.
+ */
+export async function withRetry<T>(
+  fn: () => Promise<T>,
+  {
+    attempts = 5,
+    maxDelayMs = 30_000,
+    sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
+    onRetry,
+  }: RetryOptions = {},
+): Promise<T> {
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await fn();
+    } catch (error) {
+      if (!(error instanceof UnavailableError) || attempt >= attempts) throw error;
+      const delayMs = Math.min(maxDelayMs, error.retryAfter * 1000);
+      onRetry?.(error, attempt, delayMs);
+      await sleep(delayMs);
+    }
+  }
+}

@@ -1,0 +1,194 @@
+import assert from "node:assert/strict";
+import { createApp } from "../app.ts";
+import {
+  AllotClient,
+  AllotProblem,
+  type ClaimGrant,
+  LeaseLostError,
+  UnavailableError,
+  withRetry,
+} from "../client.ts";
+import { TokenRegistry } from "../lib/auth.ts";
+import { FakeClock, TOKEN_SPECS, TOKENS } from "./_helpers.ts";
+
+/** A real HTTP server on an ephemeral port over a :memory: KV, and clients for each role. */
+async function serve() {
+  const kv = await Deno.openKv(":memory:");
+  const clock = new FakeClock();
+  const app = createApp({ kv, clock, tokens: TokenRegistry.from(TOKEN_SPECS) });
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, app.fetch);
+  const url = `http://127.0.0.1:${server.addr.port}`;
+  const as = (token: string) => new AllotClient(url, { token });
+  return {
+    url,
+    clock,
+    admin: as(TOKENS.admin),
+    agent: as(TOKENS.agent),
+    client: as(TOKENS.client),
+    async [Symbol.asyncDispose]() {
+      await server.shutdown();
+      kv.close();
+    },
+  };
+}
+
+/** A region with `count` single-slot resources. */
+async function seed(admin: AllotClient, region: string, count: number): Promise<void> {
+  await admin.putRegion(region, { lease: { defaultMs: 30_000, maxMs: 600_000 } });
+  for (let i = 0; i < count; i++) await admin.putResource(region, `r${i}`, { slots: 1 });
+}
+
+/** A sleep that records what it was asked to wait and returns at once. */
+function recordingSleep(then: () => unknown = () => {}) {
+  const waits: number[] = [];
+  return {
+    waits,
+    sleep: async (ms: number) => {
+      waits.push(ms);
+      await then();
+    },
+  };
+}
+
+Deno.test("the typed client claims, renews, reads, lists and releases over real HTTP", async () => {
+  await using s = await serve();
+  await seed(s.admin, "iad", 2);
+  const grant = await s.client.claim("iad", { holder: "worker-7", leaseMs: 60_000 });
+  assert.equal(grant.servedBy, "iad");
+  assert.equal(grant.leaseExpiresAt, new Date(s.clock.now() + 60_000).toISOString());
+
+  s.clock.advance(10_000);
+  const renewed = await s.client.renew(grant, 120_000);
+  assert.equal(renewed.leaseExpiresAt, new Date(s.clock.now() + 120_000).toISOString());
+  const read = await s.client.getClaim(grant.id, { consistencyToken: renewed.consistencyToken });
+  assert.equal(read.state, "active");
+  assert.equal(read.leaseMs, 120_000);
+
+  const page = await s.client.listClaims("iad", {
+    holder: "worker-7",
+    state: "active",
+    limit: 10,
+    consistencyToken: renewed.consistencyToken,
+  });
+  assert.deepEqual(page.items.map((c) => c.id), [grant.id]);
+  assert.equal(page.cursor, null);
+  assert.ok(!("secret" in page.items[0]), "listings never show a secret");
+
+  const { consistencyToken } = await s.client.release(grant);
+  assert.match(consistencyToken, /^[0-9a-f]{20}$/);
+  assert.equal((await s.client.getClaim(grant.id, { consistencyToken })).state, "released");
+  const [region] = await s.client.regions();
+  assert.deepEqual([region.name, region.claimed, region.free], ["iad", 0, 2]);
+});
+
+Deno.test("the client reports status as an agent and reads the region's backlog", async () => {
+  await using s = await serve();
+  await seed(s.admin, "iad", 1);
+  const accepted = await s.agent.reportStatus("iad", [
+    { resource: "r0", seq: 1, state: "draining", load: 0.5 },
+  ]);
+  assert.equal(accepted.accepted, 1);
+  assert.equal((await s.agent.region("iad")).pending, 1, "durable in the queue, not yet applied");
+});
+
+Deno.test("a retried claim with one idempotency key returns the same claim", async () => {
+  await using s = await serve();
+  await seed(s.admin, "iad", 2);
+  const first = await s.client.claim("iad", { holder: "h" }, { idempotencyKey: "job-1" });
+  const again = await s.client.claim("iad", { holder: "h" }, { idempotencyKey: "job-1" });
+  assert.deepEqual(again, first);
+  assert.equal((await s.client.region("iad")).claimed, 1);
+});
+
+Deno.test("a lost lease is a LeaseLostError carrying the problem document", async () => {
+  await using s = await serve();
+  await seed(s.admin, "iad", 1);
+  const grant = await s.client.claim("iad", { holder: "h" });
+  await s.admin.revoke(grant.id, "maintenance");
+  for (const attempt of [() => s.client.renew(grant), () => s.client.release(grant)]) {
+    const error = await attempt().then(() => null, (e) => e);
+    assert.ok(error instanceof LeaseLostError, String(error));
+    assert.equal(error.status, 409);
+    assert.equal(error.problem.type, "urn:allot:problem:lease-lost");
+    assert.match(error.message, /no longer active/);
+  }
+});
+
+Deno.test("other failures are AllotProblems with the server's status and detail", async () => {
+  await using s = await serve();
+  await seed(s.admin, "iad", 1);
+  const forbidden = await s.agent.claim("iad", { holder: "h" }).catch((e) => e);
+  assert.ok(forbidden instanceof AllotProblem && !(forbidden instanceof LeaseLostError));
+  assert.equal(forbidden.status, 403);
+  const stranger = new AllotClient(s.url, { token: "not-a-configured-token" });
+  const unauthorized = await stranger.regions().catch((e) => e);
+  assert.equal(unauthorized.status, 401);
+  const invalid = await s.admin.putRegion("fra", { lag: { enterMs: 100, exitMs: 200 } })
+    .catch((e) => e);
+  assert.equal(invalid.status, 422);
+  assert.equal(invalid.problem.field, "lag.exitMs");
+});
+
+Deno.test("no capacity is an UnavailableError with Retry-After, and withRetry waits it out", async (t) => {
+  await using s = await serve();
+  await seed(s.admin, "iad", 1);
+  const holder = await s.client.claim("iad", { holder: "first" });
+
+  await t.step("the error carries Retry-After in seconds", async () => {
+    const error = await s.client.claim("iad", { holder: "second" }).catch((e) => e);
+    assert.ok(error instanceof UnavailableError, String(error));
+    assert.equal(error.status, 503);
+    assert.equal(error.problem.type, "urn:allot:problem:no-capacity");
+    assert.ok(Number.isInteger(error.retryAfter) && error.retryAfter > 0);
+  });
+
+  await t.step("a bounded retry gives up with the last 503", async () => {
+    const { waits, sleep } = recordingSleep();
+    const error = await withRetry(() => s.client.claim("iad", { holder: "second" }), {
+      attempts: 3,
+      sleep,
+    }).catch((e) => e);
+    assert.ok(error instanceof UnavailableError);
+    assert.equal(waits.length, 2, "3 attempts, 2 waits");
+    assert.ok(waits.every((ms) => ms === error.retryAfter * 1000), `waits ${waits}`);
+  });
+
+  await t.step(
+    "a retry succeeds once the slot is free, waiting no longer than maxDelayMs",
+    async () => {
+      const { waits, sleep } = recordingSleep(() => s.client.release(holder));
+      const retried: number[] = [];
+      const grant: ClaimGrant = await withRetry(
+        () => s.client.claim("iad", { holder: "second" }, { idempotencyKey: "k" }),
+        { sleep, maxDelayMs: 250, onRetry: (_e, attempt) => retried.push(attempt) },
+      );
+      assert.equal(grant.holder, "second");
+      assert.deepEqual(waits, [250]);
+      assert.deepEqual(retried, [1]);
+    },
+  );
+
+  await t.step("errors other than 503 are not retried", async () => {
+    const { waits, sleep } = recordingSleep();
+    const error = await withRetry(() => s.agent.claim("iad", { holder: "x" }), { sleep })
+      .catch((e) => e);
+    assert.equal(error.status, 403);
+    assert.deepEqual(waits, []);
+  });
+});
+
+Deno.test("the README's example script claims, renews and releases against a real server", async () => {
+  await using s = await serve();
+  await seed(s.admin, "iad", 1);
+  const run = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", "--allow-env", "examples/claim.ts", "iad"],
+    cwd: new URL("..", import.meta.url),
+    env: { ALLOT_URL: s.url, ALLOT_TOKEN: TOKENS.client, NO_COLOR: "1" },
+  }).output();
+  const out = new TextDecoder().decode(run.stdout);
+  assert.equal(run.code, 0, new TextDecoder().decode(run.stderr));
+  assert.match(out, /^claimed iad\/r0 slot 0 \(fencing token [0-9a-f]{24}\) until /m);
+  assert.match(out, /^renewed until /m);
+  assert.match(out, /^released$/m);
+  assert.equal((await s.client.region("iad")).claimed, 0);
+});

@@ -1,0 +1,114 @@
+import assert from "node:assert/strict";
+
+const ROOT = new URL("..", import.meta.url);
+const ADMIN = "deploy-admin-token-0001";
+const CLIENT = "deploy-client-token-001";
+const AGENT = "deploy-agent-token-0001";
+
+/**
+ * Starts main.ts as Deno Deploy runs it: network, environment and reading its own
+ * files only (no --allow-write, no --allow-run), configured by the environment alone.
+ */
+async function startMain() {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", "--allow-env", "--allow-read", "main.ts"],
+    cwd: ROOT,
+    env: {
+      ALLOT_KV: ":memory:",
+      PORT: "0",
+      ALLOT_TOKENS: JSON.stringify([
+        { token: ADMIN, role: "admin" },
+        { token: CLIENT, role: "client" },
+        { token: AGENT, role: "agent" },
+      ]),
+      NO_COLOR: "1",
+    },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let output = "";
+  const port = Promise.withResolvers<number>();
+  // Keep draining both streams so the server never blocks on a full pipe.
+  const drained = Promise.all([child.stdout, child.stderr].map(async (stream) => {
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      output += chunk;
+      const listening = output.match(/Listening on http:\/\/[^\s]+:(\d+)\//);
+      if (listening) port.resolve(Number(listening[1]));
+    }
+  })).then(() => port.reject(new Error(`main.ts exited before listening:\n${output}`)));
+  const timer = setTimeout(
+    () => port.reject(new Error(`no "Listening on" in 20 s:\n${output}`)),
+    20_000,
+  );
+  try {
+    const base = `http://127.0.0.1:${await port.promise}`;
+    return {
+      base,
+      output: () => output,
+      request: (method: string, path: string, token?: string, body?: unknown) =>
+        fetch(`${base}${path}`, {
+          method,
+          headers: {
+            ...(token ? { authorization: `Bearer ${token}` } : {}),
+            ...(body === undefined ? {} : { "content-type": "application/json" }),
+          },
+          body: body === undefined ? undefined : JSON.stringify(body),
+        }),
+      async [Symbol.asyncDispose]() {
+        child.kill("SIGTERM");
+        await child.status;
+        await drained;
+      },
+    };
+  } catch (error) {
+    child.kill("SIGKILL");
+    await child.status;
+    throw error;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+Deno.test("main.ts serves health, claims and status with only the permissions Deno Deploy grants", async () => {
+  await using main = await startMain();
+  const health = await main.request("GET", "/healthz");
+  assert.equal(health.status, 200);
+  assert.deepEqual(await health.json(), { status: "ok" });
+  const ready = await main.request("GET", "/readyz");
+  assert.equal(ready.status, 200);
+  await ready.body?.cancel();
+
+  const region = await main.request("PUT", "/v1/regions/iad", ADMIN, {});
+  assert.equal(region.status, 201, await region.text());
+  const resource = await main.request("PUT", "/v1/regions/iad/resources/r0", ADMIN, {});
+  assert.equal(resource.status, 201, await resource.text());
+  const claim = await main.request("POST", "/v1/regions/iad/claims", CLIENT, { holder: "h" });
+  const grant = await claim.json();
+  assert.equal(claim.status, 201, JSON.stringify(grant));
+  const read = await main.request("GET", `/v1/claims/${grant.id}`, CLIENT);
+  assert.equal((await read.json()).state, "active");
+
+  // The queue listener registered at start-up applies a status batch.
+  const status = await main.request("POST", "/v1/regions/iad/status", AGENT, {
+    updates: [{ resource: "r0", seq: 1, state: "ready", load: 0.25 }],
+  });
+  assert.equal(status.status, 202, await status.text());
+  let pending = -1;
+  for (const deadline = Date.now() + 10_000; Date.now() < deadline;) {
+    pending = (await (await main.request("GET", "/v1/regions/iad", ADMIN)).json()).pending;
+    if (pending === 0) break;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  assert.equal(pending, 0, "the status batch was applied");
+  const applied = await main.request("GET", "/v1/regions/iad/resources/r0", ADMIN);
+  assert.equal((await applied.json()).load, 0.25);
+
+  // The dashboard's script is read from the deployment's own files.
+  for (const path of ["/", "/dashboard.js", "/docs", "/openapi.json"]) {
+    const page = await main.request("GET", path);
+    assert.equal(page.status, 200, path);
+    await page.body?.cancel();
+  }
+  assert.doesNotMatch(main.output(), /PermissionDenied|NotCapable|Requires (write|run) access/);
+});
