@@ -7,7 +7,8 @@
  */
 import type { Clock } from "./clock.ts";
 import { keys } from "./keys.ts";
-import { type Lag, readLag } from "./lag.ts";
+import { type Lag, lagCounterKeys, lagFrom, oldestPending, readLag } from "./lag.ts";
+import { NotFoundError } from "./errors.ts";
 import { log } from "./log.ts";
 import { getRegionConfig, poolCounts } from "./regions.ts";
 import { observeRegion } from "./telemetry.ts";
@@ -92,13 +93,17 @@ export async function evaluateMode(
   region: string,
 ): Promise<ModeEvaluation> {
   for (let attempt = 0; attempt < 5; attempt++) {
-    const [configEntry, modeEntry, lag] = await Promise.all([
-      getRegionConfig(kv, region),
-      kv.get<ModeRecord>(keys.mode(region)),
-      readLag(kv, clock, region),
+    // One getMany and one list: this runs once per claim group, on the hot path.
+    const [[configEntry, modeEntry, ...counters], { oldest, retired }] = await Promise.all([
+      kv.getMany([keys.regionConfig(region), keys.mode(region), ...lagCounterKeys(region)]),
+      oldestPending(kv, region),
     ]);
-    const config = configEntry.value;
-    const current = modeEntry.value ?? initialMode(config);
+    if (configEntry.versionstamp === null) {
+      throw new NotFoundError(`Region "${region}" does not exist`);
+    }
+    const config = configEntry.value as RegionConfig;
+    const lag = retired ? await readLag(kv, clock, region) : lagFrom(clock, counters, oldest);
+    const current = (modeEntry.value as ModeRecord | null) ?? initialMode(config);
     const change = await nextMode(kv, clock, config, current, lag);
     if (change === null) {
       observeRegion(region, lag.lagMs, current.mode, lag.deadLettered);

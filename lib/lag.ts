@@ -29,6 +29,15 @@ export interface Lag {
 /** How many oldest pending entries one read inspects for dead letters. */
 const DEAD_SCAN = 5;
 
+/** The counter keys a lag is computed from: enqueued, applied, dead. */
+export function lagCounterKeys(region: string): Deno.KvKey[] {
+  return [
+    keys.counter(region, "enqueued"),
+    keys.counter(region, "applied"),
+    keys.counter(region, "dead"),
+  ];
+}
+
 /** Reads a region's lag; retires pending entries whose message was dead-lettered. */
 export async function readLag(
   kv: Deno.Kv,
@@ -36,33 +45,22 @@ export async function readLag(
   region: string,
   consistency: Deno.KvConsistencyLevel = "strong",
 ): Promise<Lag> {
-  const oldest: Deno.KvEntry<PendingMessage>[] = [];
-  const counters = kv.getMany([
-    keys.counter(region, "enqueued"),
-    keys.counter(region, "applied"),
-    keys.counter(region, "dead"),
-  ], { consistency });
-  for await (
-    const entry of kv.list<PendingMessage>({ prefix: keys.pendingIndex(region) }, {
-      limit: DEAD_SCAN,
-      consistency,
-    })
-  ) oldest.push(entry);
-  let live = oldest;
-  if (oldest.length > 0) {
-    const dead = await kv.getMany(
-      oldest.map((e) => keys.deadLetter(region, e.key.at(-1) as string)),
-      { consistency },
-    );
-    const retired = oldest.filter((_e, i) => dead[i].versionstamp !== null);
-    if (retired.length > 0) {
-      await retireDeadPending(kv, region, retired);
-      live = oldest.filter((_e, i) => dead[i].versionstamp === null);
-      if (live.length === 0) return readLag(kv, clock, region, consistency);
-    }
-  }
-  const [enqueued, applied, deadLettered] = (await counters).map(counterValue);
-  const oldestAt = live.length > 0 ? live[0].key.at(-2) as number : null;
+  const [counters, { oldest, retired }] = await Promise.all([
+    kv.getMany(lagCounterKeys(region), { consistency }),
+    oldestPending(kv, region, consistency),
+  ]);
+  const fresh = retired ? await kv.getMany(lagCounterKeys(region), { consistency }) : counters;
+  return lagFrom(clock, fresh, oldest);
+}
+
+/** A lag from its counters (as read with lagCounterKeys) and the oldest live pending entry. */
+export function lagFrom(
+  clock: Clock,
+  counters: Deno.KvEntryMaybe<unknown>[],
+  oldest: Deno.KvEntry<PendingMessage> | null,
+): Lag {
+  const [enqueued, applied, deadLettered] = counters.map(counterValue);
+  const oldestAt = oldest === null ? null : oldest.key.at(-2) as number;
   return {
     lagMs: oldestAt === null ? 0 : Math.max(0, clock.now() - oldestAt),
     pending: Math.max(0, enqueued - applied - deadLettered),
@@ -70,6 +68,39 @@ export async function readLag(
     applied,
     deadLettered,
   };
+}
+
+/**
+ * The oldest pending entry whose message was not dead-lettered, retiring those that
+ * were; `retired` says whether it did (counters read before it are then out of date).
+ */
+export async function oldestPending(
+  kv: Deno.Kv,
+  region: string,
+  consistency: Deno.KvConsistencyLevel = "strong",
+): Promise<{ oldest: Deno.KvEntry<PendingMessage> | null; retired: boolean }> {
+  let retiredAny = false;
+  for (let round = 0; round < 100; round++) {
+    const oldest: Deno.KvEntry<PendingMessage>[] = [];
+    const listing = kv.list<PendingMessage>({ prefix: keys.pendingIndex(region) }, {
+      limit: DEAD_SCAN,
+      consistency,
+    });
+    for await (const entry of listing) oldest.push(entry);
+    if (oldest.length === 0) return { oldest: null, retired: retiredAny };
+    const dead = await kv.getMany(
+      oldest.map((e) => keys.deadLetter(region, e.key.at(-1) as string)),
+      { consistency },
+    );
+    const live = oldest.find((_e, i) => dead[i].versionstamp === null);
+    const retired = oldest.filter((_e, i) => dead[i].versionstamp !== null);
+    if (retired.length > 0) {
+      await retireDeadPending(kv, region, retired);
+      retiredAny = true;
+    }
+    if (live) return { oldest: live, retired: retiredAny };
+  }
+  throw new Error(`region "${region}": too many dead-lettered status messages to retire at once`);
 }
 
 async function retireDeadPending(
