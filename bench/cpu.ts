@@ -1,0 +1,53 @@
+/**
+ * How much of the CPU other work took while the bench ran: every figure here is
+ * CPU-bound, so a test suite running beside it lowers them all. The machine's busy
+ * ticks come from /proc/stat; the run's own are this process's plus its reaped
+ * children's (every server and generator of a scenario is reaped by the time it ends),
+ * from /proc/<pid>/stat. Deno wants --allow-all to read /proc; `cat` needs only --allow-run.
+ */
+import { commandOutput, type Supervisor } from "./procs.ts";
+
+/** Cumulative clock ticks at one moment. */
+export interface CpuSample {
+  /**
+   * All cores, running processes (user, nice, system). Interrupt time is left out: the
+   * kernel charges no process for it, and loopback traffic under wrk makes a lot of it.
+   */
+  busy: number;
+  total: number;
+  /** This process and its reaped children. */
+  ours: number;
+}
+
+/** Reads the machine's and this run's CPU ticks; null where /proc is not there. */
+export async function sampleCpu(sup: Supervisor): Promise<CpuSample | null> {
+  const text = await commandOutput(sup, "cat", ["/proc/stat", `/proc/${Deno.pid}/stat`]);
+  const lines = text?.split("\n") ?? [];
+  const cpu = lines.find((line) => line.startsWith("cpu "));
+  const own = lines.find((line) => line.startsWith(`${Deno.pid} (`));
+  if (!cpu || !own) return null;
+  // user nice system idle iowait irq softirq steal (guest time is already in user)
+  const ticks = cpu.trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = ticks.reduce((sum, n) => sum + n, 0);
+  // After "pid (comm) ": state is field 3; utime, stime, cutime, cstime are fields 14-17.
+  const fields = own.slice(own.lastIndexOf(")") + 2).split(" ").map(Number);
+  return {
+    busy: ticks[0] + ticks[1] + ticks[2],
+    total,
+    ours: fields[11] + fields[12] + fields[13] + fields[14],
+  };
+}
+
+/** The share (0..1) of all cores that work outside this run kept busy between two samples. */
+export function otherShare(from: CpuSample | null, to: CpuSample | null): number | null {
+  if (!from || !to || to.total <= from.total) return null;
+  const others = (to.busy - from.busy) - (to.ours - from.ours);
+  return Math.max(0, others) / (to.total - from.total);
+}
+
+/** The share of the CPU other work takes over the next second, while this run idles. */
+export async function otherShareNow(sup: Supervisor): Promise<number | null> {
+  const from = await sampleCpu(sup);
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  return otherShare(from, await sampleCpu(sup));
+}

@@ -1,0 +1,357 @@
+/**
+ * The bench scenarios. Each starts what it measures in a subprocess, drives it, stops
+ * it, and returns table rows; none runs while another does.
+ */
+import { runChecker, verify } from "./checker.ts";
+import type { KvCommitResult } from "./kv_commits.ts";
+import { describeExit, freePort, type Managed, type Supervisor, waitForHttp } from "./procs.ts";
+import { type ClaimTarget, describeLoad, runWrk, wrkErrors, type WrkLoad } from "./wrk.ts";
+
+/** Single-slot resources in every pool. */
+const POOL_SIZE = 10_000;
+/** wrk's shape for every HTTP scenario: the same generator, the same connections. */
+const WRK_SHAPE = { threads: 2, connections: 64 } as const;
+/** Concurrent loops of the checker and of the raw KV scenario. */
+const LOOPS = 64;
+/** A checker hold lasts a random 0..MAX_HOLD_MS. */
+const MAX_HOLD_MS = 5;
+/** Concurrent PUTs while seeding allot's pool. */
+const SEED_CONCURRENCY = 32;
+/** Lease long enough that nothing expires during a run. */
+const LEASE_MS = 600_000;
+
+const ALLOT_TOKENS = {
+  admin: "bench-admin-token-0000001",
+  client: "bench-client-token-000001",
+} as const;
+
+/** Durations and the supervisor every scenario gets. */
+export interface BenchContext {
+  sup: Supervisor;
+  /** Measured wrk runs and the raw KV run. */
+  seconds: number;
+  checkerSeconds: number;
+  /** An unmeasured wrk run before each measured one. */
+  warmupSeconds: number;
+}
+
+/** One line of the results table (plus what the table leaves out, in `details`). */
+export interface Row {
+  scenario: string;
+  what: string;
+  generator: string;
+  concurrency: number;
+  poolSize: number | null;
+  opsPerSec: number;
+  unit: string;
+  p50Ms: number | null;
+  p99Ms: number | null;
+  /** What the latency figures time. */
+  latencyOf: string;
+  /** Proven by the checker rows; null where nothing is allocated or nothing checks. */
+  doubleAllocations: number | null;
+  fencingViolations: number | null;
+  errors: number;
+  durable: boolean | null;
+  /** Which allot figure the ratio column divides by this row: wrk loops/s or checker claims/s. */
+  comparedWith: "wrk" | "checker";
+  details: Record<string, unknown>;
+}
+
+/** A scenario: a name for `--only`, and the function that runs it. */
+export type Scenario = (ctx: BenchContext) => Promise<Row[]>;
+
+/** What differs between the two allocators driven by wrk and the checker. */
+interface Allocator {
+  name: string;
+  what: string;
+  durable: boolean;
+  server: Managed;
+  target: ClaimTarget;
+}
+
+function wrkLoad(seconds: number): WrkLoad {
+  return { ...WRK_SHAPE, seconds };
+}
+
+function assertAlive(server: Managed): void {
+  if (server.exited) throw new Error(`server died under load: ${describeExit(server)}`);
+}
+
+/** Server output worth reporting: anything but Deno.serve's "Listening on" line. */
+function serverOutput(server: Managed): Record<string, string> {
+  const stderr = server.stderr().split("\n")
+    .filter((line) => line.trim() !== "" && !line.startsWith("Listening on "))
+    .join("\n");
+  return stderr ? { serverStderr: stderr.slice(0, 8000) } : {};
+}
+
+/** Starts a Deno script as a server on a free port and waits for its /healthz. */
+async function startServer(
+  ctx: BenchContext,
+  name: string,
+  script: string,
+  env: Record<string, string>,
+): Promise<{ server: Managed; baseUrl: string }> {
+  const port = freePort();
+  const server = ctx.sup.spawn(name, Deno.execPath(), ["run", "-A", script], {
+    ...env,
+    PORT: String(port),
+  });
+  const baseUrl = `http://127.0.0.1:${port}`;
+  try {
+    await waitForHttp(`${baseUrl}/healthz`, server);
+  } catch (error) {
+    await ctx.sup.stop(server);
+    throw error;
+  }
+  return { server, baseUrl };
+}
+
+/**
+ * Runs `body` against a started server and stops the server afterwards. A failure is
+ * rethrown with the server's state and stderr, which usually say why.
+ */
+async function withServer<T>(ctx: BenchContext, server: Managed, body: () => Promise<T>) {
+  try {
+    return await body();
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    throw new Error(`${message}\n${describeExit(server)}`, { cause: error });
+  } finally {
+    await ctx.sup.stop(server);
+  }
+}
+
+/** wrk's claim loops, then the checker's recorded run, against one allocator. */
+async function measureAllocator(ctx: BenchContext, a: Allocator): Promise<Row[]> {
+  console.error(`  ${a.name}: wrk warm-up ${ctx.warmupSeconds}s, then ${ctx.seconds}s`);
+  await runWrk(ctx.sup, a.target, wrkLoad(ctx.warmupSeconds));
+  const wrk = await runWrk(ctx.sup, a.target, wrkLoad(ctx.seconds));
+  assertAlive(a.server);
+  console.error(`  ${a.name}: double-allocation checker, ${LOOPS} workers, ${ctx.checkerSeconds}s`);
+  const run = await runChecker(a.target, {
+    workers: LOOPS,
+    seconds: ctx.checkerSeconds,
+    maxHoldMs: MAX_HOLD_MS,
+  });
+  assertAlive(a.server);
+  const verdict = verify(run);
+  const checkerErrors = Object.entries(run.statuses)
+    .filter(([status]) => status !== "201" && status !== "204")
+    .reduce((sum, [, n]) => sum + n, run.transportErrors);
+  return [
+    {
+      scenario: a.name,
+      what: `${a.what}: claim → release over HTTP`,
+      generator: `${describeLoad(wrkLoad(ctx.seconds))}, claim_release.lua`,
+      concurrency: WRK_SHAPE.connections,
+      poolSize: POOL_SIZE,
+      opsPerSec: wrk.releases / wrk.seconds,
+      unit: "claim loops/s",
+      p50Ms: wrk.latencyMs.p50,
+      p99Ms: wrk.latencyMs.p99,
+      latencyOf: "every request (claims and releases), as wrk reports it",
+      doubleAllocations: null,
+      fencingViolations: null,
+      errors: wrkErrors(wrk, [201, 204]),
+      durable: a.durable,
+      comparedWith: "wrk",
+      details: {
+        ...wrk,
+        claimsPerSec: wrk.claims / wrk.seconds,
+        requestsPerSec: wrk.requests / wrk.seconds,
+        unavailable503: wrk.statuses["503"] ?? 0,
+      },
+    },
+    {
+      scenario: `${a.name}-checker`,
+      what: `${a.what}: independent double-allocation checker`,
+      generator: `Deno fetch, claim → hold 0-${MAX_HOLD_MS} ms → release`,
+      concurrency: LOOPS,
+      poolSize: POOL_SIZE,
+      opsPerSec: verdict.claimsPerSec,
+      unit: "claims/s",
+      p50Ms: verdict.claimP50Ms,
+      p99Ms: verdict.claimP99Ms,
+      latencyOf: "claims only (sent → 201 body read)",
+      doubleAllocations: verdict.doubleAllocations,
+      fencingViolations: verdict.fencingViolations,
+      errors: checkerErrors,
+      durable: a.durable,
+      comparedWith: "checker",
+      details: {
+        ...verdict,
+        seconds: run.seconds,
+        statuses: run.statuses,
+        transportErrors: run.transportErrors,
+        samples: run.samples,
+        ...serverOutput(a.server),
+      },
+    },
+  ];
+}
+
+async function adminPut(baseUrl: string, path: string, body: unknown): Promise<void> {
+  const res = await fetch(`${baseUrl}${path}`, {
+    method: "PUT",
+    headers: {
+      authorization: `Bearer ${ALLOT_TOKENS.admin}`,
+      "content-type": "application/json",
+    },
+    body: JSON.stringify(body),
+  });
+  if (!res.ok) throw new Error(`PUT ${path}: ${res.status} ${await res.text()}`);
+  await res.body?.cancel();
+}
+
+async function regionHealth(baseUrl: string): Promise<Record<string, unknown>> {
+  const res = await fetch(`${baseUrl}/v1/regions/bench`, {
+    headers: { authorization: `Bearer ${ALLOT_TOKENS.admin}` },
+  });
+  if (!res.ok) throw new Error(`GET /v1/regions/bench: ${res.status} ${await res.text()}`);
+  const { total, free, claimed, mode, pending } = await res.json();
+  return { total, free, claimed, mode, pending };
+}
+
+/** Region `bench` with a long lease and POOL_SIZE single-slot resources, through the API. */
+async function seedAllot(baseUrl: string): Promise<void> {
+  await adminPut(baseUrl, "/v1/regions/bench", {
+    lease: { defaultMs: LEASE_MS, maxMs: LEASE_MS },
+  });
+  let next = 0;
+  const putNext = async () => {
+    while (next < POOL_SIZE) {
+      const id = `r-${String(next++).padStart(5, "0")}`;
+      await adminPut(baseUrl, `/v1/regions/bench/resources/${id}`, { slots: 1 });
+    }
+  };
+  await Promise.all(Array.from({ length: SEED_CONCURRENCY }, putNext));
+  const health = await regionHealth(baseUrl);
+  if (health.total !== POOL_SIZE || health.free !== POOL_SIZE) {
+    throw new Error(`seeded pool is not ${POOL_SIZE} free slots: ${JSON.stringify(health)}`);
+  }
+}
+
+/** Scenario 1: the real allot server (main.ts) on a file-backed KV. */
+async function allotScenario(ctx: BenchContext): Promise<Row[]> {
+  const dir = await ctx.sup.tempDir("allot-");
+  const { server, baseUrl } = await startServer(ctx, "allot", "main.ts", {
+    ALLOT_KV: `${dir}/allot.kv`,
+    ALLOT_TOKENS: JSON.stringify([
+      { token: ALLOT_TOKENS.admin, role: "admin" },
+      { token: ALLOT_TOKENS.client, role: "client" },
+    ]),
+  });
+  return await withServer(ctx, server, async () => {
+    const seeded = performance.now();
+    console.error(`  allot: seeding ${POOL_SIZE} resources through the API`);
+    await seedAllot(baseUrl);
+    const seedSeconds = (performance.now() - seeded) / 1000;
+    const rows = await measureAllocator(ctx, {
+      name: "allot",
+      what: "allot (main.ts, file-backed Deno KV)",
+      durable: true,
+      server,
+      target: {
+        baseUrl,
+        claimPath: "/v1/regions/bench/claims",
+        releasePrefix: "/v1/claims/",
+        token: ALLOT_TOKENS.client,
+      },
+    });
+    rows[0].details.seedSeconds = seedSeconds;
+    rows[1].details.regionAfter = await regionHealth(baseUrl);
+    return rows;
+  });
+}
+
+/** Scenario 2: raw compare-and-swap commits on a file-backed KV, in a subprocess. */
+async function kvScenario(ctx: BenchContext): Promise<Row[]> {
+  const dir = await ctx.sup.tempDir("kv-");
+  console.error(`  kv: ${LOOPS} CAS loops for ${ctx.seconds}s`);
+  const proc = ctx.sup.spawn("kv commits", Deno.execPath(), [
+    "run",
+    "-A",
+    "bench/kv_commits.ts",
+    `${dir}/raw.kv`,
+    String(ctx.seconds),
+    String(LOOPS),
+  ]);
+  const status = await proc.done;
+  if (!status.success) throw new Error(describeExit(proc));
+  const result: KvCommitResult = JSON.parse(proc.stdout().trim().split("\n").at(-1)!);
+  return [{
+    scenario: "kv-raw",
+    what: `raw Deno KV: check(versionstamp).set(key).commit() on ${LOOPS} distinct keys`,
+    generator: `${LOOPS} async loops in one Deno process`,
+    concurrency: LOOPS,
+    poolSize: null,
+    opsPerSec: result.commits / result.seconds,
+    unit: "commits/s",
+    p50Ms: result.p50Ms,
+    p99Ms: result.p99Ms,
+    latencyOf: "each commit",
+    doubleAllocations: null,
+    fencingViolations: null,
+    errors: result.conflicts,
+    durable: true,
+    comparedWith: "wrk",
+    details: { ...result },
+  }];
+}
+
+/** Scenario 3: the SQLite anchor served like allot, driven like allot. */
+async function sqliteScenario(ctx: BenchContext): Promise<Row[]> {
+  const dir = await ctx.sup.tempDir("sqlite-");
+  const { server, baseUrl } = await startServer(ctx, "sqlite", "bench/sqlite_server.ts", {
+    SQLITE_PATH: `${dir}/pool.sqlite`,
+    POOL_SIZE: String(POOL_SIZE),
+  });
+  return await withServer(ctx, server, () =>
+    measureAllocator(ctx, {
+      name: "sqlite",
+      what: "SQLite anchor (WAL, synchronous=FULL, Hono)",
+      durable: true,
+      server,
+      target: { baseUrl, claimPath: "/claim", releasePrefix: "/claim/", token: "unused" },
+    }));
+}
+
+/** Scenario 4: the ceiling, a trivial Hono POST endpoint driven by the same wrk script. */
+async function honoScenario(ctx: BenchContext): Promise<Row[]> {
+  const { server, baseUrl } = await startServer(ctx, "hono", "bench/hono_server.ts", {});
+  return await withServer(ctx, server, async () => {
+    const target = { baseUrl, claimPath: "/echo", releasePrefix: "/unused/", token: "unused" };
+    console.error(`  hono: wrk warm-up ${ctx.warmupSeconds}s, then ${ctx.seconds}s`);
+    await runWrk(ctx.sup, target, wrkLoad(ctx.warmupSeconds));
+    const wrk = await runWrk(ctx.sup, target, wrkLoad(ctx.seconds));
+    assertAlive(server);
+    return [{
+      scenario: "hono-ceiling",
+      what: "trivial Hono POST endpoint (JSON in, JSON out, no storage)",
+      generator: `${describeLoad(wrkLoad(ctx.seconds))}, claim_release.lua`,
+      concurrency: WRK_SHAPE.connections,
+      poolSize: null,
+      opsPerSec: (wrk.statuses["200"] ?? 0) / wrk.seconds,
+      unit: "requests/s",
+      p50Ms: wrk.latencyMs.p50,
+      p99Ms: wrk.latencyMs.p99,
+      latencyOf: "every request, as wrk reports it",
+      doubleAllocations: null,
+      fencingViolations: null,
+      errors: wrkErrors(wrk, [200]),
+      durable: null,
+      comparedWith: "wrk",
+      details: { ...wrk },
+    }];
+  });
+}
+
+/** Every scenario, in run order, by its `--only` name. */
+export const SCENARIOS: Record<string, Scenario> = {
+  allot: allotScenario,
+  kv: kvScenario,
+  sqlite: sqliteScenario,
+  hono: honoScenario,
+};

@@ -1,0 +1,9 @@
+/** Small statistics shared by the bench clients. */
+
+/** The nearest-rank percentile `p` (0-100) of `values`; null when there are none. */
+export function percentile(values: readonly number[], p: number): number | null {
+  if (values.length === 0) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  const rank = Math.ceil((p / 100) * sorted.length);
+  return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1];
+}
