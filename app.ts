@@ -20,6 +20,8 @@ import { healthRoutes } from "./routes/health.ts";
 import { regionRoutes } from "./routes/regions.ts";
 import { resourceRoutes } from "./routes/resources.ts";
 import { statusRoutes } from "./routes/status.ts";
+import { statsRoutes } from "./routes/stats.ts";
+import type { StatusApplier } from "./lib/applier.ts";
 
 /** Largest request body accepted, in bytes; status batches may be larger. */
 export const MAX_BODY_BYTES = 64 * 1024;
@@ -29,6 +31,8 @@ export interface AppOptions {
   kv: Deno.Kv;
   tokens: TokenRegistry;
   clock?: Clock;
+  /** The queue consumer of this isolate, when it runs one (its counters go to /v1/stats). */
+  applier?: StatusApplier;
 }
 
 /** Maps every error to problem+json; only a genuine bug becomes a 500. */
@@ -73,13 +77,10 @@ function toProblemResponse(error: unknown): Response {
 }
 
 /** Builds the allot HTTP app over one KV handle. */
-export function createApp({ kv, tokens, clock = systemClock }: AppOptions) {
-  const deps = {
-    kv,
-    clock,
-    allocator: new GroupCommitter(kv, clock),
-    ender: new GroupEnder(kv, clock),
-  };
+export function createApp({ kv, tokens, clock = systemClock, applier }: AppOptions) {
+  const allocator = new GroupCommitter(kv, clock);
+  const ender = new GroupEnder(kv, clock);
+  const deps = { kv, clock, allocator, ender };
   const app = new OpenAPIHono<AppEnv>();
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", {
     type: "http",
@@ -109,6 +110,7 @@ export function createApp({ kv, tokens, clock = systemClock }: AppOptions) {
   app.route("/", resourceRoutes(deps));
   app.route("/", claimRoutes(deps));
   app.route("/", statusRoutes(deps));
+  app.route("/", statsRoutes({ claims: allocator, releases: ender, status: applier }));
   app.route("/", docsRoutes());
   app.route("/", dashboardRoutes());
   app.doc31("/openapi.json", {

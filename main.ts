@@ -39,5 +39,5 @@ kv.listenQueue(async (message) => {
 const tokens = TokenRegistry.from(
   config.tokens.length > 0 ? config.tokens : [generatedAdminToken()],
 );
-const app = createApp({ kv, tokens, clock });
+const app = createApp({ kv, tokens, clock, applier });
 Deno.serve({ port: config.port }, app.fetch);

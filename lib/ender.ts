@@ -31,9 +31,17 @@ const CHECKS_PER_END = 3;
 /** Releases waiting for a group beyond which new ones get 503. */
 export const MAX_QUEUED_ENDS = 2048;
 
+/** Counters for metrics and the bench. */
+export interface EnderStats {
+  commits: number;
+  ended: number;
+  /** Lease ends retried alone after their group failed. */
+  alone: number;
+}
+
 /** Coalesces concurrent lease ends of one isolate into shared atomic commits. */
 export class GroupEnder implements LeaseEnder {
-  readonly stats = { commits: 0, ended: 0, alone: 0 };
+  readonly stats: EnderStats = { commits: 0, ended: 0, alone: 0 };
   readonly #queue: CommitQueue<EndJob, LeaseEnded>;
 
   constructor(private readonly kv: Deno.Kv, private readonly clock: Clock) {
