@@ -11,7 +11,7 @@ import type { Clock } from "./clock.ts";
 import { AllotError, NoCapacityError, UnavailableError, ValidationError } from "./errors.ts";
 import { type ClaimRoute, routeClaim } from "./fallback.ts";
 import { keys } from "./keys.ts";
-import { addCounter, markWrite } from "./kv.ts";
+import { CommitEffects } from "./kv.ts";
 import { type ClaimRecord, describeClaim, sweepExpired } from "./leases.ts";
 import { type FreeSlot, type HeldSlot, labelsMatch } from "./pool.ts";
 import type { LeaseExpireMessage } from "./queue.ts";
@@ -166,7 +166,9 @@ async function allocateFrom(
     }
     const pick = candidates[Math.floor(Math.random() * candidates.length)];
     const op = kv.atomic();
-    const draft = stageClaim(op, clock, claim, route, servedBy, pick, 0);
+    const effects = new CommitEffects();
+    const draft = stageClaim(op, effects, clock, claim, route, servedBy, pick, 0);
+    effects.flush(op);
     const res = await op.commit();
     if (res.ok) {
       return { grant: withTokens(draft, res.versionstamp, 0), replayed: false, groupSize: 1 };
@@ -187,11 +189,12 @@ export function checksOf(claim: PreparedClaim): number {
 /**
  * Adds one claim to an atomic: checks on the free entry and slot it read (and on its
  * idempotency key), the held slot, the claim record, the expiry index, the delayed
- * expiry message, counters. `commitIndex` orders claims within one commit, so their
+ * expiry message; counters and the write mark go to `effects`. `commitIndex` orders claims within one commit, so their
  * fencing tokens stay distinct.
  */
 export function stageClaim(
   op: AtomicWriter & Pick<Deno.AtomicOperation, "enqueue">,
+  effects: CommitEffects,
   clock: Clock,
   claim: PreparedClaim,
   route: ClaimRoute,
@@ -230,9 +233,9 @@ export function stageClaim(
   op.set(keys.claim(servedBy, record.id), record);
   op.set(keys.lease(servedBy, record.expiresAt, record.id), null);
   op.enqueue(expiryMessage(record), { delay: leaseMs });
-  addCounter(op, servedBy, "free", -1);
-  addCounter(op, servedBy, "held", 1);
-  markWrite(op, servedBy, region);
+  effects.count(servedBy, "free", -1);
+  effects.count(servedBy, "held", 1);
+  effects.touch(servedBy, region);
   const routed = servedBy === route.servedBy;
   const draft: GrantDraft = {
     ...describeClaim(record),

@@ -8,7 +8,7 @@ import type { Clock } from "./clock.ts";
 import { CommitQueue, type Pending } from "./commit_queue.ts";
 import { NotFoundError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { getAll } from "./kv.ts";
+import { CommitEffects, getAll } from "./kv.ts";
 import {
   claimIdRegion,
   type ClaimRecord,
@@ -82,6 +82,7 @@ export class GroupEnder implements LeaseEnder {
       live.flatMap(({ claim }) => leaseEndKeys(claim.value)),
     );
     const op = this.kv.atomic();
+    const effects = new CommitEffects();
     const staged: Array<
       { pending: Pending<EndJob, LeaseEnded>; ended: ClaimRecord; key: Deno.KvKey }
     > = [];
@@ -94,7 +95,7 @@ export class GroupEnder implements LeaseEnder {
       try {
         staged.push({
           pending,
-          ended: stageLeaseEnd(op, this.clock, read, pending.job.end),
+          ended: stageLeaseEnd(op, effects, this.clock, read, pending.job.end),
           key: claim.key,
         });
       } catch (error) {
@@ -102,6 +103,7 @@ export class GroupEnder implements LeaseEnder {
       }
     });
     if (staged.length === 0) return;
+    effects.flush(op);
     const res = await op.commit();
     if (res.ok) {
       this.stats.commits++;

@@ -21,6 +21,7 @@ import type { Clock } from "./clock.ts";
 import { type ClaimRoute, routeClaim } from "./fallback.ts";
 import { CommitQueue, type Pending } from "./commit_queue.ts";
 import type { FreeSlot } from "./pool.ts";
+import { CommitEffects } from "./kv.ts";
 import { instruments } from "./telemetry.ts";
 
 /** Counters for metrics and the bench. */
@@ -84,6 +85,7 @@ export class GroupCommitter implements Allocator {
     });
     const candidates = await this.#candidates(group, routes);
     const op = this.kv.atomic();
+    const effects = new CommitEffects();
     const staged: Array<{ waiting: Waiting; draft: GrantDraft; index: number }> = [];
     const alone: Waiting[] = [];
     for (const waiting of group) {
@@ -96,6 +98,7 @@ export class GroupCommitter implements Allocator {
       const index = staged.length;
       const draft = stageClaim(
         op,
+        effects,
         this.clock,
         waiting.job,
         route,
@@ -106,6 +109,7 @@ export class GroupCommitter implements Allocator {
       staged.push({ waiting, draft, index });
     }
     if (staged.length > 0) {
+      effects.flush(op);
       const res = await op.commit().catch((error) => ({ ok: false as const, error }));
       if (res.ok) {
         this.stats.commits++;

@@ -3,7 +3,7 @@ import type { AtomicWriter } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { LeaseLostError, NotFoundError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { addCounter, markWrite } from "./kv.ts";
+import { CommitEffects } from "./kv.ts";
 import { type FreeSlot, type HeldSlot, isClaimable, type ResourceSpec } from "./pool.ts";
 import type { Claim, ClaimState } from "./schemas.ts";
 
@@ -112,11 +112,12 @@ export function leaseEndKeys(record: ClaimRecord): [Deno.KvKey, Deno.KvKey] {
 /**
  * Adds a lease end to an atomic: checks on the claim, spec and slot as read; the
  * ended claim record, the held slot and expiry index removed, the free entry back
- * only if the spec allows the slot, counters. Throws (guard, or 409 when the lease
+ * only if the spec allows the slot; counters and the write mark go to `effects`. Throws (guard, or 409 when the lease
  * already ended) before staging anything.
  */
 export function stageLeaseEnd(
   op: AtomicWriter,
+  effects: CommitEffects,
   clock: Clock,
   { claim, spec, slot }: LeaseEndRead,
   end: LeaseEnd,
@@ -139,16 +140,16 @@ export function stageLeaseEnd(
   op.delete(keys.lease(region, record.expiresAt, record.id));
   if (slot.value?.claimId === record.id) {
     op.delete(slot.key);
-    addCounter(op, region, "held", -1);
+    effects.count(region, "held", -1);
     if (isClaimable(spec.value, record.slot)) {
       op.set(
         keys.free(region, record.resource, record.slot),
         { labels: spec.value!.labels } satisfies FreeSlot,
       );
-      addCounter(op, region, "free", 1);
+      effects.count(region, "free", 1);
     }
   }
-  markWrite(op, region);
+  effects.touch(region);
   return ended;
 }
 
@@ -174,7 +175,9 @@ export async function endLease(
     const claim = await getClaimEntry(kv, claimId);
     const [spec, slot] = await kv.getMany<[ResourceSpec, HeldSlot]>(leaseEndKeys(claim.value));
     const op = kv.atomic();
-    const ended = stageLeaseEnd(op, clock, { claim, spec, slot }, end);
+    const effects = new CommitEffects();
+    const ended = stageLeaseEnd(op, effects, clock, { claim, spec, slot }, end);
+    effects.flush(op);
     const res = await op.commit();
     if (res.ok) {
       return {
