@@ -26,8 +26,11 @@ export const UPDATES_PER_MESSAGE = 48;
 const MESSAGE_BYTES = 48 * 1024;
 /** Ingest refuses new batches while this many updates of a region wait (bounded backlog). */
 export const MAX_PENDING_UPDATES = 100_000;
-/** Redelivery delays for a status message before it is dead-lettered. */
-export const STATUS_BACKOFF_MS = [100, 1000, 5000];
+/**
+ * Redelivery delays for a status message before it is dead-lettered: as many as Deno
+ * KV allows (5), spread over ~50 s, since a crash during a delivery uses one up.
+ */
+export const STATUS_BACKOFF_MS = [100, 1000, 5000, 15_000, 30_000];
 
 /** Splits updates into messages bounded by count and bytes. */
 export function chunkUpdates(updates: readonly StatusUpdate[]): StatusUpdate[][] {

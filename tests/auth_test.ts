@@ -63,6 +63,21 @@ const TABLE: RouteCase[] = [
     setup: () => Promise.resolve({ method: "GET", path: "/openapi.json", ok: 200 }),
   },
   {
+    route: "GET /docs",
+    allowed: null,
+    setup: () => Promise.resolve({ method: "GET", path: "/docs", ok: 200 }),
+  },
+  {
+    route: "GET / (dashboard)",
+    allowed: null,
+    setup: () => Promise.resolve({ method: "GET", path: "/", ok: 200 }),
+  },
+  {
+    route: "GET /dashboard.js",
+    allowed: null,
+    setup: () => Promise.resolve({ method: "GET", path: "/dashboard.js", ok: 200 }),
+  },
+  {
     route: "PUT /v1/regions/{region}",
     allowed: ["admin"],
     setup: () => Promise.resolve({ method: "PUT", path: "/v1/regions/iad", body: {}, ok: 200 }),
@@ -129,6 +144,11 @@ const TABLE: RouteCase[] = [
         body: { holder: "h" },
         ok: 201,
       }),
+  },
+  {
+    route: "GET /v1/stats",
+    allowed: ["admin"],
+    setup: () => Promise.resolve({ method: "GET", path: "/v1/stats", ok: 200 }),
   },
   {
     route: "GET /v1/claims/{id}",
