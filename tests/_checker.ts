@@ -7,9 +7,10 @@
  * acknowledged. It knows nothing about allot's keys or code, so a bug there cannot
  * hide a violation here.
  *
- * An instant is (fake time in ms, sequence number): `time` is the clock when the
- * instant was taken, `seq` a counter that increases with every instant taken, so
- * instants are totally ordered in real time. Use {@link HistoryRecorder} to take them.
+ * An instant is (time in ms, sequence number): `time` is the clock when the instant was
+ * taken (fake in unit tests; in chaos runs the real one, which the server shares), `seq` a
+ * counter that increases with every instant taken, so instants are totally ordered in
+ * real time. Use {@link HistoryRecorder} to take them.
  *
  * The checker is conservative: it only reports what the history proves. A lease is
  * certainly live from its grant's acknowledgement until the earliest of: the
@@ -25,11 +26,12 @@
  *   the lease's expiry time, or after its end had been observed, resurrected a dead lease.
  *
  * Contract for the recorder: every way a lease can end early (revoke, resource gone or
- * deleted) must appear as an `ended` event (from anyone, at any time), and the renews
- * and releases of one claim must not overlap in time (its holder acts sequentially).
+ * deleted) must appear as an `ended` event (from anyone, at any time), every renew or
+ * release left unanswered as an `uncertain` one, and the renews and releases of one claim
+ * must not overlap in time (its holder acts sequentially).
  */
 
-/** A point in a history: fake time, then the order in which instants were taken. */
+/** A point in a history: clock time, then the order in which instants were taken. */
 export interface Instant {
   time: number;
   seq: number;
@@ -72,7 +74,19 @@ export interface EndedEvent extends Timed {
   why?: string;
 }
 
-export type HistoryEvent = GrantEvent | RenewEvent | ReleaseEvent | EndedEvent;
+/**
+ * A renew or release whose answer never came (the server crashed, the connection broke).
+ * It may have committed, so from `invoked` on the lease may have ended (a release) or its
+ * expiry may have moved, even earlier (a renew): the lease is no longer certainly live.
+ * `acked` is when the failure was seen. After an uncertain renew the holder must not renew
+ * or release the claim again (its expiry is unknown); after an uncertain release it may
+ * retry the release.
+ */
+export interface UncertainEvent extends Timed {
+  kind: "uncertain";
+}
+
+export type HistoryEvent = GrantEvent | RenewEvent | ReleaseEvent | EndedEvent | UncertainEvent;
 
 /** One proven violation, with a human-readable explanation. */
 export interface Violation {
@@ -175,6 +189,7 @@ function leaseEnd(
   /** By this instant the lease had certainly ended (an observation was acknowledged). */
   let endedBy: Instant | null = null;
   for (const op of ops) {
+    if (op.kind === "uncertain") end = minInstant(end, op.invoked);
     if (op.kind !== "ended") continue;
     end = minInstant(end, op.invoked);
     endedBy = endedBy === null ? op.acked : minInstant(endedBy, op.acked);
@@ -190,7 +205,7 @@ function leaseEnd(
     else if (before(at, to)) expired = at;
   };
   for (const op of ops) {
-    if (op.kind === "ended") continue;
+    if (op.kind === "ended" || op.kind === "uncertain") continue;
     if (before(op.invoked, cursor)) {
       violations.push({
         kind: "malformed-history",
