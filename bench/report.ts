@@ -1,6 +1,7 @@
 /** The run's report: machine facts, the markdown table, its notes, and bench/results.json. */
 import { commandOutput, REPO_ROOT, type Supervisor } from "./procs.ts";
-import type { Row } from "./scenarios.ts";
+import type { Row, TargetCheck } from "./scenarios.ts";
+import { peerTargetNotes } from "./peers/targets.ts";
 
 /** Where the run writes its results. */
 export const RESULTS_PATH = `${REPO_ROOT}bench/results.json`;
@@ -73,7 +74,7 @@ export function rateAgainstAllot(rows: MeasuredRow[]): RatedRow[] {
     checker: rows.find((r) => r.scenario === "allot-checker")?.opsPerSec,
   };
   return rows.map((row) => {
-    const allot = reference[row.comparedWith];
+    const allot = row.comparedWith === null ? undefined : reference[row.comparedWith];
     return {
       ...row,
       allotRatio: allot !== undefined && row.opsPerSec > 0 ? allot / row.opsPerSec : null,
@@ -96,6 +97,13 @@ function orDash(value: number | null, format: (n: number) => string = String): s
   return value === null ? "—" : format(value);
 }
 
+/** Each target with pass, MISS, or n/a (not measurable in this run). */
+function targetCell(targets: TargetCheck[] | undefined): string {
+  if (!targets || targets.length === 0) return "—";
+  const verdict = (met: boolean | null) => met === null ? "n/a" : met ? "pass" : "MISS";
+  return targets.map((t) => `${t.target}: ${verdict(t.met)}`).join("; ");
+}
+
 /** The results as a markdown table. */
 export function renderTable(rows: RatedRow[]): string {
   const header = [
@@ -104,13 +112,14 @@ export function renderTable(rows: RatedRow[]): string {
     "generator",
     "concurrency",
     "pool size",
-    "ops/s",
+    "figure",
     "p50",
     "p99",
     "double allocations",
     "errors",
     "durable",
     "allot ÷ this",
+    "target",
     "other CPU",
   ];
   const lines = rows.map((r) => [
@@ -119,13 +128,14 @@ export function renderTable(rows: RatedRow[]): string {
     r.generator,
     String(r.concurrency),
     orDash(r.poolSize, (n) => count.format(n)),
-    `${count.format(r.opsPerSec)} ${r.unit}`,
+    r.figure ?? `${count.format(r.opsPerSec)} ${r.unit}`,
     ms(r.p50Ms),
     ms(r.p99Ms),
     orDash(r.doubleAllocations),
     count.format(r.errors),
     yesNo(r.durable),
     orDash(r.allotRatio, (n) => `${n.toFixed(2)}×`),
+    targetCell(r.targets),
     orDash(r.otherCpu, (n) => `${(100 * n).toFixed(0)}%`),
   ]);
   return [header, header.map(() => "---"), ...lines]
@@ -138,6 +148,7 @@ function detail<T>(row: RatedRow, name: string): T {
 }
 
 function rowNote(row: RatedRow): string {
+  if (row.note !== undefined) return `- ${row.scenario}: ${row.note}`;
   const lat = `p50/p99 time ${row.latencyOf}`;
   if (row.scenario.endsWith("-checker")) {
     return `- ${row.scenario}: ${count.format(detail(row, "grants"))} grants on ` +
@@ -174,6 +185,7 @@ export function renderNotes(rows: RatedRow[], failures: { scenario: string }[]):
         `${count.format(requests)} requests/s, claims and releases, are ${percent(requests)}).`,
     );
   }
+  notes.push(...peerTargetNotes(rows));
   notes.push(
     "- allot ÷ this: allot's claim loops/s (wrk) ÷ the row's ops/s; checker rows: allot's " +
       "checker claims/s ÷ the row's. Committed one at a time, a claim loop is two KV " +

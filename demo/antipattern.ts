@@ -6,8 +6,23 @@
  * and the later write silently overwrites the earlier one.
  */
 
+/**
+ * What check-then-act needs from a store: a possibly stale read of who holds what, and
+ * a blind write. The bench (bench/antipattern_sim.ts) implements it over a file-backed
+ * Deno KV, its view refreshed with `kv.list`; the demo over an in-memory map.
+ */
+export interface CheckThenActStore {
+  /**
+   * Holders by slot as this reader sees them (a slot not in the map looks free). A view
+   * is replaced when it is refreshed, never changed in place.
+   */
+  read(now: number): ReadonlyMap<number, unknown>;
+  /** A blind write: last writer wins. */
+  write(slot: number, holder: string): void;
+}
+
 /** A store whose reads come from a snapshot refreshed every `convergenceMs`. */
-export class EventuallyConsistentStore {
+export class EventuallyConsistentStore implements CheckThenActStore {
   readonly #truth = new Map<number, string>();
   #view = new Map<number, string>();
   #viewAt = -Infinity;
@@ -47,19 +62,30 @@ export interface AntiPatternResult {
   overwritten: number;
 }
 
+/** Free slots per view: views are replaced, never changed, so each is listed once. */
+const freeByView = new WeakMap<ReadonlyMap<number, unknown>, { slots: number; free: number[] }>();
+
+/** The slots `seen` shows free, of `slots` numbered from 0. */
+export function freeSlots(seen: ReadonlyMap<number, unknown>, slots: number): number[] {
+  const cached = freeByView.get(seen);
+  if (cached?.slots === slots) return cached.free;
+  const free = Array.from({ length: slots }, (_, i) => i).filter((slot) => !seen.has(slot));
+  freeByView.set(seen, { slots, free });
+  return free;
+}
+
 /**
  * One caller: check (read the view, pick a free slot) then act (write it). Returns
  * the slot the caller now believes is exclusively its own, or null.
  */
 export function checkThenAct(
-  store: EventuallyConsistentStore,
+  store: CheckThenActStore,
   slots: number,
   caller: string,
   now: number,
   random: () => number,
 ): number | null {
-  const seen = store.read(now);
-  const free = Array.from({ length: slots }, (_, i) => i).filter((slot) => !seen.has(slot));
+  const free = freeSlots(store.read(now), slots);
   if (free.length === 0) return null;
   const slot = free[Math.floor(random() * free.length)];
   store.write(slot, caller);
