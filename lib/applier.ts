@@ -62,6 +62,7 @@ export class StatusApplier {
   readonly #windowMs: number;
   readonly #maxPerCommit: number;
   readonly #faults: StatusFaults;
+  #checksPerUpdate = 1;
 
   constructor(
     private readonly kv: Deno.Kv,
@@ -118,10 +119,11 @@ export class StatusApplier {
       const indexes = order.slice(start, start + take);
       const group = indexes.map((i) => messages[i]);
       try {
-        const fitted = await this.#commitGroup(group);
-        if (!fitted) {
+        const overflow = await this.#commitGroup(group);
+        if (overflow !== null) {
           if (take > 1) {
-            take = Math.ceil(take / 2);
+            // Shrink in proportion to how far over the limits the plan went (at least by one).
+            take = Math.min(take - 1, Math.max(1, Math.floor(take / overflow)));
             continue;
           }
           await this.#commitOversized(group[0]);
@@ -135,26 +137,39 @@ export class StatusApplier {
     return outcomes;
   }
 
-  /** How many messages to plan together: each update costs at least one check, plus one a message. */
+  /**
+   * How many messages to plan together: each update costs the checks per update the last
+   * plan needed (one for a load report, two for a registration), plus one a message.
+   */
   #firstGuess(queue: readonly StatusBatchMessage[]): number {
     let checks = 0;
     let take = 0;
     for (const message of queue.slice(0, this.#maxPerCommit)) {
-      checks += message.updates.length + 1;
+      checks += message.updates.length * this.#checksPerUpdate + 1;
       if (take > 0 && checks > ATOMIC_LIMITS.checks) break;
       take++;
     }
     return take;
   }
 
-  /** Plans and commits one group; false when it does not fit one atomic. */
-  #commitGroup(group: readonly StatusBatchMessage[], bookkeep = true): Promise<boolean> {
+  /**
+   * Plans and commits one group. Null when done; when the plan does not fit one atomic,
+   * by how much it overflows (see AtomicPlan.overflow), and nothing is committed.
+   */
+  #commitGroup(
+    group: readonly StatusBatchMessage[],
+    bookkeep = true,
+  ): Promise<number | null> {
     return inSpan("allot.status.apply", { "allot.messages": group.length }, async (span) => {
       for (let attempt = 0; attempt <= MAX_CONFLICT_RETRIES; attempt++) {
         const plan = new AtomicPlan();
         const planned = await planApply(this.kv, this.clock, plan, group, bookkeep);
-        if (!plan.fits()) return false;
-        if (plan.mutations === 0) return true;
+        const updates = group.reduce((n, m) => n + m.updates.length, 0);
+        if (updates > 0) {
+          this.#checksPerUpdate = Math.max(1, (plan.checks - group.length) / updates);
+        }
+        if (!plan.fits()) return plan.overflow();
+        if (plan.mutations === 0) return null;
         await this.#faults.beforeCommit?.(planned.regions);
         const res = await plan.commit(this.kv);
         if (!res.ok) {
@@ -171,7 +186,7 @@ export class StatusApplier {
         }
         instruments.updatesPerCommit.record(planned.processed);
         await this.#afterCommit(planned.regions, planned.gone);
-        return true;
+        return null;
       }
       throw new Error(`status apply: ${MAX_CONFLICT_RETRIES} conflicting commits in a row`);
     });
@@ -184,7 +199,7 @@ export class StatusApplier {
   async #commitOversized(message: StatusBatchMessage): Promise<void> {
     for (const update of message.updates) {
       const part = { ...message, updates: [update] };
-      if (!await this.#commitGroup([part], false)) {
+      if (await this.#commitGroup([part], false) !== null) {
         throw new Error(`status apply: update for "${update.resource}" exceeds one atomic`);
       }
     }

@@ -57,6 +57,15 @@ export class AtomicPlan implements AtomicWriter {
       this.bytes <= ATOMIC_LIMITS.bytes;
   }
 
+  /** How many times over the tightest limit this plan is (> 1 when it does not fit). */
+  overflow(): number {
+    return Math.max(
+      this.checks / ATOMIC_LIMITS.checks,
+      this.mutations / ATOMIC_LIMITS.mutations,
+      this.bytes / ATOMIC_LIMITS.bytes,
+    );
+  }
+
   /** Sends the recorded steps as one atomic operation. */
   commit(kv: Deno.Kv): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
     const op = kv.atomic();
