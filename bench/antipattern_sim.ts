@@ -15,7 +15,8 @@
  * Usage: deno run -A bench/antipattern_sim.ts <kv path> <points JSON> <seconds per point>
  * Prints one JSON line: an array of AntipatternResult.
  */
-import { checkThenAct, type CheckThenActStore, seededRandom } from "../demo/antipattern.ts";
+import { checkThenAct, type CheckThenActStore } from "../demo/antipattern.ts";
+import { seededRandom } from "../lib/random.ts";
 import { type CheckerRun, type CheckerVerdict, verify } from "./checker.ts";
 import { percentile } from "./stats.ts";
 

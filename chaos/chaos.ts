@@ -9,7 +9,7 @@
  *   deno task chaos [--crashes=30] [--seconds=120] [--holders=24] [--seed=N] [--keep-kv=path]
  */
 import { parseArgs } from "node:util";
-import { seededRandom } from "../tests/_helpers.ts";
+import { seededRandom } from "../lib/random.ts";
 import type { ChaosViolation } from "./audit.ts";
 import { ApiClient } from "./http.ts";
 import { auditRun, type PoolShape, PRIMARY, scenarioWorkload, seedRegions } from "./scenario.ts";

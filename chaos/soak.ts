@@ -8,7 +8,7 @@
  *   deno task soak [--minutes=10] [--rate=100] [--holders=20] [--lag-target-ms=2000]
  */
 import { parseArgs } from "node:util";
-import { seededRandom } from "../tests/_helpers.ts";
+import { seededRandom } from "../lib/random.ts";
 import { type ChaosViolation, regionHealth } from "./audit.ts";
 import { ApiClient } from "./http.ts";
 import { auditRun, type PoolShape, PRIMARY, scenarioWorkload, seedRegions } from "./scenario.ts";

@@ -1,3 +1,4 @@
+import { seededRandom } from "../lib/random.ts";
 /**
  * THE ANTI-PATTERN allot exists to avoid, simulated in-process (no allot code runs
  * here): allocation state in an eventually consistent store, read through a view
@@ -112,17 +113,5 @@ export function tally(
     refused: beliefs.size - granted,
     doubleAllocated: [...perSlot.values()].filter((count) => count > 1).length,
     overwritten,
-  };
-}
-
-/** A small seeded PRNG (mulberry32), so the simulation picks the same slots each run. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
   };
 }

@@ -21,9 +21,9 @@ import {
   type AntiPatternResult,
   checkThenAct,
   EventuallyConsistentStore,
-  seededRandom,
   tally,
 } from "./antipattern.ts";
+import { seededRandom } from "../lib/random.ts";
 import { bar, line, n, StatusLine } from "./display.ts";
 
 const CALLERS = 200;

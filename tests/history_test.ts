@@ -11,10 +11,10 @@ import {
   poolOf,
   release,
   renew,
-  seededRandom,
   type TestApp,
   TOKENS,
 } from "./_helpers.ts";
+import { seededRandom } from "../lib/random.ts";
 
 const CALLERS = 50;
 const ROUNDS = 60;
