@@ -1,4 +1,3 @@
-import { seededRandom } from "../lib/random.ts";
 /**
  * THE ANTI-PATTERN allot exists to avoid, simulated in-process (no allot code runs
  * here): allocation state in an eventually consistent store, read through a view
