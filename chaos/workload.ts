@@ -6,7 +6,7 @@
  * tests/_checker.ts, with real timestamps; what must survive (201 claims, 204 releases,
  * 202 status batches) is kept for the audit after the run.
  */
-import { HistoryRecorder, isoMs } from "../tests/_checker.ts";
+import { grantEvent, HistoryRecorder, isoMs } from "../tests/_checker.ts";
 import type { Answer, ApiClient, Outcome } from "./http.ts";
 import { CHAOS_TOKENS, sleep } from "./server.ts";
 
@@ -217,17 +217,7 @@ export class Workload {
       slot: g.slot,
       fencingToken: g.fencingToken,
     });
-    this.history.record({
-      kind: "grant",
-      claimId: g.id,
-      region: g.servedBy,
-      resource: g.resource,
-      slot: g.slot,
-      fencingToken: g.fencingToken,
-      expiresAt: isoMs(g.leaseExpiresAt),
-      invoked,
-      acked,
-    });
+    this.history.record(grantEvent(g, invoked, acked));
     return { id: g.id, secret: g.secret };
   }
 

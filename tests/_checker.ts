@@ -53,6 +53,32 @@ export interface GrantEvent extends Timed {
   expiresAt: number;
 }
 
+/** The grant event of a 201 claim answer (a ClaimGrant body), timed by the caller. */
+export function grantEvent(
+  grant: {
+    id: string;
+    servedBy: string;
+    resource: string;
+    slot: number;
+    fencingToken: string;
+    leaseExpiresAt: string;
+  },
+  invoked: Instant,
+  acked: Instant,
+): GrantEvent {
+  return {
+    kind: "grant",
+    claimId: grant.id,
+    region: grant.servedBy,
+    resource: grant.resource,
+    slot: grant.slot,
+    fencingToken: grant.fencingToken,
+    expiresAt: isoMs(grant.leaseExpiresAt),
+    invoked,
+    acked,
+  };
+}
+
 /** An acknowledged renew (200); `expiresAt` is the new `leaseExpiresAt` in ms. */
 export interface RenewEvent extends Timed {
   kind: "renew";

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { checkHistory, type HistoryEvent, HistoryRecorder, isoMs } from "./_checker.ts";
+import { checkHistory, grantEvent, type HistoryEvent, HistoryRecorder } from "./_checker.ts";
 import {
   assertProblem,
   claim,
@@ -106,17 +106,7 @@ Deno.test("two app instances over one KV never double-allocate", async () => {
     const res = await claim(apps[i % 2], "iad", { holder: `caller-${i}`, leaseMs: 600_000 });
     const acked = history.now();
     if (res.status === 201) {
-      history.record({
-        kind: "grant",
-        claimId: res.body.id,
-        region: res.body.servedBy,
-        resource: res.body.resource,
-        slot: res.body.slot,
-        fencingToken: res.body.fencingToken,
-        expiresAt: isoMs(res.body.leaseExpiresAt),
-        invoked,
-        acked,
-      });
+      history.record(grantEvent(res.body, invoked, acked));
     } else assertProblem(res, 503);
     return res;
   }

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { sweepExpired } from "../lib/leases.ts";
 import { handleQueueMessage } from "../lib/queue.ts";
-import { checkHistory, HistoryRecorder, isoMs } from "./_checker.ts";
+import { checkHistory, grantEvent, HistoryRecorder, isoMs } from "./_checker.ts";
 import {
   assertProblem,
   claim,
@@ -87,17 +87,7 @@ Deno.test("a randomized claim/renew/release/expire history of 50 callers never d
       assert.ok(expiresAt - invoked.time <= 5000, "leaseMs is clamped to lease.maxMs");
       const kind = Number(res.body.resource.slice(1)) % 2 === 0 ? "even" : "odd";
       if (body.labels) assert.deepEqual(body.labels, { kind }, "labels select resources");
-      history.record({
-        kind: "grant",
-        claimId: res.body.id,
-        region: res.body.servedBy,
-        resource: res.body.resource,
-        slot: res.body.slot,
-        fencingToken: res.body.fencingToken,
-        expiresAt,
-        invoked,
-        acked,
-      });
+      history.record(grantEvent(res.body, invoked, acked));
       messages.push({ type: "lease.expire", claimId: res.body.id, expiresAt });
       const slot = `${res.body.resource}#${res.body.slot}`;
       slotGrants.set(slot, (slotGrants.get(slot) ?? 0) + 1);
