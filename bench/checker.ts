@@ -76,7 +76,8 @@ function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-function emptyRun(workers: number): CheckerRun {
+/** A run with nothing recorded yet, for any recording client (allot's, PostgreSQL's, Redis's). */
+export function emptyRun(workers: number): CheckerRun {
   return {
     workers,
     seconds: 0,

@@ -7,7 +7,7 @@
  *   deno run -A bench/peers/pg_record.ts <postgres url> <seconds> <workers> <maxHoldMs> <out>
  */
 import postgres from "npm:postgres@3.4.9";
-import type { CheckerRun, Hold } from "../checker.ts";
+import { type CheckerRun, emptyRun, type Hold } from "../checker.ts";
 
 const BACKOFF_MS = 50;
 const MAX_SAMPLES = 5;
@@ -79,15 +79,7 @@ async function main(): Promise<void> {
   const [url, seconds, workers, maxHoldMs, out] = Deno.args;
   const n = Number(workers);
   const sql = postgres(url, { max: n, onnotice: () => {} });
-  const run: CheckerRun = {
-    workers: n,
-    seconds: 0,
-    holds: [],
-    claimLatencyMs: [],
-    statuses: {},
-    transportErrors: 0,
-    samples: [],
-  };
+  const run = emptyRun(n);
   try {
     // Open every connection before the clock starts, as pgbench does.
     await Promise.all(Array.from({ length: n }, () => sql`SELECT 1`));

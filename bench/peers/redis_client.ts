@@ -10,7 +10,7 @@
  *     --connections=N --claim-sha=SHA --release-sha=SHA [--max-hold-ms=5 --out=FILE]
  */
 import { parseArgs } from "node:util";
-import type { CheckerRun } from "../checker.ts";
+import { type CheckerRun, emptyRun } from "../checker.ts";
 import { percentile } from "../stats.ts";
 import { encodeCommand, KEYS, type Reply, RespConnection } from "./resp.ts";
 
@@ -155,15 +155,7 @@ async function load(options: Options): Promise<RedisLoadResult> {
 
 async function record(options: Options): Promise<CheckerRun> {
   const conns = await openAll(options);
-  const run: CheckerRun = {
-    workers: options.connections,
-    seconds: 0,
-    holds: [],
-    claimLatencyMs: [],
-    statuses: {},
-    transportErrors: 0,
-    samples: [],
-  };
+  const run = emptyRun(options.connections);
   const note = (status: string) => run.statuses[status] = (run.statuses[status] ?? 0) + 1;
   const start = performance.now();
   const deadline = start + options.seconds * 1000;
