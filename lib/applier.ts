@@ -12,6 +12,7 @@ import type { StatusBatchMessage } from "./queue.ts";
 import { loseLeases } from "./resources.ts";
 import { log } from "./log.ts";
 import { planApply } from "./status.ts";
+import { ResourceCache } from "./resource_cache.ts";
 import { inSpan, instruments } from "./telemetry.ts";
 
 /** Test-only fault injection; production code never constructs one. */
@@ -46,6 +47,8 @@ interface Waiting {
 }
 
 const MAX_CONFLICT_RETRIES = 10;
+/** Mutations a commit spends once per region, whatever its size: version, write mark, counters. */
+const REGION_MUTATIONS = 8;
 
 /** Applies status messages in coalesced, checked commits. */
 export class StatusApplier {
@@ -62,7 +65,8 @@ export class StatusApplier {
   readonly #windowMs: number;
   readonly #maxPerCommit: number;
   readonly #faults: StatusFaults;
-  #checksPerUpdate = 1;
+  #perUpdate = { checks: 0, mutations: 1 };
+  readonly #cache = new ResourceCache();
 
   constructor(
     private readonly kv: Deno.Kv,
@@ -138,15 +142,20 @@ export class StatusApplier {
   }
 
   /**
-   * How many messages to plan together: each update costs the checks per update the last
-   * plan needed (one for a load report, two for a registration), plus one a message.
+   * How many messages to plan together: each update costs the checks and mutations per
+   * update the last plan needed (a load report: no check, one mutation; a registration:
+   * a few of each), and a message one check and two mutations of bookkeeping.
    */
   #firstGuess(queue: readonly StatusBatchMessage[]): number {
     let checks = 0;
+    let mutations = REGION_MUTATIONS;
     let take = 0;
     for (const message of queue.slice(0, this.#maxPerCommit)) {
-      checks += message.updates.length * this.#checksPerUpdate + 1;
-      if (take > 0 && checks > ATOMIC_LIMITS.checks) break;
+      checks += message.updates.length * this.#perUpdate.checks + 1;
+      mutations += message.updates.length * this.#perUpdate.mutations + 2;
+      if (take > 0 && (checks > ATOMIC_LIMITS.checks || mutations > ATOMIC_LIMITS.mutations)) {
+        break;
+      }
       take++;
     }
     return take;
@@ -163,10 +172,19 @@ export class StatusApplier {
     return inSpan("allot.status.apply", { "allot.messages": group.length }, async (span) => {
       for (let attempt = 0; attempt <= MAX_CONFLICT_RETRIES; attempt++) {
         const plan = new AtomicPlan();
-        const planned = await planApply(this.kv, this.clock, plan, group, bookkeep);
+        const planned = await planApply(this.kv, this.clock, plan, group, {
+          bookkeep,
+          cache: this.#cache,
+        });
         const updates = group.reduce((n, m) => n + m.updates.length, 0);
         if (updates > 0) {
-          this.#checksPerUpdate = Math.max(1, (plan.checks - group.length) / updates);
+          this.#perUpdate = {
+            checks: Math.max(0, plan.checks - group.length) / updates,
+            mutations: Math.max(
+              1,
+              (plan.mutations - REGION_MUTATIONS - 2 * group.length) / updates,
+            ),
+          };
         }
         if (!plan.fits()) return plan.overflow();
         if (plan.mutations === 0) return null;
@@ -176,6 +194,7 @@ export class StatusApplier {
           this.stats.conflicts++;
           continue;
         }
+        planned.committed(res.versionstamp);
         this.stats.commits++;
         this.stats.updates += planned.processed;
         this.stats.effective += planned.effective;
@@ -193,14 +212,22 @@ export class StatusApplier {
   }
 
   /**
-   * A message too large for one atomic is applied a resource at a time (seq-guarded,
-   * so a redelivery after a partial apply converges) and completed last.
+   * A message too large for one atomic is applied in parts, each as large as fits
+   * (seq-guarded, so a redelivery after a partial apply converges), and completed last.
    */
   async #commitOversized(message: StatusBatchMessage): Promise<void> {
-    for (const update of message.updates) {
-      const part = { ...message, updates: [update] };
-      if (await this.#commitGroup([part], false) !== null) {
-        throw new Error(`status apply: update for "${update.resource}" exceeds one atomic`);
+    let take = message.updates.length;
+    for (let start = 0; start < message.updates.length;) {
+      const part = { ...message, updates: message.updates.slice(start, start + take) };
+      const overflow = await this.#commitGroup([part], false);
+      if (overflow === null) {
+        start += part.updates.length;
+      } else if (take > 1) {
+        take = Math.min(take - 1, Math.max(1, Math.floor(take / overflow)));
+      } else {
+        throw new Error(
+          `status apply: update for "${part.updates[0].resource}" exceeds one atomic`,
+        );
       }
     }
     await this.#commitGroup([{ ...message, updates: [] }]);

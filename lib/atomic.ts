@@ -76,6 +76,11 @@ export class AtomicPlan implements AtomicWriter {
 
 /** An upper bound on a key's or value's encoded size (JSON length, bigints as 20 digits). */
 function sizeOf(value: unknown): number {
-  return JSON.stringify(value, (_k, v) => (typeof v === "bigint" ? "x".repeat(20) : v))?.length ??
-    0;
+  try {
+    return JSON.stringify(value)?.length ?? 0;
+  } catch {
+    // Only bigints make JSON.stringify throw; the replacer is slow, so it is the rare path.
+    return JSON.stringify(value, (_k, v) => (typeof v === "bigint" ? "x".repeat(20) : v))
+      ?.length ?? 0;
+  }
 }

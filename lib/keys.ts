@@ -45,6 +45,12 @@ export const keys = {
   /** A resource's telemetry: last applied status seq and load (changes often, never checked by claims). */
   telemetry: (region: string, id: string) => regionKey(region, "tel", id),
   telemetries: (region: string) => regionKey(region, "tel"),
+  /**
+   * Set by every write to a spec or telemetry of the region. A status apply checks it,
+   * read before those entries, instead of each of them (one check, not one per update),
+   * and keeps its cache of them for as long as its versionstamp is the one it last wrote.
+   */
+  resourcesVersion: (region: string) => regionKey(region, "rv"),
 
   /** A held slot: present exactly while a live lease holds it. */
   slot: (region: string, id: string, slot: number) => regionKey(region, "slot", id, slot),

@@ -29,6 +29,11 @@ export function markWrite(op: AtomicWriter, ...regions: string[]): void {
   for (const region of new Set(regions)) op.set(keys.writeMark(region), true);
 }
 
+/** Marks a write to a spec or telemetry of the region (keys.resourcesVersion): once a commit. */
+export function bumpResourcesVersion(op: AtomicWriter, region: string): void {
+  op.set(keys.resourcesVersion(region), true);
+}
+
 /** Reads any number of keys, 10 at a time (Deno KV's getMany limit), strongly. */
 export async function getAll<T>(
   kv: Deno.Kv,

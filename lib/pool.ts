@@ -57,7 +57,10 @@ export function labelsMatch(labels: Labels, wanted: Labels | undefined): boolean
 /**
  * Adds a spec change of one resource to `op`: the spec write, every free-index
  * write it implies, the checks those depend on, and the pool counters. `held` is
- * the resource's slot entries as read. Returns how many checks it added.
+ * the resource's slot entries as read. Returns how many checks it added. The caller
+ * bumps the region's resources version in the same commit (once, however many specs);
+ * `specCovered` when it also checks that version, read before `before`, which then
+ * covers the spec (held slots are still checked: claims write them, not the version).
  */
 export function stageSpecChange(
   op: AtomicWriter,
@@ -65,11 +68,15 @@ export function stageSpecChange(
   before: Deno.KvEntryMaybe<ResourceSpec>,
   after: ResourceSpec | null,
   held: ReadonlyMap<number, Deno.KvEntry<HeldSlot>>,
+  specCovered = false,
 ): number {
   const id = after?.id ?? before.value?.id;
   if (id === undefined) throw new Error("stageSpecChange needs a before or an after spec");
-  op.check(before);
-  let checks = 1;
+  let checks = 0;
+  if (!specCovered) {
+    op.check(before);
+    checks++;
+  }
   let freeDelta = 0;
   const width = Math.max(before.value?.slots ?? 0, after?.slots ?? 0);
   const relabelled = before.value !== null && after !== null &&

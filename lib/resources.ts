@@ -2,7 +2,7 @@
 import type { Clock } from "./clock.ts";
 import { LeaseLostError, NotFoundError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { cursorError, markWrite } from "./kv.ts";
+import { bumpResourcesVersion, cursorError, markWrite } from "./kv.ts";
 import { endLease } from "./leases.ts";
 import { readHeldSlots, type ResourceSpec, stageSpecChange } from "./pool.ts";
 import { getRegionConfig } from "./regions.ts";
@@ -97,6 +97,7 @@ async function changeSpec(
     const op = kv.atomic();
     stageSpecChange(op, region, before, after, held);
     if (after === null) op.delete(keys.telemetry(region, id));
+    bumpResourcesVersion(op, region);
     markWrite(op, region);
     const res = await op.commit();
     if (res.ok) {

@@ -8,7 +8,8 @@ import type { AtomicPlan } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { addCounter, counterValue, getAll, markWrite } from "./kv.ts";
+import { addCounter, bumpResourcesVersion, counterValue, getAll, markWrite } from "./kv.ts";
+import { type CachedResource, ResourceCache } from "./resource_cache.ts";
 import type { PendingMessage } from "./lag.ts";
 import { readHeldSlots, type ResourceSpec, stageSpecChange } from "./pool.ts";
 import type { StatusBatchMessage } from "./queue.ts";
@@ -17,11 +18,12 @@ import type { FieldSeq, Telemetry } from "./resources.ts";
 import type { StatusUpdate } from "./schemas.ts";
 
 /**
- * Updates per queue message, so that a message's apply fits one atomic (at most 100
- * checks): a load report costs one check, registering a resource two, plus one for
- * the message's own bookkeeping.
+ * Updates per queue message. A load report costs one mutation when applied (the
+ * telemetry is covered by the region's one version check), so a message of load reports
+ * applies in one atomic; registrations cost checks too, and a message of many is applied
+ * in parts (StatusApplier).
  */
-export const UPDATES_PER_MESSAGE = 48;
+export const UPDATES_PER_MESSAGE = 500;
 /** Bytes of updates per queue message (Deno KV caps a message at 64 KiB). */
 const MESSAGE_BYTES = 48 * 1024;
 /** Ingest refuses new batches while this many updates of a region wait (bounded backlog). */
@@ -188,29 +190,33 @@ export interface PlannedApply {
   regions: Set<string>;
   /** Resources that this plan turns `gone`: their leases are then marked lost. */
   gone: Array<{ region: string; id: string }>;
+  /** Tells the cache what the plan read and wrote, once its commit succeeded. */
+  committed(versionstamp: string): void;
+}
+
+/** What planning needs besides the messages. */
+export interface PlanOptions {
+  /** False plans the updates only, without the messages' bookkeeping. */
+  bookkeep?: boolean;
+  /** Resource copies that spare the reads while the region's resources version is unchanged. */
+  cache?: ResourceCache;
 }
 
 /**
  * Plans the apply of `messages` into `plan`: per resource, every update newer than
- * the applied seq, coalesced, with checks on what was read (telemetry, spec, slots),
- * and each message's watermark bookkeeping (checked, so a redelivered message that
- * was already applied counts nothing twice). `bookkeep: false` plans updates only.
+ * the applied seq, coalesced, with checks on what was read (the region's resources
+ * version, which covers every spec and telemetry entry read after it, and the slots
+ * of a spec that changes), and each message's watermark bookkeeping (checked, so a
+ * redelivered message that was already applied counts nothing twice).
  */
 export async function planApply(
   kv: Deno.Kv,
   clock: Clock,
   plan: AtomicPlan,
   messages: readonly StatusBatchMessage[],
-  bookkeep = true,
+  { bookkeep = true, cache = new ResourceCache(0) }: PlanOptions = {},
 ): Promise<PlannedApply> {
   const now = clock.now();
-  const result: PlannedApply = {
-    effective: 0,
-    processed: 0,
-    completed: 0,
-    regions: new Set(),
-    gone: [],
-  };
   const unique = [...new Map(messages.map((m) => [m.id, m])).values()];
   const pending = await getAll<PendingMessage>(
     kv,
@@ -231,24 +237,54 @@ export async function planApply(
     }
   }
   const groups = [...byResource.values()];
-  const entries = await getAll<ResourceSpec | Telemetry>(
-    kv,
-    groups.flatMap((g) => [keys.resource(g.region, g.id), keys.telemetry(g.region, g.id)]),
-  );
-  await Promise.all(groups.map(async (group, i) => {
-    const spec = entries[2 * i] as Deno.KvEntryMaybe<ResourceSpec>;
-    const telemetry = entries[2 * i + 1] as Deno.KvEntryMaybe<Telemetry>;
-    const merged = mergeUpdates(group.id, spec.value, telemetry.value, group.updates, now);
+  const regions = await readRegionResources(kv, cache, groups);
+  const result: PlannedApply = {
+    effective: 0,
+    processed: 0,
+    completed: 0,
+    regions: new Set(),
+    gone: [],
+    committed(versionstamp) {
+      for (const [region, { version, resources, bumped }] of regions) {
+        for (const resource of resources.values()) {
+          if (resource.specVersionstamp === THIS_COMMIT) resource.specVersionstamp = versionstamp;
+        }
+        cache.record(
+          region,
+          version.versionstamp,
+          bumped ? versionstamp : version.versionstamp,
+          resources,
+        );
+      }
+    },
+  };
+  await Promise.all(groups.map(async ({ region, id, updates }) => {
+    const read = regions.get(region)!;
+    const current = read.resources.get(id)!;
+    const merged = mergeUpdates(id, current.spec, current.telemetry, updates, now);
     if (merged === null) return;
-    plan.check(telemetry);
-    plan.set(keys.telemetry(group.region, group.id), merged.telemetry);
-    if (specChanged(spec.value, merged.spec)) {
-      const held = await readHeldSlots(kv, group.region, group.id);
-      stageSpecChange(plan, group.region, spec, merged.spec, held);
-      if (merged.spec.state === "gone") result.gone.push({ region: group.region, id: group.id });
+    if (!read.bumped) {
+      plan.check(read.version);
+      bumpResourcesVersion(plan, region);
+      read.bumped = true;
     }
+    plan.set(keys.telemetry(region, id), merged.telemetry);
+    const after: CachedResource = { ...current, telemetry: merged.telemetry };
+    if (specChanged(current.spec, merged.spec)) {
+      const held = await readHeldSlots(kv, region, id);
+      const before = {
+        key: keys.resource(region, id),
+        value: current.spec,
+        versionstamp: current.specVersionstamp,
+      } as Deno.KvEntryMaybe<ResourceSpec>;
+      stageSpecChange(plan, region, before, merged.spec, held, true);
+      if (merged.spec.state === "gone") result.gone.push({ region, id });
+      after.spec = merged.spec;
+      after.specVersionstamp = THIS_COMMIT;
+    }
+    read.resources.set(id, after);
     result.effective += merged.used;
-    result.regions.add(group.region);
+    result.regions.add(region);
   }));
   if (bookkeep) {
     for (const { message, pending } of live) {
@@ -262,4 +298,53 @@ export async function planApply(
   }
   for (const region of result.regions) markWrite(plan, region);
   return result;
+}
+
+/** Stands for the versionstamp of the commit being planned, until it is known. */
+const THIS_COMMIT = "(this commit)";
+
+interface RegionRead {
+  /** The region's resources version, read before any resource. */
+  version: Deno.KvEntryMaybe<unknown>;
+  /** Whether the plan checks and bumps the version (it writes a spec or telemetry). */
+  bumped: boolean;
+  /** Every resource the plan touches, as read (or cached), then as planned. */
+  resources: Map<string, CachedResource>;
+}
+
+/**
+ * Reads each region's resources version, then the spec and telemetry of every resource
+ * the groups touch that the cache does not hold at that version. A write after the
+ * version read changes it, so checking the version at commit covers all of them.
+ */
+async function readRegionResources(
+  kv: Deno.Kv,
+  cache: ResourceCache,
+  groups: ReadonlyArray<{ region: string; id: string }>,
+): Promise<Map<string, RegionRead>> {
+  const names = [...new Set(groups.map((g) => g.region))];
+  const versions = await getAll(kv, names.map(keys.resourcesVersion));
+  const regions = new Map(names.map((name, i): [string, RegionRead] => [
+    name,
+    { version: versions[i], bumped: false, resources: new Map() },
+  ]));
+  const missing: Array<{ region: string; id: string }> = [];
+  for (const { region, id } of groups) {
+    const read = regions.get(region)!;
+    const cached = cache.at(region, read.version.versionstamp).get(id);
+    if (cached === undefined) missing.push({ region, id });
+    else read.resources.set(id, cached);
+  }
+  const entries = await getAll<ResourceSpec | Telemetry>(
+    kv,
+    missing.flatMap(({ region, id }) => [keys.resource(region, id), keys.telemetry(region, id)]),
+  );
+  missing.forEach(({ region, id }, i) => {
+    regions.get(region)!.resources.set(id, {
+      spec: entries[2 * i].value as ResourceSpec | null,
+      specVersionstamp: entries[2 * i].versionstamp,
+      telemetry: entries[2 * i + 1].value as Telemetry | null,
+    });
+  });
+  return regions;
 }

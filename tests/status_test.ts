@@ -321,3 +321,62 @@ Deno.test("status batches are delivered end to end through kv.listenQueue", asyn
   t.kv.close();
   await listening;
 });
+
+Deno.test("status apply never works from a stale resource cache", async (t) => {
+  await t.step(
+    "an admin's PUT between two applies is kept, not overwritten from the cache",
+    async () => {
+      await using app = await makeApp();
+      await app.request("PUT", "/v1/regions/iad", { body: {} });
+      const applier = new StatusApplier(app.kv, app.clock);
+      const report = async (updates: StatusUpdate[]) => {
+        const { messages } = await ingestStatus(app.kv, app.clock, "iad", updates);
+        assert.deepEqual(await applier.apply(messages), [null]);
+      };
+      await report([{ resource: "x", seq: 1, state: "ready", slots: 1 }]);
+      await report([{ resource: "x", seq: 2, state: "ready", load: 0.5 }]); // from the cache
+      const put = await app.request("PUT", "/v1/regions/iad/resources/x", {
+        body: { slots: 3, labels: { gpu: "h100" }, state: "ready" },
+      });
+      assert.equal(put.status, 200, JSON.stringify(put.body));
+      await report([{ resource: "x", seq: 3, state: "draining", load: 0.7 }]);
+      const x = (await app.request("GET", "/v1/regions/iad/resources/x")).body;
+      assert.deepEqual([x.state, x.slots, x.labels, x.load], ["draining", 3, { gpu: "h100" }, 0.7]);
+    },
+  );
+
+  await t.step("two appliers with their own caches interleave on one region", async () => {
+    await using reference = await makeApp();
+    const inOrder = await ingestAll(reference, "iad");
+    await new StatusApplier(reference.kv, reference.clock).apply(inOrder);
+    const expected = await observe(reference, "iad");
+
+    await using app = await makeApp();
+    const messages = await ingestAll(app, "iad");
+    const one = new StatusApplier(app.kv, app.clock, { maxMessagesPerCommit: 1 });
+    const two = new StatusApplier(app.kv, app.clock, { maxMessagesPerCommit: 1 });
+    // Each fills its cache, then the other writes: neither may trust its copy after that.
+    await one.apply([messages[0]]);
+    await two.apply([messages[1]]);
+    const outcomes = await Promise.all([one.apply(messages), two.apply([...messages].reverse())]);
+    assert.ok(outcomes.flat().every((o) => o === null), String(outcomes.flat()));
+    assert.deepEqual(await observe(app, "iad"), expected);
+  });
+
+  await t.step("a resource deleted and reported again is registered afresh", async () => {
+    await using app = await makeApp();
+    await app.request("PUT", "/v1/regions/iad", { body: {} });
+    const applier = new StatusApplier(app.kv, app.clock);
+    const report = async (updates: StatusUpdate[]) => {
+      const { messages } = await ingestStatus(app.kv, app.clock, "iad", updates);
+      assert.deepEqual(await applier.apply(messages), [null]);
+    };
+    await report([{ resource: "y", seq: 5, state: "ready", slots: 2 }]);
+    assert.equal((await app.request("DELETE", "/v1/regions/iad/resources/y")).status, 200);
+    await report([{ resource: "y", seq: 1, state: "ready" }]);
+    const y = (await app.request("GET", "/v1/regions/iad/resources/y")).body;
+    assert.deepEqual([y.seq, y.slots], [1, 1], "the cached seq 5 telemetry was not used");
+    const health = (await app.request("GET", "/v1/regions/iad")).body;
+    assert.deepEqual([health.total, health.free], [1, 1]);
+  });
+});
