@@ -216,7 +216,17 @@ export class StatusApplier {
    * (seq-guarded, so a redelivery after a partial apply converges), and completed last.
    */
   async #commitOversized(message: StatusBatchMessage): Promise<void> {
-    let take = message.updates.length;
+    // Start from what the last plan's cost per update says fits, not from the whole message.
+    let take = Math.max(
+      1,
+      Math.min(
+        message.updates.length,
+        Math.floor((ATOMIC_LIMITS.mutations - REGION_MUTATIONS) / this.#perUpdate.mutations),
+        this.#perUpdate.checks > 0
+          ? Math.floor((ATOMIC_LIMITS.checks - 1) / this.#perUpdate.checks)
+          : Infinity,
+      ),
+    );
     for (let start = 0; start < message.updates.length;) {
       const part = { ...message, updates: message.updates.slice(start, start + take) };
       const overflow = await this.#commitGroup([part], false);
