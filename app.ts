@@ -10,6 +10,7 @@ import type { TokenRegistry } from "./lib/auth.ts";
 import { type Clock, systemClock } from "./lib/clock.ts";
 import { GroupEnder } from "./lib/ender.ts";
 import { GroupCommitter } from "./lib/group.ts";
+import { LeasePlaces } from "./lib/leases.ts";
 import { log } from "./lib/log.ts";
 import { AllotError, ValidationError } from "./lib/errors.ts";
 import { type AppEnv, fieldIssues } from "./routes/_shared.ts";
@@ -78,8 +79,9 @@ function toProblemResponse(error: unknown): Response {
 
 /** Builds the allot HTTP app over one KV handle. */
 export function createApp({ kv, tokens, clock = systemClock, applier }: AppOptions) {
-  const allocator = new GroupCommitter(kv, clock);
-  const ender = new GroupEnder(kv, clock);
+  const places = new LeasePlaces();
+  const allocator = new GroupCommitter(kv, clock, places);
+  const ender = new GroupEnder(kv, clock, places);
   const deps = { kv, clock, allocator, ender };
   const app = new OpenAPIHono<AppEnv>();
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", {

@@ -22,14 +22,22 @@ export interface CommitQueueOptions<J, R> {
   maxQueued: number;
   /** Names the work in the 503 message. */
   what: string;
+  /**
+   * Groups committed at once (default 1). A second group reads and plans while the
+   * first one's commit is in flight, so the isolate's thread and the store overlap.
+   */
+  maxInFlight?: number;
 }
 
-/** Serialises groups of jobs through `run`, one group in flight at a time. */
+/** Runs groups of jobs through `run`, at most `maxInFlight` groups at a time. */
 export class CommitQueue<J, R> {
   #queue: Pending<J, R>[] = [];
-  #running = false;
+  #running = 0;
+  readonly #maxInFlight: number;
 
-  constructor(private readonly options: CommitQueueOptions<J, R>) {}
+  constructor(private readonly options: CommitQueueOptions<J, R>) {
+    this.#maxInFlight = options.maxInFlight ?? 1;
+  }
 
   /** Jobs waiting for a group. */
   get waiting(): number {
@@ -45,12 +53,12 @@ export class CommitQueue<J, R> {
     }
     return new Promise((resolve, reject) => {
       this.#queue.push({ job, resolve, reject });
-      if (!this.#running) void this.#drain();
+      if (this.#running < this.#maxInFlight) void this.#drain();
     });
   }
 
   async #drain(): Promise<void> {
-    this.#running = true;
+    this.#running++;
     try {
       while (this.#queue.length > 0) {
         const group = this.#take();
@@ -61,7 +69,7 @@ export class CommitQueue<J, R> {
         }
       }
     } finally {
-      this.#running = false;
+      this.#running--;
     }
   }
 

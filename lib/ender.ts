@@ -17,6 +17,7 @@ import {
   type LeaseEnded,
   type LeaseEnder,
   leaseEndKeys,
+  LeasePlaces,
   stageLeaseEnd,
 } from "./leases.ts";
 import type { HeldSlot, ResourceSpec } from "./pool.ts";
@@ -44,7 +45,11 @@ export class GroupEnder implements LeaseEnder {
   readonly stats: EnderStats = { commits: 0, ended: 0, alone: 0 };
   readonly #queue: CommitQueue<EndJob, LeaseEnded>;
 
-  constructor(private readonly kv: Deno.Kv, private readonly clock: Clock) {
+  constructor(
+    private readonly kv: Deno.Kv,
+    private readonly clock: Clock,
+    private readonly places: LeasePlaces = new LeasePlaces(),
+  ) {
     this.#queue = new CommitQueue({
       what: "releases",
       maxQueued: MAX_QUEUED_ENDS,
@@ -53,6 +58,9 @@ export class GroupEnder implements LeaseEnder {
         (group.length + 1) * CHECKS_PER_END <= ATOMIC_LIMITS.checks &&
         !group.some((j) => j.claimId === job.claimId),
       run: (group) => this.#commitGroup(group),
+      // Overlapping groups are safe: a claim ended by both makes the later commit fail
+      // its checks, and that group's ends are retried alone (the repeat then gets 409).
+      maxInFlight: 2,
     });
   }
 
@@ -67,30 +75,45 @@ export class GroupEnder implements LeaseEnder {
       p.reject(new NotFoundError(`Claim "${p.job.claimId}" does not exist`));
       return false;
     });
-    const claims = await getAll<ClaimRecord>(
+    // A remembered place lets the claim, its spec and its slot be read together.
+    const places = found.map((p) => this.places.take(p.job.claimId));
+    const first = await getAll<ClaimRecord | ResourceSpec | HeldSlot>(
       this.kv,
-      found.map((p) => keys.claim(claimIdRegion(p.job.claimId)!, p.job.claimId)),
+      found.flatMap((p, i) => {
+        const claimKey = keys.claim(claimIdRegion(p.job.claimId)!, p.job.claimId);
+        return places[i] ? [claimKey, ...leaseEndKeys(places[i])] : [claimKey];
+      }),
     );
+    const reads: Array<{ claim: Deno.KvEntryMaybe<ClaimRecord>; related: unknown[] | null }> = [];
+    for (let i = 0, at = 0; i < found.length; i++) {
+      const claim = first[at] as Deno.KvEntryMaybe<ClaimRecord>;
+      reads.push({ claim, related: places[i] ? first.slice(at + 1, at + 3) : null });
+      at += places[i] ? 3 : 1;
+    }
     const live = found.flatMap((p, i) => {
-      const claim = claims[i];
-      if (claim.versionstamp !== null) return [{ pending: p, claim }];
+      const { claim, related } = reads[i];
+      if (claim.versionstamp !== null) {
+        return [{ pending: p, claim: claim as Deno.KvEntry<ClaimRecord>, related }];
+      }
       p.reject(new NotFoundError(`Claim "${p.job.claimId}" does not exist`));
       return [];
     });
-    const related = await getAll<ResourceSpec | HeldSlot>(
+    const unplaced = live.filter((l) => l.related === null);
+    const second = await getAll<ResourceSpec | HeldSlot>(
       this.kv,
-      live.flatMap(({ claim }) => leaseEndKeys(claim.value)),
+      unplaced.flatMap(({ claim }) => leaseEndKeys(claim.value)),
     );
+    unplaced.forEach((l, i) => l.related = second.slice(2 * i, 2 * i + 2));
     const op = this.kv.atomic();
     const effects = new CommitEffects();
     const staged: Array<
       { pending: Pending<EndJob, LeaseEnded>; ended: ClaimRecord; key: Deno.KvKey }
     > = [];
-    live.forEach(({ pending, claim }, i) => {
+    live.forEach(({ pending, claim, related }) => {
       const read = {
         claim,
-        spec: related[2 * i] as Deno.KvEntryMaybe<ResourceSpec>,
-        slot: related[2 * i + 1] as Deno.KvEntryMaybe<HeldSlot>,
+        spec: related![0] as Deno.KvEntryMaybe<ResourceSpec>,
+        slot: related![1] as Deno.KvEntryMaybe<HeldSlot>,
       };
       try {
         staged.push({

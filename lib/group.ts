@@ -22,6 +22,7 @@ import { type ClaimRoute, routeClaim } from "./fallback.ts";
 import { CommitQueue, type Pending } from "./commit_queue.ts";
 import type { FreeSlot } from "./pool.ts";
 import { CommitEffects } from "./kv.ts";
+import { LeasePlaces } from "./leases.ts";
 import { instruments } from "./telemetry.ts";
 
 /** Counters for metrics and the bench. */
@@ -56,7 +57,11 @@ export class GroupCommitter implements Allocator {
   readonly stats: GroupStats = { commits: 0, claims: 0, alone: 0, failedGroups: 0 };
   readonly #queue: CommitQueue<PreparedClaim, ClaimOutcome>;
 
-  constructor(private readonly kv: Deno.Kv, private readonly clock: Clock) {
+  constructor(
+    private readonly kv: Deno.Kv,
+    private readonly clock: Clock,
+    private readonly places: LeasePlaces = new LeasePlaces(),
+  ) {
     this.#queue = new CommitQueue({
       what: "claims",
       maxQueued: MAX_QUEUED_CLAIMS,
@@ -75,6 +80,10 @@ export class GroupCommitter implements Allocator {
   }
 
   async #commitGroup(everyone: Waiting[]): Promise<void> {
+    // The free index is read while the route is decided, guessing that each claim is
+    // served by its own region (a region in primary mode): one KV round trip less.
+    const guessed = this.#candidates(everyone, (waiting) => waiting.job.request.region);
+    guessed.catch(() => {}); // awaited below only when the guess holds
     const routes = await this.#routes(everyone);
     // A claim whose region cannot be routed (unknown region) fails alone, not the group.
     const group = everyone.filter((waiting) => {
@@ -83,7 +92,10 @@ export class GroupCommitter implements Allocator {
       waiting.reject(route.reason);
       return false;
     });
-    const candidates = await this.#candidates(group, routes);
+    const servedBy = (waiting: Waiting) => routeOf(routes, waiting).servedBy;
+    const candidates = group.every((waiting) => servedBy(waiting) === waiting.job.request.region)
+      ? await guessed
+      : await this.#candidates(group, servedBy);
     const op = this.kv.atomic();
     const effects = new CommitEffects();
     const staged: Array<{ waiting: Waiting; draft: GrantDraft; index: number }> = [];
@@ -116,6 +128,11 @@ export class GroupCommitter implements Allocator {
         this.stats.claims += staged.length;
         instruments.claimGroupSize.record(staged.length);
         for (const { waiting, draft, index } of staged) {
+          this.places.remember(draft.id, {
+            servedBy: draft.servedBy,
+            resource: draft.resource,
+            slot: draft.slot,
+          });
           waiting.resolve({
             grant: withTokens(draft, res.versionstamp, index),
             replayed: false,
@@ -149,15 +166,15 @@ export class GroupCommitter implements Allocator {
     return new Map(regions.map((r, i) => [r, routes[i]]));
   }
 
-  /** Distinct free entries for the group, read once per (pool, labels). */
+  /** Distinct free entries for the group, read once per (serving pool, labels). */
   async #candidates(
     group: Waiting[],
-    routes: Routes,
+    servedBy: (waiting: Waiting) => string,
   ): Promise<Map<Waiting, Deno.KvEntry<FreeSlot>>> {
     const byPool = new Map<string, Waiting[]>();
     for (const waiting of group) {
       const { input } = waiting.job.request;
-      const key = JSON.stringify([routeOf(routes, waiting).servedBy, input.labels ?? null]);
+      const key = JSON.stringify([servedBy(waiting), input.labels ?? null]);
       byPool.set(key, [...(byPool.get(key) ?? []), waiting]);
     }
     const assigned = new Map<Waiting, Deno.KvEntry<FreeSlot>>();

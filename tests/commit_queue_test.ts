@@ -1,0 +1,95 @@
+import assert from "node:assert/strict";
+import { CommitQueue, type Pending } from "../lib/commit_queue.ts";
+import { claim, makeApp, release, seedRegion } from "./_helpers.ts";
+
+Deno.test("CommitQueue overlaps at most maxInFlight groups and settles every job", async (t) => {
+  for (const maxInFlight of [1, 2, 3]) {
+    await t.step(`maxInFlight ${maxInFlight}`, async () => {
+      let running = 0;
+      let most = 0;
+      const groups: number[][] = [];
+      const queue = new CommitQueue<number, number>({
+        what: "jobs",
+        maxQueued: 1000,
+        maxInFlight,
+        fits: (group) => group.length < 8,
+        run: async (group: Pending<number, number>[]) => {
+          most = Math.max(most, ++running);
+          groups.push(group.map((p) => p.job));
+          await new Promise((resolve) => setTimeout(resolve, 1));
+          running--;
+          for (const p of group) {
+            if (p.job % 10 === 9) p.reject(new Error(`job ${p.job} failed`));
+            else p.resolve(p.job * 2);
+          }
+        },
+      });
+      const outcomes = await Promise.allSettled(
+        Array.from({ length: 100 }, (_, i) => queue.push(i)),
+      );
+      assert.equal(most, maxInFlight, "as many groups overlap as allowed, and no more");
+      outcomes.forEach((outcome, i) => {
+        if (i % 10 === 9) assert.equal(outcome.status, "rejected");
+        else assert.deepEqual(outcome, { status: "fulfilled", value: i * 2 });
+      });
+      assert.deepEqual(
+        groups.flat().sort((a, b) => a - b),
+        Array.from({ length: 100 }, (_, i) => i),
+      );
+      assert.ok(groups.every((g) => g.length <= 8));
+      assert.equal(queue.waiting, 0);
+    });
+  }
+});
+
+Deno.test("a release of a claim this app granted reads claim, spec and slot in one round trip", async () => {
+  const inner = await Deno.openKv(":memory:");
+  let reads = 0;
+  const kv = new Proxy(inner, {
+    get(target, prop) {
+      if (prop === "getMany") {
+        return (...args: Parameters<Deno.Kv["getMany"]>) => {
+          reads++;
+          return target.getMany(...args);
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  await using t = await makeApp({ kv });
+  await seedRegion(t, "iad", 3);
+  const granted = await claim(t, "iad", { holder: "h" });
+  assert.equal(granted.status, 201);
+  const before = reads;
+  const released = await release(t, granted.body.id, granted.body.secret);
+  assert.equal(released.status, 204, JSON.stringify(released.body));
+  assert.equal(reads - before, 1, "one getMany for the claim, its spec and its slot");
+
+  // A claim another instance granted has no remembered place: the claim first, then the rest.
+  await using other = await makeApp({ kv, clock: t.clock });
+  const elsewhere = await claim(other, "iad", { holder: "h2" });
+  const mark = reads;
+  assert.equal((await release(t, elsewhere.body.id, elsewhere.body.secret)).status, 204);
+  assert.equal(reads - mark, 2, "the claim first, then its spec and slot");
+  inner.close();
+});
+
+Deno.test("one claim released many times at once, across overlapping groups, ends once", async () => {
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 40);
+  const grants = await Promise.all(
+    Array.from({ length: 40 }, (_, i) => claim(t, "iad", { holder: `h${i}` })),
+  );
+  assert.ok(grants.every((g) => g.status === 201));
+  const [target, ...others] = grants.map((g) => g.body);
+  const results = await Promise.all([
+    ...Array.from({ length: 20 }, () => release(t, target.id, target.secret)),
+    ...others.map((g) => release(t, g.id, g.secret)),
+  ]);
+  const forTarget = results.slice(0, 20).map((r) => r.status).sort();
+  assert.deepEqual(forTarget, [204, ...Array(19).fill(409)]);
+  assert.ok(results.slice(20).every((r) => r.status === 204), "the other releases all succeed");
+  const health = (await t.request("GET", "/v1/regions/iad")).body;
+  assert.deepEqual([health.free, health.claimed], [40, 0]);
+});
