@@ -4,7 +4,14 @@
  * and its memory as /proc reports it.
  */
 import type { BenchContext } from "./scenarios.ts";
-import { commandOutput, describeExit, freePort, type Managed, waitForHttp } from "./procs.ts";
+import {
+  commandOutput,
+  describeExit,
+  freePort,
+  type Managed,
+  REPO_ROOT,
+  waitForHttp,
+} from "./procs.ts";
 import type { SeedTarget } from "./seed.ts";
 
 /** Tokens of every allot server these scenarios start. */
@@ -22,6 +29,14 @@ export interface AllotServer {
   admin: SeedTarget;
 }
 
+/**
+ * The V8 flags `deno task start` runs allot with, read from deno.json so the bench
+ * measures the server as it is started, not a variant of it.
+ */
+export const ALLOT_V8_FLAGS: string[] = (
+  JSON.parse(Deno.readTextFileSync(`${REPO_ROOT}deno.json`)).tasks.start as string
+).split(/\s+/).filter((arg) => arg.startsWith("--v8-flags="));
+
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /**
@@ -35,7 +50,7 @@ export async function startAllot(
 ): Promise<AllotServer> {
   const dir = await ctx.sup.tempDir(`${name}-`);
   const port = freePort();
-  const server = ctx.sup.spawn(name, Deno.execPath(), ["run", "-A", script], {
+  const server = ctx.sup.spawn(name, Deno.execPath(), ["run", "-A", ...ALLOT_V8_FLAGS, script], {
     PORT: String(port),
     ALLOT_KV: `${dir}/allot.kv`,
     ALLOT_TOKENS: JSON.stringify([

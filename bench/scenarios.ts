@@ -3,6 +3,7 @@
  * it, and returns table rows; none runs while another does.
  */
 import { runChecker, verify } from "./checker.ts";
+import { ALLOT_V8_FLAGS } from "./harness.ts";
 import type { KvCommitResult } from "./kv_commits.ts";
 import { describeExit, freePort, type Managed, type Supervisor, waitForHttp } from "./procs.ts";
 import { type ClaimTarget, describeLoad, runWrk, wrkErrors, type WrkLoad } from "./wrk.ts";
@@ -111,9 +112,10 @@ async function startServer(
   name: string,
   script: string,
   env: Record<string, string>,
+  flags: string[] = [],
 ): Promise<{ server: Managed; baseUrl: string }> {
   const port = freePort();
-  const server = ctx.sup.spawn(name, Deno.execPath(), ["run", "-A", script], {
+  const server = ctx.sup.spawn(name, Deno.execPath(), ["run", "-A", ...flags, script], {
     ...env,
     PORT: String(port),
   });
@@ -254,7 +256,7 @@ async function allotScenario(ctx: BenchContext): Promise<Row[]> {
       { token: ALLOT_TOKENS.admin, role: "admin" },
       { token: ALLOT_TOKENS.client, role: "client" },
     ]),
-  });
+  }, ALLOT_V8_FLAGS);
   return await withServer(ctx, server, async () => {
     const seeded = performance.now();
     console.error(`  allot: seeding ${POOL_SIZE} resources through status batches`);
