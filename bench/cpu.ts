@@ -14,6 +14,11 @@ export interface CpuSample {
    * kernel charges no process for it, and loopback traffic under wrk makes a lot of it.
    */
   busy: number;
+  /**
+   * Time the hypervisor ran other guests on our virtual cores while we wanted them: on
+   * a shared VM, the CPU the run lost to neighbours, which no process here accounts for.
+   */
+  steal: number;
   total: number;
   /** This process and its reaped children. */
   ours: number;
@@ -33,6 +38,7 @@ export async function sampleCpu(sup: Supervisor): Promise<CpuSample | null> {
   const fields = own.slice(own.lastIndexOf(")") + 2).split(" ").map(Number);
   return {
     busy: ticks[0] + ticks[1] + ticks[2],
+    steal: ticks[7],
     total,
     ours: fields[11] + fields[12] + fields[13] + fields[14],
   };
@@ -50,4 +56,10 @@ export async function otherShareNow(sup: Supervisor): Promise<number | null> {
   const from = await sampleCpu(sup);
   await new Promise((resolve) => setTimeout(resolve, 1000));
   return otherShare(from, await sampleCpu(sup));
+}
+
+/** The share (0..1) of all cores' time stolen by the hypervisor between two samples. */
+export function stealShare(from: CpuSample | null, to: CpuSample | null): number | null {
+  if (!from || !to || to.total <= from.total) return null;
+  return (to.steal - from.steal) / (to.total - from.total);
 }

@@ -26,6 +26,8 @@ export interface MachineInfo {
 /** A scenario's row with the share of the CPU other work took while it ran. */
 export interface MeasuredRow extends Row {
   otherCpu: number | null;
+  /** The share of the CPU the hypervisor gave other guests while the scenario ran. */
+  stealCpu: number | null;
 }
 
 /** A row with allot's figure divided by the row's. */
@@ -121,6 +123,7 @@ export function renderTable(rows: RatedRow[]): string {
     "allot ÷ this",
     "target",
     "other CPU",
+    "steal",
   ];
   const lines = rows.map((r) => [
     r.scenario,
@@ -137,6 +140,7 @@ export function renderTable(rows: RatedRow[]): string {
     orDash(r.allotRatio, (n) => `${n.toFixed(2)}×`),
     targetCell(r.targets),
     orDash(r.otherCpu, (n) => `${(100 * n).toFixed(0)}%`),
+    orDash(r.stealCpu, (n) => `${(100 * n).toFixed(0)}%`),
   ]);
   return [header, header.map(() => "---"), ...lines]
     .map((cells) => `| ${cells.join(" | ")} |`)
@@ -192,6 +196,9 @@ export function renderNotes(rows: RatedRow[], failures: { scenario: string }[]):
       "commits (claim, release), which would hold allot to 0.50× of kv-raw.",
     "- other CPU: the share of the machine's CPU that work outside this run took while the " +
       "scenario ran; above a few percent, that row's figures are low.",
+    "- steal: the share of the machine's CPU time the hypervisor gave to other virtual " +
+      "machines while the scenario ran (this is a shared VM). Nothing here can prevent it; " +
+      "runs of one scenario minutes apart varied by ±25 % with it between 2 % and 29 %.",
   );
   for (const failure of failures) notes.push(`- FAILED: ${failure.scenario} (see results.json)`);
   return notes.join("\n");

@@ -9,7 +9,7 @@
  */
 import { parseArgs } from "node:util";
 import { Supervisor } from "./procs.ts";
-import { otherShare, otherShareNow, sampleCpu } from "./cpu.ts";
+import { otherShare, otherShareNow, sampleCpu, stealShare } from "./cpu.ts";
 import {
   machineInfo,
   type MeasuredRow,
@@ -89,8 +89,10 @@ function describeError(error: unknown): string {
 async function runScenario(ctx: BenchContext, name: string): Promise<MeasuredRow[]> {
   const from = await sampleCpu(ctx.sup);
   const rows = await SCENARIOS[name](ctx);
-  const otherCpu = warnIfBusy(otherShare(from, await sampleCpu(ctx.sup)), `during ${name}`);
-  return rows.map((row) => ({ ...row, otherCpu }));
+  const to = await sampleCpu(ctx.sup);
+  const otherCpu = warnIfBusy(otherShare(from, to), `during ${name}`);
+  const stealCpu = stealShare(from, to);
+  return rows.map((row) => ({ ...row, otherCpu, stealCpu }));
 }
 
 /** Runs the chosen scenarios in order; a failing one is recorded and the rest still run. */
