@@ -11,7 +11,7 @@ import { keys } from "./keys.ts";
 import { addCounter, bumpResourcesVersion, counterValue, getAll, markWrite } from "./kv.ts";
 import { type CachedResource, ResourceCache } from "./resource_cache.ts";
 import type { PendingMessage } from "./lag.ts";
-import { readHeldSlots, type ResourceSpec, stageSpecChange } from "./pool.ts";
+import { readHeldSlotsOf, type ResourceSpec, stageSpecChange } from "./pool.ts";
 import type { StatusBatchMessage } from "./queue.ts";
 import { getRegionConfig } from "./regions.ts";
 import type { FieldSeq, Telemetry } from "./resources.ts";
@@ -258,11 +258,16 @@ export async function planApply(
       }
     },
   };
-  await Promise.all(groups.map(async ({ region, id, updates }) => {
+  const changes: Array<{
+    region: string;
+    before: Deno.KvEntryMaybe<ResourceSpec>;
+    after: CachedResource & { spec: ResourceSpec };
+  }> = [];
+  for (const { region, id, updates } of groups) {
     const read = regions.get(region)!;
     const current = read.resources.get(id)!;
     const merged = mergeUpdates(id, current.spec, current.telemetry, updates, now);
-    if (merged === null) return;
+    if (merged === null) continue;
     if (!read.bumped) {
       plan.check(read.version);
       bumpResourcesVersion(plan, region);
@@ -271,21 +276,31 @@ export async function planApply(
     plan.set(keys.telemetry(region, id), merged.telemetry);
     const after: CachedResource = { ...current, telemetry: merged.telemetry };
     if (specChanged(current.spec, merged.spec)) {
-      const held = await readHeldSlots(kv, region, id);
       const before = {
         key: keys.resource(region, id),
         value: current.spec,
         versionstamp: current.specVersionstamp,
       } as Deno.KvEntryMaybe<ResourceSpec>;
-      stageSpecChange(plan, region, before, merged.spec, held, true);
-      if (merged.spec.state === "gone") result.gone.push({ region, id });
       after.spec = merged.spec;
       after.specVersionstamp = THIS_COMMIT;
+      changes.push({ region, before, after: after as CachedResource & { spec: ResourceSpec } });
     }
     read.resources.set(id, after);
     result.effective += merged.used;
     result.regions.add(region);
-  }));
+  }
+  const held = await readHeldSlotsOf(
+    kv,
+    changes.map(({ region, before, after }) => ({
+      region,
+      id: after.spec.id,
+      slots: Math.max(before.value?.slots ?? 0, after.spec.slots),
+    })),
+  );
+  changes.forEach(({ region, before, after }, i) => {
+    stageSpecChange(plan, region, before, after.spec, held[i], true);
+    if (after.spec.state === "gone") result.gone.push({ region, id: after.spec.id });
+  });
   if (bookkeep) {
     for (const { message, pending } of live) {
       plan.check(pending);

@@ -380,3 +380,20 @@ Deno.test("status apply never works from a stale resource cache", async (t) => {
     assert.deepEqual([health.total, health.free], [1, 1]);
   });
 });
+
+Deno.test("a registration never frees a slot still held from before the resource was deleted", async () => {
+  await using t = await makeApp();
+  await t.request("PUT", "/v1/regions/iad", { body: {} });
+  // The window between a DELETE's commit and its leases being marked lost: slot 0 held, no spec.
+  await t.kv.set(keys.slot("iad", "z", 0), { claimId: "iad.leftover" });
+  const applier = new StatusApplier(t.kv, t.clock);
+  const { messages } = await ingestStatus(t.kv, t.clock, "iad", [
+    { resource: "z", seq: 1, state: "ready", slots: 3 },
+  ]);
+  assert.deepEqual(await applier.apply(messages), [null]);
+  const free = [];
+  for await (const entry of t.kv.list({ prefix: keys.freeIndex("iad") })) {
+    free.push(entry.key.at(-1));
+  }
+  assert.deepEqual(free.sort(), [1, 2], "slot 0 stays held, not free");
+});
