@@ -47,6 +47,8 @@ interface Waiting {
 }
 
 const MAX_CONFLICT_RETRIES = 10;
+/** How long a region whose apply conflicted is applied with per-entry checks (planApply checkEach). */
+const CONTENDED_MS = 2000;
 /** Mutations a commit spends once per region, whatever its size: version, write mark, counters. */
 const REGION_MUTATIONS = 8;
 
@@ -67,6 +69,8 @@ export class StatusApplier {
   readonly #faults: StatusFaults;
   #perUpdate = { checks: 0, mutations: 1 };
   readonly #cache = new ResourceCache();
+  /** Regions whose applies conflicted lately, and until when they check each entry. */
+  readonly #contendedUntil = new Map<string, number>();
 
   constructor(
     private readonly kv: Deno.Kv,
@@ -172,9 +176,12 @@ export class StatusApplier {
     return inSpan("allot.status.apply", { "allot.messages": group.length }, async (span) => {
       for (let attempt = 0; attempt <= MAX_CONFLICT_RETRIES; attempt++) {
         const plan = new AtomicPlan();
+        const now = this.clock.now();
+        const checkEach = group.some((m) => (this.#contendedUntil.get(m.region) ?? 0) > now);
         const planned = await planApply(this.kv, this.clock, plan, group, {
           bookkeep,
           cache: this.#cache,
+          checkEach,
         });
         const updates = group.reduce((n, m) => n + m.updates.length, 0);
         if (updates > 0) {
@@ -192,6 +199,10 @@ export class StatusApplier {
         const res = await plan.commit(this.kv);
         if (!res.ok) {
           this.stats.conflicts++;
+          // Likely another consumer on these regions: check entries, not the one shared key.
+          for (const region of planned.regions) {
+            this.#contendedUntil.set(region, this.clock.now() + CONTENDED_MS);
+          }
           continue;
         }
         planned.committed(res.versionstamp);

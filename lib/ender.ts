@@ -53,7 +53,8 @@ export class GroupEnder implements LeaseEnder {
     this.#queue = new CommitQueue({
       what: "releases",
       maxQueued: MAX_QUEUED_ENDS,
-      // The same claim twice waits a turn, so the second sees the first's outcome.
+      // The same claim twice in one group waits a turn (a group whose checks fail is
+      // retried alone, so a repeat in an overlapping group costs more but ends the same).
       fits: (group, job) =>
         (group.length + 1) * CHECKS_PER_END <= ATOMIC_LIMITS.checks &&
         !group.some((j) => j.claimId === job.claimId),

@@ -8,11 +8,12 @@
 import type { ResourceSpec } from "./pool.ts";
 import type { Telemetry } from "./resources.ts";
 
-/** One resource as the cache holds it: its spec entry's value and versionstamp, and telemetry. */
+/** One resource as the cache holds it: its spec and telemetry entries' values and versionstamps. */
 export interface CachedResource {
   spec: ResourceSpec | null;
   specVersionstamp: string | null;
   telemetry: Telemetry | null;
+  telemetryVersionstamp: string | null;
 }
 
 interface RegionCopy {
@@ -46,7 +47,7 @@ export class ResourceCache {
     const copy = this.#regions.get(region);
     if (copy === undefined) return new Map();
     if (copy.versionstamp === versionstamp) return copy.resources;
-    this.#forget(region);
+    this.forget(region);
     return new Map();
   }
 
@@ -63,7 +64,7 @@ export class ResourceCache {
   ): void {
     let copy = this.#regions.get(region);
     if (copy !== undefined && copy.versionstamp !== from) {
-      this.#forget(region);
+      this.forget(region);
       copy = undefined;
     }
     if (copy === undefined) {
@@ -80,7 +81,8 @@ export class ResourceCache {
     }
   }
 
-  #forget(region: string): void {
+  /** Drops the region's copy. */
+  forget(region: string): void {
     this.#size -= this.#regions.get(region)?.resources.size ?? 0;
     this.#regions.delete(region);
   }

@@ -200,21 +200,29 @@ export interface PlanOptions {
   bookkeep?: boolean;
   /** Resource copies that spare the reads while the region's resources version is unchanged. */
   cache?: ResourceCache;
+  /**
+   * Check each spec and telemetry entry written instead of the region's resources version
+   * (which is then only set): for regions other consumers are applying to at the same
+   * time, whose commits would otherwise all conflict on that one key. At most about 100
+   * updates then fit a commit, and the cache is neither used nor kept.
+   */
+  checkEach?: boolean;
 }
 
 /**
  * Plans the apply of `messages` into `plan`: per resource, every update newer than
  * the applied seq, coalesced, with checks on what was read (the region's resources
- * version, which covers every spec and telemetry entry read after it, and the slots
- * of a spec that changes), and each message's watermark bookkeeping (checked, so a
- * redelivered message that was already applied counts nothing twice).
+ * version, which covers every spec and telemetry entry read after it, or with
+ * `checkEach` those entries themselves; and the slots of a spec that changes), and each
+ * message's watermark bookkeeping (checked, so a redelivered message that was already
+ * applied counts nothing twice).
  */
 export async function planApply(
   kv: Deno.Kv,
   clock: Clock,
   plan: AtomicPlan,
   messages: readonly StatusBatchMessage[],
-  { bookkeep = true, cache = new ResourceCache(0) }: PlanOptions = {},
+  { bookkeep = true, cache = new ResourceCache(0), checkEach = false }: PlanOptions = {},
 ): Promise<PlannedApply> {
   const now = clock.now();
   const unique = [...new Map(messages.map((m) => [m.id, m])).values()];
@@ -237,7 +245,7 @@ export async function planApply(
     }
   }
   const groups = [...byResource.values()];
-  const regions = await readRegionResources(kv, cache, groups);
+  const regions = await readRegionResources(kv, checkEach ? new ResourceCache(0) : cache, groups);
   const result: PlannedApply = {
     effective: 0,
     processed: 0,
@@ -246,8 +254,16 @@ export async function planApply(
     gone: [],
     committed(versionstamp) {
       for (const [region, { version, resources, bumped }] of regions) {
+        // Set without a check, the version may hide another writer's change: trust no copy.
+        if (checkEach) {
+          cache.forget(region);
+          continue;
+        }
         for (const resource of resources.values()) {
           if (resource.specVersionstamp === THIS_COMMIT) resource.specVersionstamp = versionstamp;
+          if (resource.telemetryVersionstamp === THIS_COMMIT) {
+            resource.telemetryVersionstamp = versionstamp;
+          }
         }
         cache.record(
           region,
@@ -269,12 +285,19 @@ export async function planApply(
     const merged = mergeUpdates(id, current.spec, current.telemetry, updates, now);
     if (merged === null) continue;
     if (!read.bumped) {
-      plan.check(read.version);
+      if (!checkEach) plan.check(read.version);
       bumpResourcesVersion(plan, region);
       read.bumped = true;
     }
+    if (checkEach) {
+      plan.check({ key: keys.telemetry(region, id), versionstamp: current.telemetryVersionstamp });
+    }
     plan.set(keys.telemetry(region, id), merged.telemetry);
-    const after: CachedResource = { ...current, telemetry: merged.telemetry };
+    const after: CachedResource = {
+      ...current,
+      telemetry: merged.telemetry,
+      telemetryVersionstamp: THIS_COMMIT,
+    };
     if (specChanged(current.spec, merged.spec)) {
       const before = {
         key: keys.resource(region, id),
@@ -298,7 +321,7 @@ export async function planApply(
     })),
   );
   changes.forEach(({ region, before, after }, i) => {
-    stageSpecChange(plan, region, before, after.spec, held[i], true);
+    stageSpecChange(plan, region, before, after.spec, held[i], !checkEach);
     if (after.spec.state === "gone") result.gone.push({ region, id: after.spec.id });
   });
   if (bookkeep) {
@@ -359,6 +382,7 @@ async function readRegionResources(
       spec: entries[2 * i].value as ResourceSpec | null,
       specVersionstamp: entries[2 * i].versionstamp,
       telemetry: entries[2 * i + 1].value as Telemetry | null,
+      telemetryVersionstamp: entries[2 * i + 1].versionstamp,
     });
   });
   return regions;

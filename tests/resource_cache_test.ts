@@ -5,6 +5,7 @@ const resource = (seq: number): CachedResource => ({
   spec: { id: "r", slots: 1, labels: {}, state: "ready", updatedAt: 0 },
   specVersionstamp: "01",
   telemetry: { seq, load: null, at: 0, fieldSeq: { state: seq, slots: 0, labels: 0, load: 0 } },
+  telemetryVersionstamp: "01",
 });
 
 Deno.test("ResourceCache serves a region only at the versionstamp it was recorded at", async (t) => {

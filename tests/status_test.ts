@@ -397,3 +397,39 @@ Deno.test("a registration never frees a slot still held from before the resource
   }
   assert.deepEqual(free.sort(), [1, 2], "slot 0 stays held, not free");
 });
+
+Deno.test("consumers racing on one region fall back to per-entry checks and never give up", async () => {
+  await using t = await makeApp();
+  await t.request("PUT", "/v1/regions/iad", { body: {} });
+  // A pause before each commit makes the eight consumers' commits overlap, as isolates' do.
+  const pause = { beforeCommit: () => new Promise<void>((r) => setTimeout(r, 5)) };
+  const appliers = Array.from(
+    { length: 8 },
+    () => new StatusApplier(t.kv, t.clock, { maxMessagesPerCommit: 4, faults: pause }),
+  );
+  let seq = 0;
+  const outcomes = (await Promise.all(appliers.map(async (applier, a) => {
+    const mine = [];
+    for (let round = 0; round < 30; round++) {
+      const updates = Array.from({ length: 5 }, (_, j): StatusUpdate => ({
+        resource: `a${a}-r${j}`,
+        seq: ++seq,
+        state: "ready",
+        load: round,
+      }));
+      const { messages } = await ingestStatus(t.kv, t.clock, "iad", updates);
+      mine.push(...await applier.apply(messages));
+    }
+    return mine;
+  }))).flat();
+  assert.deepEqual(outcomes.filter((o) => o !== null), [], "no message ran out of retries");
+  const conflicts = appliers.reduce((n, a) => n + a.stats.conflicts, 0);
+  assert.ok(
+    conflicts <= appliers.length,
+    `${conflicts} conflicts: one each at most, then per-entry`,
+  );
+  const health = (await t.request("GET", "/v1/regions/iad")).body;
+  assert.deepEqual([health.total, health.pending], [40, 0]);
+  const last = (await t.request("GET", "/v1/regions/iad/resources/a3-r4")).body;
+  assert.equal(last.load, 29);
+});
