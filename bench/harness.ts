@@ -1,7 +1,7 @@
 /**
- * What the pipeline, fallback and RSS scenarios share: an allot server (main.ts or a
- * bench-owned script) on a file-backed KV in a temp dir, its tokens, its /v1/stats,
- * and its memory as /proc reports it.
+ * What the scenarios share: a server script started on a free port and stopped
+ * afterwards; an allot server (main.ts or a bench-owned script) on a file-backed KV in
+ * a temp dir, its tokens, its /v1/stats, and its memory as /proc reports it.
  */
 import type { BenchContext } from "./scenarios.ts";
 import {
@@ -39,6 +39,48 @@ export const ALLOT_V8_FLAGS: string[] = (
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
+/** Starts a Deno script as a server on a free port and waits for its /healthz. */
+export async function startServer(
+  ctx: BenchContext,
+  name: string,
+  script: string,
+  env: Record<string, string>,
+  flags: string[] = [],
+): Promise<{ server: Managed; baseUrl: string }> {
+  const port = freePort();
+  const server = ctx.sup.spawn(name, Deno.execPath(), ["run", "-A", ...flags, script], {
+    ...env,
+    PORT: String(port),
+  });
+  const baseUrl = `http://127.0.0.1:${port}`;
+  try {
+    await waitForHttp(`${baseUrl}/healthz`, server);
+  } catch (error) {
+    await ctx.sup.stop(server);
+    throw error;
+  }
+  return { server, baseUrl };
+}
+
+/**
+ * Runs `body` against a started server and stops the server afterwards. A failure is
+ * rethrown with the server's state and stderr, which usually say why.
+ */
+export async function withServer<T>(
+  ctx: BenchContext,
+  server: Managed,
+  body: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await body();
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    throw new Error(`${message}\n${describeExit(server)}`, { cause: error });
+  } finally {
+    await ctx.sup.stop(server);
+  }
+}
+
 /**
  * Starts `script` (main.ts, or a bench server built like it) with ALLOT_KV in a fresh
  * temp dir, the three bench tokens and a free port, and waits for /healthz.
@@ -49,40 +91,24 @@ export async function startAllot(
   script: string,
 ): Promise<AllotServer> {
   const dir = await ctx.sup.tempDir(`${name}-`);
-  const port = freePort();
-  const server = ctx.sup.spawn(name, Deno.execPath(), ["run", "-A", ...ALLOT_V8_FLAGS, script], {
-    PORT: String(port),
+  const { server, baseUrl } = await startServer(ctx, name, script, {
     ALLOT_KV: `${dir}/allot.kv`,
     ALLOT_TOKENS: JSON.stringify([
       { token: TOKENS.admin, role: "admin" },
       { token: TOKENS.agent, role: "agent" },
       { token: TOKENS.client, role: "client" },
     ]),
-  });
-  const baseUrl = `http://127.0.0.1:${port}`;
-  try {
-    await waitForHttp(`${baseUrl}/healthz`, server);
-  } catch (error) {
-    await ctx.sup.stop(server);
-    throw error;
-  }
+  }, ALLOT_V8_FLAGS);
   return { server, baseUrl, admin: { baseUrl, token: TOKENS.admin } };
 }
 
 /** Runs `body`, then stops the server; a failure carries the server's state and stderr. */
-export async function withAllot<T>(
+export function withAllot<T>(
   ctx: BenchContext,
   allot: AllotServer,
   body: () => Promise<T>,
 ): Promise<T> {
-  try {
-    return await body();
-  } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
-    throw new Error(`${message}\n${describeExit(allot.server)}`, { cause: error });
-  } finally {
-    await ctx.sup.stop(allot.server);
-  }
+  return withServer(ctx, allot.server, body);
 }
 
 /** Throws if the server has exited. */

@@ -3,9 +3,9 @@
  * it, and returns table rows; none runs while another does.
  */
 import { runChecker, verify } from "./checker.ts";
-import { ALLOT_V8_FLAGS } from "./harness.ts";
+import { ALLOT_V8_FLAGS, startServer, withServer } from "./harness.ts";
 import type { KvCommitResult } from "./kv_commits.ts";
-import { describeExit, freePort, type Managed, type Supervisor, waitForHttp } from "./procs.ts";
+import { describeExit, type Managed, type Supervisor } from "./procs.ts";
 import { type ClaimTarget, describeLoad, runWrk, wrkErrors, type WrkLoad } from "./wrk.ts";
 import { seedThroughStatus } from "./seed.ts";
 import { antipatternScenario } from "./antipattern.ts";
@@ -104,44 +104,6 @@ function serverOutput(server: Managed): Record<string, string> {
     .filter((line) => line.trim() !== "" && !line.startsWith("Listening on "))
     .join("\n");
   return stderr ? { serverStderr: stderr.slice(0, 8000) } : {};
-}
-
-/** Starts a Deno script as a server on a free port and waits for its /healthz. */
-async function startServer(
-  ctx: BenchContext,
-  name: string,
-  script: string,
-  env: Record<string, string>,
-  flags: string[] = [],
-): Promise<{ server: Managed; baseUrl: string }> {
-  const port = freePort();
-  const server = ctx.sup.spawn(name, Deno.execPath(), ["run", "-A", ...flags, script], {
-    ...env,
-    PORT: String(port),
-  });
-  const baseUrl = `http://127.0.0.1:${port}`;
-  try {
-    await waitForHttp(`${baseUrl}/healthz`, server);
-  } catch (error) {
-    await ctx.sup.stop(server);
-    throw error;
-  }
-  return { server, baseUrl };
-}
-
-/**
- * Runs `body` against a started server and stops the server afterwards. A failure is
- * rethrown with the server's state and stderr, which usually say why.
- */
-async function withServer<T>(ctx: BenchContext, server: Managed, body: () => Promise<T>) {
-  try {
-    return await body();
-  } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
-    throw new Error(`${message}\n${describeExit(server)}`, { cause: error });
-  } finally {
-    await ctx.sup.stop(server);
-  }
 }
 
 /** wrk's claim loops, then the checker's recorded run, against one allocator. */
