@@ -16,6 +16,14 @@ async function observe(t: TestApp, region: string) {
   return { items, total, free, claimed, pending, lagMs };
 }
 
+/** Reports updates to region "iad" and applies them at once through `applier`; every message must commit. */
+function reporter(t: TestApp, applier: StatusApplier) {
+  return async (updates: StatusUpdate[]) => {
+    const { messages } = await ingestStatus(t.kv, t.clock, "iad", updates);
+    assert.deepEqual(await applier.apply(messages), messages.map(() => null));
+  };
+}
+
 /** Three batches touching overlapping resources with partial fields, as an agent might send. */
 const BATCHES: StatusUpdate[][] = [
   [
@@ -173,11 +181,7 @@ Deno.test("status apply coalesces many messages into few commits, split at Deno 
 Deno.test("status updates drive the pool: ready registers, draining keeps leases, gone loses them", async () => {
   await using t = await makeApp();
   await t.request("PUT", "/v1/regions/iad", { body: {} });
-  const applier = new StatusApplier(t.kv, t.clock);
-  const report = async (updates: StatusUpdate[]) => {
-    const { messages } = await ingestStatus(t.kv, t.clock, "iad", updates);
-    assert.ok((await applier.apply(messages)).every((o) => o === null));
-  };
+  const report = reporter(t, new StatusApplier(t.kv, t.clock));
   await report([{ resource: "x", seq: 1, state: "ready", slots: 2 }]);
   const first = await claim(t, "iad", { holder: "one" });
   assert.equal(first.status, 201);
@@ -328,11 +332,7 @@ Deno.test("status apply never works from a stale resource cache", async (t) => {
     async () => {
       await using app = await makeApp();
       await app.request("PUT", "/v1/regions/iad", { body: {} });
-      const applier = new StatusApplier(app.kv, app.clock);
-      const report = async (updates: StatusUpdate[]) => {
-        const { messages } = await ingestStatus(app.kv, app.clock, "iad", updates);
-        assert.deepEqual(await applier.apply(messages), [null]);
-      };
+      const report = reporter(app, new StatusApplier(app.kv, app.clock));
       await report([{ resource: "x", seq: 1, state: "ready", slots: 1 }]);
       await report([{ resource: "x", seq: 2, state: "ready", load: 0.5 }]); // from the cache
       const put = await app.request("PUT", "/v1/regions/iad/resources/x", {
@@ -366,11 +366,7 @@ Deno.test("status apply never works from a stale resource cache", async (t) => {
   await t.step("a resource deleted and reported again is registered afresh", async () => {
     await using app = await makeApp();
     await app.request("PUT", "/v1/regions/iad", { body: {} });
-    const applier = new StatusApplier(app.kv, app.clock);
-    const report = async (updates: StatusUpdate[]) => {
-      const { messages } = await ingestStatus(app.kv, app.clock, "iad", updates);
-      assert.deepEqual(await applier.apply(messages), [null]);
-    };
+    const report = reporter(app, new StatusApplier(app.kv, app.clock));
     await report([{ resource: "y", seq: 5, state: "ready", slots: 2 }]);
     assert.equal((await app.request("DELETE", "/v1/regions/iad/resources/y")).status, 200);
     await report([{ resource: "y", seq: 1, state: "ready" }]);
@@ -386,11 +382,9 @@ Deno.test("a registration never frees a slot still held from before the resource
   await t.request("PUT", "/v1/regions/iad", { body: {} });
   // The window between a DELETE's commit and its leases being marked lost: slot 0 held, no spec.
   await t.kv.set(keys.slot("iad", "z", 0), { claimId: "iad.leftover" });
-  const applier = new StatusApplier(t.kv, t.clock);
-  const { messages } = await ingestStatus(t.kv, t.clock, "iad", [
+  await reporter(t, new StatusApplier(t.kv, t.clock))([
     { resource: "z", seq: 1, state: "ready", slots: 3 },
   ]);
-  assert.deepEqual(await applier.apply(messages), [null]);
   const free = [];
   for await (const entry of t.kv.list({ prefix: keys.freeIndex("iad") })) {
     free.push(entry.key.at(-1));
