@@ -2,7 +2,7 @@
  * The bench scenarios. Each starts what it measures in a subprocess, drives it, stops
  * it, and returns table rows; none runs while another does.
  */
-import { runChecker, verify } from "./checker.ts";
+import { runChecker } from "./checker.ts";
 import { ALLOT_V8_FLAGS, startServer, withServer } from "./harness.ts";
 import type { KvCommitResult } from "./kv_commits.ts";
 import { describeExit, type Managed, type Supervisor } from "./procs.ts";
@@ -12,17 +12,14 @@ import { antipatternScenario } from "./antipattern.ts";
 import { pipelineScenario } from "./pipeline.ts";
 import { fallbackScenario } from "./fallback.ts";
 import { rssScenario } from "./rss.ts";
+import { checkerRow, MAX_HOLD_MS, POOL_SIZE } from "./peers/common.ts";
 import { postgresScenario } from "./peers/postgres.ts";
 import { redisScenario } from "./peers/redis.ts";
 
-/** Single-slot resources in every pool. */
-const POOL_SIZE = 10_000;
 /** wrk's shape for every HTTP scenario: the same generator, the same connections. */
 const WRK_SHAPE = { threads: 2, connections: 64 } as const;
 /** Concurrent loops of the checker and of the raw KV scenario. */
 const LOOPS = 64;
-/** A checker hold lasts a random 0..MAX_HOLD_MS. */
-const MAX_HOLD_MS = 5;
 /** Lease long enough that nothing expires during a run. */
 const LEASE_MS = 600_000;
 
@@ -119,10 +116,6 @@ async function measureAllocator(ctx: BenchContext, a: Allocator): Promise<Row[]>
     maxHoldMs: MAX_HOLD_MS,
   });
   assertAlive(a.server);
-  const verdict = verify(run);
-  const checkerErrors = Object.entries(run.statuses)
-    .filter(([status]) => status !== "201" && status !== "204")
-    .reduce((sum, [, n]) => sum + n, run.transportErrors);
   return [
     {
       scenario: a.name,
@@ -147,31 +140,17 @@ async function measureAllocator(ctx: BenchContext, a: Allocator): Promise<Row[]>
         unavailable503: wrk.statuses["503"] ?? 0,
       },
     },
-    {
-      scenario: `${a.name}-checker`,
-      what: `${a.what}: independent double-allocation checker`,
-      generator: `Deno fetch, claim → hold 0-${MAX_HOLD_MS} ms → release`,
-      concurrency: LOOPS,
-      poolSize: POOL_SIZE,
-      opsPerSec: verdict.claimsPerSec,
-      unit: "claims/s",
-      p50Ms: verdict.claimP50Ms,
-      p99Ms: verdict.claimP99Ms,
-      latencyOf: "claims only (sent → 201 body read)",
-      doubleAllocations: verdict.doubleAllocations,
-      fencingViolations: verdict.fencingViolations,
-      errors: checkerErrors,
-      durable: a.durable,
-      comparedWith: "checker",
-      details: {
-        ...verdict,
-        seconds: run.seconds,
-        statuses: run.statuses,
-        transportErrors: run.transportErrors,
-        samples: run.samples,
-        ...serverOutput(a.server),
+    checkerRow(
+      {
+        scenario: `${a.name}-checker`,
+        what: a.what,
+        generator: "Deno fetch",
+        durable: a.durable,
       },
-    },
+      run,
+      serverOutput(a.server),
+      { ok: ["201", "204"], latencyOf: "claims only (sent → 201 body read)" },
+    ),
   ];
 }
 

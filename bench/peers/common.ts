@@ -8,7 +8,7 @@ import { type CpuSample, sampleCpu } from "../cpu.ts";
 import { commandOutput, describeExit, type Managed, type Supervisor } from "../procs.ts";
 import type { Row } from "../scenarios.ts";
 
-/** The same workload as allot's scenario (scenarios.ts): pool, connections, checker holds. */
+/** The workload of allot's scenario (scenarios.ts) and every peer's: pool, connections, holds. */
 export const POOL_SIZE = 10_000;
 export const CONNECTIONS = 64;
 export const MAX_HOLD_MS = 5;
@@ -202,15 +202,29 @@ export function describeCpu(cpu: CpuUse | null): string {
     `${cpu.machineBusyCores.toFixed(2)} of ${cpu.cores} cores busy`;
 }
 
-/** A recorded peer history, judged by the same checker as allot's: its table row. */
+/** What a checker row says of the client and its answers (peers report "claimed"/"released"). */
+export interface CheckerAnswers {
+  /** Statuses that are a grant or a release; any other counts as an error. */
+  ok: readonly string[];
+  /** What the claim latency spans. */
+  latencyOf: string;
+}
+
+const PEER_ANSWERS: CheckerAnswers = {
+  ok: ["claimed", "released"],
+  latencyOf: "claims only (sent → reply read)",
+};
+
+/** A recorded history (allot's or a peer's), judged by the checker: its table row. */
 export function checkerRow(
   peer: { scenario: string; what: string; generator: string; durable: boolean },
   run: CheckerRun,
   extra: Record<string, unknown> = {},
+  answers: CheckerAnswers = PEER_ANSWERS,
 ): Row {
   const verdict = verify(run);
   const errors = run.transportErrors + Object.entries(run.statuses)
-    .filter(([status]) => status !== "claimed" && status !== "released")
+    .filter(([status]) => !answers.ok.includes(status))
     .reduce((sum, [, n]) => sum + n, 0);
   console.error(
     `  ${peer.scenario}: ${count.format(verdict.grants)} grants on ` +
@@ -227,7 +241,7 @@ export function checkerRow(
     unit: "claims/s",
     p50Ms: verdict.claimP50Ms,
     p99Ms: verdict.claimP99Ms,
-    latencyOf: "claims only (sent → reply read)",
+    latencyOf: answers.latencyOf,
     doubleAllocations: verdict.doubleAllocations,
     fencingViolations: verdict.fencingViolations,
     errors,
