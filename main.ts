@@ -8,6 +8,7 @@ import { ConfigError, loadConfigFromEnv, type TokenSpec } from "./lib/config.ts"
 import { systemClock } from "./lib/clock.ts";
 import { handleQueueMessage } from "./lib/queue.ts";
 import { StatusApplier } from "./lib/applier.ts";
+import { GroupEnder } from "./lib/ender.ts";
 import { encodeBase64Url } from "./lib/base64.ts";
 
 function generatedAdminToken(): TokenSpec {
@@ -33,8 +34,10 @@ try {
 const kv = await Deno.openKv(config.kvPath);
 const clock = systemClock;
 const applier = new StatusApplier(kv, clock);
+// Expiry sweeps end leases in shared commits, like releases.
+const ender = new GroupEnder(kv, clock);
 kv.listenQueue(async (message) => {
-  await handleQueueMessage({ kv, clock, applier }, message);
+  await handleQueueMessage({ kv, clock, applier, ender }, message);
 });
 const tokens = TokenRegistry.from(
   config.tokens.length > 0 ? config.tokens : [generatedAdminToken()],

@@ -12,10 +12,10 @@ import { AllotError, NoCapacityError, UnavailableError, ValidationError } from "
 import { type ClaimRoute, routeClaim } from "./fallback.ts";
 import { keys } from "./keys.ts";
 import { CommitEffects } from "./kv.ts";
-import { type ClaimRecord, describeClaim, sweepExpired } from "./leases.ts";
+import { type ClaimRecord, describeClaim, soonestLeaseExpiry, sweepExpired } from "./leases.ts";
 import { type FreeSlot, type HeldSlot, labelsMatch } from "./pool.ts";
-import type { LeaseExpireMessage } from "./queue.ts";
 import type { ClaimGrant, ClaimInput } from "./schemas.ts";
+import { readSweeper, stageSweeper } from "./sweeper.ts";
 import { inSpan, instruments } from "./telemetry.ts";
 
 /** Conflicting commits a lone claim survives before answering 503 (each retry reads afresh). */
@@ -148,7 +148,10 @@ async function allocateFrom(
   const { region, input } = claim.request;
   let swept = false;
   for (let attempt = 0; attempt < MAX_CLAIM_ATTEMPTS; attempt++) {
-    const candidates = await findFreeSlots(kv, servedBy, input.labels, CANDIDATES_PER_ATTEMPT);
+    const [candidates, sweeper] = await Promise.all([
+      findFreeSlots(kv, servedBy, input.labels, CANDIDATES_PER_ATTEMPT),
+      readSweeper(kv, servedBy),
+    ]);
     if (candidates.length === 0) {
       if (!swept) {
         swept = true;
@@ -168,6 +171,7 @@ async function allocateFrom(
     const op = kv.atomic();
     const effects = new CommitEffects();
     const draft = stageClaim(op, effects, clock, claim, route, servedBy, pick, 0);
+    stageSweeper(op, clock, servedBy, sweeper, clock.now() + draft.leaseMs);
     effects.flush(op);
     const res = await op.commit();
     if (res.ok) {
@@ -181,19 +185,23 @@ async function allocateFrom(
   );
 }
 
-/** Checks a claim adds to its commit: its free entry, its slot, and its idempotency key. */
+/**
+ * Checks a claim adds to its commit: its free entry, its slot, and its idempotency key.
+ * Its commit adds one more per serving region, on that region's sweeper.
+ */
 export function checksOf(claim: PreparedClaim): number {
   return claim.idemKey ? 3 : 2;
 }
 
 /**
  * Adds one claim to an atomic: checks on the free entry and slot it read (and on its
- * idempotency key), the held slot, the claim record, the expiry index, the delayed
- * expiry message; counters and the write mark go to `effects`. `commitIndex` orders claims within one commit, so their
- * fencing tokens stay distinct.
+ * idempotency key), the held slot, the claim record, the expiry index; counters and the
+ * write mark go to `effects`. The commit must also stage the serving region's sweeper
+ * (sweeper.ts), once however many claims it carries. `commitIndex` orders claims within
+ * one commit, so their fencing tokens stay distinct.
  */
 export function stageClaim(
-  op: AtomicWriter & Pick<Deno.AtomicOperation, "enqueue">,
+  op: AtomicWriter,
   effects: CommitEffects,
   clock: Clock,
   claim: PreparedClaim,
@@ -232,7 +240,6 @@ export function stageClaim(
   op.delete(free.key);
   op.set(keys.claim(servedBy, record.id), record);
   op.set(keys.lease(servedBy, record.expiresAt, record.id), null);
-  op.enqueue(expiryMessage(record), { delay: leaseMs });
   effects.count(servedBy, "free", -1);
   effects.count(servedBy, "held", 1);
   effects.touch(servedBy, region);
@@ -311,16 +318,9 @@ export async function findFreeSlots(
 
 /** Seconds until the region's soonest lease expiry, as a Retry-After hint (1..60). */
 async function secondsUntilNextExpiry(kv: Deno.Kv, clock: Clock, region: string): Promise<number> {
-  for await (const entry of kv.list({ prefix: keys.leases(region) }, { limit: 1 })) {
-    const expiresAt = entry.key.at(-2) as number;
-    return Math.min(60, Math.max(1, Math.ceil((expiresAt - clock.now()) / 1000)));
-  }
-  return 5;
-}
-
-/** The delayed message that expires a lease durably. */
-export function expiryMessage(record: ClaimRecord): LeaseExpireMessage {
-  return { type: "lease.expire", claimId: record.id, expiresAt: record.expiresAt };
+  const expiresAt = await soonestLeaseExpiry(kv, region);
+  if (expiresAt === null) return 5;
+  return Math.min(60, Math.max(1, Math.ceil((expiresAt - clock.now()) / 1000)));
 }
 
 /** JSON with sorted object keys, so equal bodies hash equally. */

@@ -14,10 +14,10 @@ import {
   type LeaseEnd,
   type LeaseEnder,
 } from "./leases.ts";
-import { expiryMessage } from "./allocate.ts";
 import type { ResourceSpec } from "./pool.ts";
 import { getRegionConfig } from "./regions.ts";
 import type { Claim, ClaimState, RegionConfig } from "./schemas.ts";
+import { stageSweeper, type SweeperBeat, sweeperKeys, type SweeperState } from "./sweeper.ts";
 
 /** Checks a caller may touch a claim (its region scope), before anything is revealed or changed. */
 export type ClaimAccess = (record: ClaimRecord) => void;
@@ -63,9 +63,12 @@ export async function renewClaim(
       throw new LeaseLostError(`Claim "${claimId}" is no longer active: it was ${record.state}`);
     }
     await refuseIfExpired(kv, clock, record);
-    const [config, spec] = await kv.getMany<[RegionConfig, ResourceSpec]>([
+    const [config, spec, sweeperState, sweeperBeat] = await kv.getMany<
+      [RegionConfig, ResourceSpec, SweeperState, SweeperBeat]
+    >([
       keys.regionConfig(record.region),
       keys.resource(record.servedBy, record.resource),
+      ...sweeperKeys(record.servedBy),
     ]);
     if (spec.value === null || spec.value.state === "gone") {
       await endLease(kv, clock, claimId, { state: "lost", reason: "resource gone" })
@@ -87,8 +90,9 @@ export async function renewClaim(
       .check(entry)
       .set(entry.key, renewed)
       .delete(keys.lease(record.servedBy, record.expiresAt, claimId))
-      .set(keys.lease(record.servedBy, renewed.expiresAt, claimId), null)
-      .enqueue(expiryMessage(renewed), { delay: nextLeaseMs });
+      .set(keys.lease(record.servedBy, renewed.expiresAt, claimId), null);
+    const sweeper = { state: sweeperState, beat: sweeperBeat };
+    stageSweeper(op, clock, record.servedBy, sweeper, renewed.expiresAt);
     markWrite(op, record.servedBy);
     const res = await op.commit();
     if (res.ok) {

@@ -23,6 +23,7 @@ import { CommitQueue, type Pending } from "./commit_queue.ts";
 import type { FreeSlot } from "./pool.ts";
 import { CommitEffects } from "./kv.ts";
 import { LeasePlaces } from "./leases.ts";
+import { readSweeper, stageSweeper, type SweeperRead } from "./sweeper.ts";
 import { instruments } from "./telemetry.ts";
 
 /** Counters for metrics and the bench. */
@@ -36,7 +37,7 @@ export interface GroupStats {
 
 type Waiting = Pending<PreparedClaim, ClaimOutcome>;
 
-/** Most claims in one commit: bounded by 100 checks (2-3 a claim) and 1,000 mutations. */
+/** Most claims in one commit: bounded by 100 checks (2-3 a claim, 1 a region) and 1,000 mutations. */
 const MAX_GROUP = 48;
 /** Claims waiting for a group beyond which new ones get 503 (bounded work per isolate). */
 export const MAX_QUEUED_CLAIMS = 2048;
@@ -66,9 +67,12 @@ export class GroupCommitter implements Allocator {
       what: "claims",
       maxQueued: MAX_QUEUED_CLAIMS,
       // A repeated idempotency key waits a turn, so it replays instead of failing the group.
+      // Each region asked for adds one check, on its serving region's sweeper.
       fits: (group, claim) =>
         group.length < MAX_GROUP &&
-        group.reduce((n, c) => n + checksOf(c), checksOf(claim)) <= ATOMIC_LIMITS.checks &&
+        group.reduce((n, c) => n + checksOf(c), checksOf(claim)) +
+              new Set([...group, claim].map((c) => c.request.region)).size <=
+          ATOMIC_LIMITS.checks &&
         (idemOf(claim) === null || !group.some((c) => idemOf(c) === idemOf(claim))),
       run: (group) => this.#commitGroup(group),
     });
@@ -82,7 +86,11 @@ export class GroupCommitter implements Allocator {
   async #commitGroup(everyone: Waiting[]): Promise<void> {
     // The free index is read while the route is decided, guessing that each claim is
     // served by its own region (a region in primary mode): one KV round trip less.
-    const guessed = this.#candidates(everyone, (waiting) => waiting.job.request.region);
+    const requested = (waiting: Waiting) => waiting.job.request.region;
+    const guessed = Promise.all([
+      this.#candidates(everyone, requested),
+      this.#sweepers(everyone.map(requested)),
+    ]);
     guessed.catch(() => {}); // awaited below only when the guess holds
     const routes = await this.#routes(everyone);
     // A claim whose region cannot be routed (unknown region) fails alone, not the group.
@@ -93,9 +101,13 @@ export class GroupCommitter implements Allocator {
       return false;
     });
     const servedBy = (waiting: Waiting) => routeOf(routes, waiting).servedBy;
-    const candidates = group.every((waiting) => servedBy(waiting) === waiting.job.request.region)
-      ? await guessed
-      : await this.#candidates(group, servedBy);
+    const [candidates, sweepers] =
+      group.every((waiting) => servedBy(waiting) === requested(waiting))
+        ? await guessed
+        : await Promise.all([
+          this.#candidates(group, servedBy),
+          this.#sweepers(group.map(servedBy)),
+        ]);
     const op = this.kv.atomic();
     const effects = new CommitEffects();
     const staged: Array<{ waiting: Waiting; draft: GrantDraft; index: number }> = [];
@@ -121,6 +133,15 @@ export class GroupCommitter implements Allocator {
       staged.push({ waiting, draft, index });
     }
     if (staged.length > 0) {
+      // Once per serving region, timed for the soonest expiry among its new leases.
+      const soonest = new Map<string, number>();
+      for (const { draft } of staged) {
+        const expiresAt = this.clock.now() + draft.leaseMs;
+        soonest.set(draft.servedBy, Math.min(soonest.get(draft.servedBy) ?? expiresAt, expiresAt));
+      }
+      for (const [region, expiresAt] of soonest) {
+        stageSweeper(op, this.clock, region, sweepers.get(region)!, expiresAt);
+      }
       effects.flush(op);
       const res = await op.commit().catch((error) => ({ ok: false as const, error }));
       if (res.ok) {
@@ -164,6 +185,13 @@ export class GroupCommitter implements Allocator {
       regions.map((r) => routeClaim(this.kv, this.clock, r)),
     );
     return new Map(regions.map((r, i) => [r, routes[i]]));
+  }
+
+  /** Each region's expiry sweeper, read once. */
+  async #sweepers(regions: string[]): Promise<Map<string, SweeperRead>> {
+    const distinct = [...new Set(regions)];
+    const reads = await Promise.all(distinct.map((region) => readSweeper(this.kv, region)));
+    return new Map(distinct.map((region, i) => [region, reads[i]]));
   }
 
   /** Distinct free entries for the group, read once per (serving pool, labels). */

@@ -74,6 +74,13 @@ export const keys = {
     regionKey(region, "lease", expiresAt, claimId),
   leases: (region: string) => regionKey(region, "lease"),
   leasesUntil: (region: string, until: number) => regionKey(region, "lease", until),
+  /**
+   * The region's expiry sweep chain (SweeperState): written only when a chain starts or
+   * ends, and checked by every claim and renew that relies on it.
+   */
+  sweeper: (region: string) => regionKey(region, "sweep"),
+  /** The chain's heartbeat (SweeperBeat): rewritten by each sweep, checked by no one. */
+  sweeperBeat: (region: string) => regionKey(region, "sweepbeat"),
 
   /** Idempotency record, scoped to the caller and the region asked for. */
   idempotency: (region: string, caller: string, key: string) =>

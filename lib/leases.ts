@@ -219,16 +219,25 @@ export async function endLease(
   throw new UnavailableError(`Cannot end claim "${claimId}": too many concurrent changes`);
 }
 
-/** Ends the lease if it is live and past its expiry; true if this call expired it. */
-export async function expireIfDue(kv: Deno.Kv, clock: Clock, claimId: string): Promise<boolean> {
+/**
+ * Ends the lease if it is live and past its expiry; true if this call expired it.
+ * Through `ender` when given (a group committer), alone otherwise.
+ */
+export async function expireIfDue(
+  kv: Deno.Kv,
+  clock: Clock,
+  claimId: string,
+  ender?: LeaseEnder,
+): Promise<boolean> {
+  const end: LeaseEnd = {
+    state: "expired",
+    reason: "lease expired",
+    guard: (record) => {
+      if (record.state === "active" && record.expiresAt > clock.now()) throw new NotDue();
+    },
+  };
   try {
-    await endLease(kv, clock, claimId, {
-      state: "expired",
-      reason: "lease expired",
-      guard: (record) => {
-        if (record.state === "active" && record.expiresAt > clock.now()) throw new NotDue();
-      },
-    });
+    await (ender ? ender.end(claimId, end) : endLease(kv, clock, claimId, end));
     return true;
   } catch (error) {
     if (
@@ -243,23 +252,38 @@ export async function expireIfDue(kv: Deno.Kv, clock: Clock, claimId: string): P
 class NotDue extends Error {}
 
 /**
- * Expires up to `limit` leases of a region whose expiry has passed. The durable
- * trigger is the delayed queue message each claim enqueues; this sweep is the
- * catch-up used when a claim finds no capacity, and after a clock jump in tests.
+ * Expires up to `limit` leases of a region whose expiry has passed: all at once through
+ * `ender` (so they share commits), one by one without it. The region's sweep chain
+ * (sweeper.ts) calls it; so does a claim that finds no capacity, to catch up at once.
  */
 export async function sweepExpired(
   kv: Deno.Kv,
   clock: Clock,
   region: string,
   limit = 100,
+  ender?: LeaseEnder,
 ): Promise<number> {
   const due = kv.list<null>({
     start: keys.leases(region),
     end: keys.leasesUntil(region, clock.now() + 1),
   }, { limit });
+  const claimIds: string[] = [];
+  for await (const entry of due) claimIds.push(entry.key.at(-1) as string);
+  if (ender) {
+    const done = await Promise.all(claimIds.map((id) => expireIfDue(kv, clock, id, ender)));
+    return done.filter(Boolean).length;
+  }
   let expired = 0;
-  for await (const entry of due) {
-    if (await expireIfDue(kv, clock, entry.key.at(-1) as string)) expired++;
+  for (const id of claimIds) {
+    if (await expireIfDue(kv, clock, id)) expired++;
   }
   return expired;
+}
+
+/** The soonest expiry among the region's live leases, or null when it holds none. */
+export async function soonestLeaseExpiry(kv: Deno.Kv, region: string): Promise<number | null> {
+  for await (const entry of kv.list({ prefix: keys.leases(region) }, { limit: 1 })) {
+    return entry.key.at(-2) as number;
+  }
+  return null;
 }

@@ -6,10 +6,23 @@ import { z } from "zod";
 import type { StatusApplier } from "./applier.ts";
 import type { Clock } from "./clock.ts";
 import { RegionName, StatusUpdate } from "./schemas.ts";
-import { expireIfDue, getClaimEntry } from "./leases.ts";
+import { expireIfDue, getClaimEntry, type LeaseEnder } from "./leases.ts";
 import { NotFoundError } from "./errors.ts";
 import { log } from "./log.ts";
+import { ensureSweeper, sweepRegion } from "./sweeper.ts";
 
+/** One tick of a region's expiry sweep chain (sweeper.ts). */
+export const LeaseSweepMessage = z.strictObject({
+  type: z.literal("lease.sweep"),
+  region: RegionName,
+  chain: z.string(),
+});
+export type LeaseSweepMessage = z.infer<typeof LeaseSweepMessage>;
+
+/**
+ * One lease's expiry. Releases before the sweep chain enqueued one per claim and renew;
+ * they are still handled, so a deploy never strands messages already in the queue.
+ */
 export const LeaseExpireMessage = z.strictObject({
   type: z.literal("lease.expire"),
   claimId: z.string(),
@@ -26,7 +39,11 @@ export const StatusBatchMessage = z.strictObject({
 });
 export type StatusBatchMessage = z.infer<typeof StatusBatchMessage>;
 
-export const QueueMessage = z.discriminatedUnion("type", [LeaseExpireMessage, StatusBatchMessage]);
+export const QueueMessage = z.discriminatedUnion("type", [
+  LeaseSweepMessage,
+  LeaseExpireMessage,
+  StatusBatchMessage,
+]);
 export type QueueMessage = z.infer<typeof QueueMessage>;
 
 /** Dependencies of the queue handler. */
@@ -34,10 +51,19 @@ export interface QueueDeps {
   kv: Deno.Kv;
   clock: Clock;
   applier: StatusApplier;
+  /** Lets a sweep expire many leases in shared commits (alone, one by one, without it). */
+  ender?: LeaseEnder;
 }
 
 /** What a delivery did, for tests and logs. */
-export type QueueOutcome = "expired" | "rescheduled" | "stale" | "ignored" | "applied";
+export type QueueOutcome =
+  | "swept"
+  | "ended"
+  | "expired"
+  | "rescheduled"
+  | "stale"
+  | "ignored"
+  | "applied";
 
 /**
  * Handles one delivery. An unparseable message is dropped (logged), never retried
@@ -51,6 +77,8 @@ export async function handleQueueMessage(deps: QueueDeps, raw: unknown): Promise
   }
   const message = parsed.data;
   switch (message.type) {
+    case "lease.sweep":
+      return await sweepRegion(deps.kv, deps.clock, message, deps.ender);
     case "lease.expire":
       return await onLeaseExpire(deps, message);
     case "status.batch":
@@ -60,10 +88,9 @@ export async function handleQueueMessage(deps: QueueDeps, raw: unknown): Promise
 }
 
 async function onLeaseExpire(
-  { kv, clock }: Pick<QueueDeps, "kv" | "clock">,
+  { kv, clock, ender }: Pick<QueueDeps, "kv" | "clock" | "ender">,
   message: LeaseExpireMessage,
 ): Promise<QueueOutcome> {
-  if (await expireIfDue(kv, clock, message.claimId)) return "expired";
   let entry;
   try {
     entry = await getClaimEntry(kv, message.claimId);
@@ -71,12 +98,9 @@ async function onLeaseExpire(
     if (error instanceof NotFoundError) return "stale";
     throw error;
   }
-  // A timer may fire a little before the lease's own clock says it is due; the
-  // renewed case has its own, later message, so only the current expiry is re-armed.
-  if (entry.value.state === "active" && entry.value.expiresAt === message.expiresAt) {
-    const delay = Math.max(0, message.expiresAt - clock.now()) + 1;
-    await kv.enqueue(message, { delay });
-    return "rescheduled";
-  }
-  return "stale";
+  if (entry.value.state !== "active") return "stale";
+  if (await expireIfDue(kv, clock, message.claimId, ender)) return "expired";
+  // Early, or the lease was renewed: the region's sweep chain expires it when it is due.
+  await ensureSweeper(kv, clock, entry.value.servedBy, entry.value.expiresAt);
+  return "rescheduled";
 }

@@ -241,8 +241,8 @@ export async function listPages<T = Record<string, unknown>>(
 }
 
 /**
- * Dependencies for delivering `lease.expire` messages to handleQueueMessage by hand.
- * That branch needs only the KV and the clock, so nothing else is provided.
+ * Dependencies for delivering `lease.sweep` and `lease.expire` messages to handleQueueMessage by hand.
+ * Those branches need only the KV and the clock, so nothing else is provided.
  */
 export function leaseQueueDeps(t: TestApp): Parameters<typeof handleQueueMessage>[0] {
   const deps: unknown = { kv: t.kv, clock: t.clock };

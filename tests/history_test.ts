@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
+import { GroupEnder } from "../lib/ender.ts";
 import { sweepExpired } from "../lib/leases.ts";
-import { handleQueueMessage } from "../lib/queue.ts";
+import { handleQueueMessage, type LeaseSweepMessage } from "../lib/queue.ts";
+import { readSweeper } from "../lib/sweeper.ts";
 import { checkHistory, grantEvent, HistoryRecorder, isoMs } from "./_checker.ts";
 import {
   assertProblem,
@@ -167,14 +169,33 @@ Deno.test("a randomized claim/renew/release/expire history of 50 callers never d
     history.record({ kind: "ended", claimId: target!.id, why: "revoked", invoked, acked });
   }
 
-  /** Delivers queue messages: due ones, redelivered ones, stale and early ones alike. */
+  /** Every sweep chain the region had, the current one last. */
+  const chains: LeaseSweepMessage[] = [];
+  /** Expires what the sweeps find due, in shared commits as main.ts does. */
+  const sweepEnder = new GroupEnder(kv, clock);
+
+  /**
+   * Delivers queue messages: ticks of the current sweep chain and redelivered ticks of
+   * replaced or ended ones, and `lease.expire` messages as releases before the sweep
+   * chain enqueued them (still in queues after a deploy): due, stale and early alike.
+   */
   async function deliver(): Promise<void> {
+    const { state } = await readSweeper(kv, "iad");
+    if (state.value && chains.at(-1)?.chain !== state.value.chain) {
+      chains.push({ type: "lease.sweep", region: "iad", chain: state.value.chain });
+    }
     const now = clock.now();
     const due = messages.filter((m) => m.expiresAt <= now && m.expiresAt > now - 2000);
-    const batch = [...Array.from({ length: 6 }, () => pick(due)), pick(messages), pick(messages)];
+    const batch = [
+      ...Array.from({ length: 3 }, () => pick(due)),
+      pick(messages),
+      chains.at(-1),
+      pick(chains),
+    ];
     await Promise.all(
       batch.filter((m) => m !== undefined).map(async (message) => {
-        const outcome = await handleQueueMessage(leaseQueueDeps(a), message);
+        const deps = { ...leaseQueueDeps(a), ender: sweepEnder };
+        const outcome = await handleQueueMessage(deps, message);
         if (outcome === "expired") stats.queueExpired++;
       }),
     );
@@ -204,10 +225,20 @@ Deno.test("a randomized claim/renew/release/expire history of 50 callers never d
   assert.ok(stats.renews > 100 && stats.releases > 100, JSON.stringify(stats));
   assert.ok(stats.ended > 20 && stats.noCapacity > 100, JSON.stringify(stats));
   assert.ok(stats.queueExpired > 5, JSON.stringify(stats));
+  assert.ok(sweepEnder.stats.ended > 20, `sweeps expired ${sweepEnder.stats.ended} leases`);
 
   // Once every lease has run out, the pool is whole again and every claim has ended.
   clock.advance(10 * 60_000);
-  while (await sweepExpired(kv, clock, "iad") > 0) { /* until nothing is due */ }
+  const last = {
+    type: "lease.sweep",
+    region: "iad",
+    chain: (await readSweeper(kv, "iad")).state.value!.chain,
+  };
+  assert.equal(
+    await handleQueueMessage(leaseQueueDeps(a), last),
+    "ended",
+    "one tick expires all that is left",
+  );
   assert.deepEqual(await poolOf(a, "iad"), { free: total, claimed: 0, total });
   const active = await listPages(a, "/v1/regions/iad/claims?state=active");
   assert.equal(active.items.length, 0);

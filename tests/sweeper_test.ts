@@ -1,0 +1,201 @@
+import assert from "node:assert/strict";
+import { GroupEnder } from "../lib/ender.ts";
+import { handleQueueMessage, type LeaseSweepMessage } from "../lib/queue.ts";
+import { CHAIN_LOST_MS, readSweeper, SWEEP_EVERY_MS, sweepRegion } from "../lib/sweeper.ts";
+import {
+  claim,
+  getClaim,
+  interceptCommits,
+  leaseQueueDeps,
+  makeApp,
+  poolOf,
+  release,
+  renew,
+  seedRegion,
+  type TestApp,
+} from "./_helpers.ts";
+
+/** The region's current chain as a queue message, as its last sweep enqueued it. */
+async function chainMessage(t: TestApp, region: string): Promise<LeaseSweepMessage> {
+  const { state } = await readSweeper(t.kv, region);
+  assert.ok(state.value, `region "${region}" has a sweep chain`);
+  return { type: "lease.sweep", region, chain: state.value.chain };
+}
+
+Deno.test("claims start one sweep chain per serving region and later claims rely on it", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 6, { config: { lease: { defaultMs: 1000, maxMs: 5000 } } });
+  assert.equal((await readSweeper(app.kv, "iad")).state.value, null, "no lease, no chain");
+
+  await t.step("the first claim starts it", async () => {
+    assert.equal((await claim(app, "iad")).status, 201);
+    const { state, beat } = await readSweeper(app.kv, "iad");
+    assert.ok(state.value);
+    assert.deepEqual(beat.value, { chain: state.value.chain, at: app.clock.now() });
+  });
+
+  await t.step("concurrent and later claims and renews leave it alone", async () => {
+    const before = await readSweeper(app.kv, "iad");
+    const claims = await Promise.all(Array.from({ length: 4 }, () => claim(app, "iad")));
+    assert.deepEqual(claims.map((r) => r.status), [201, 201, 201, 201]);
+    app.clock.advance(300);
+    assert.equal((await renew(app, claims[0].body.id, claims[0].body.secret)).status, 200);
+    const after = await readSweeper(app.kv, "iad");
+    assert.equal(after.state.versionstamp, before.state.versionstamp);
+    assert.equal(after.beat.versionstamp, before.beat.versionstamp);
+  });
+});
+
+Deno.test("lease.sweep expires what is due, keeps the chain while leases remain, then ends it", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 3, { config: { lease: { defaultMs: 1000, maxMs: 5000 } } });
+  const deps = leaseQueueDeps(app);
+  const start = app.clock.now();
+  const a = await claim(app, "iad", { holder: "a", leaseMs: 1000 });
+  const b = await claim(app, "iad", { holder: "b", leaseMs: 3000 });
+  const message = await chainMessage(app, "iad");
+
+  await t.step("an early tick expires nothing and beats", async () => {
+    app.clock.advance(500);
+    assert.equal(await handleQueueMessage(deps, message), "swept");
+    assert.equal((await getClaim(app, a.body.id)).state, "active");
+    const { beat } = await readSweeper(app.kv, "iad");
+    assert.deepEqual(beat.value, { chain: message.chain, at: start + 500 });
+  });
+
+  await t.step("a due tick expires exactly the due lease", async () => {
+    app.clock.time = start + 1000;
+    assert.equal(await handleQueueMessage(deps, message), "swept");
+    assert.equal((await getClaim(app, a.body.id)).state, "expired");
+    assert.equal((await getClaim(app, b.body.id)).state, "active");
+    assert.deepEqual(await poolOf(app, "iad"), { free: 2, claimed: 1, total: 3 });
+  });
+
+  await t.step("the tick that expires the last lease ends the chain", async () => {
+    app.clock.time = start + 3000;
+    assert.equal(await handleQueueMessage(deps, message), "ended");
+    assert.equal((await getClaim(app, b.body.id)).state, "expired");
+    const { state, beat } = await readSweeper(app.kv, "iad");
+    assert.equal(state.versionstamp, null);
+    assert.equal(beat.versionstamp, null);
+  });
+
+  await t.step(
+    "a redelivery of the ended chain does nothing, and a new lease starts another",
+    async () => {
+      assert.equal(await handleQueueMessage(deps, message), "stale");
+      const c = await claim(app, "iad", { holder: "c" });
+      assert.equal(c.status, 201);
+      const next = await chainMessage(app, "iad");
+      assert.notEqual(next.chain, message.chain);
+      assert.equal(await handleQueueMessage(deps, message), "stale", "the old chain stays dead");
+      assert.equal(await handleQueueMessage(deps, next), "swept");
+    },
+  );
+});
+
+Deno.test("a sweep expires many due leases in shared commits through a group ender", async () => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 40, { config: { lease: { defaultMs: 1000, maxMs: 5000 } } });
+  const claims = await Promise.all(Array.from({ length: 40 }, () => claim(app, "iad")));
+  assert.ok(claims.every((r) => r.status === 201));
+  const ender = new GroupEnder(app.kv, app.clock);
+  app.clock.advance(1000);
+  const outcome = await sweepRegion(app.kv, app.clock, await chainMessage(app, "iad"), ender);
+  assert.equal(outcome, "ended");
+  assert.equal(ender.stats.ended, 40);
+  assert.ok(ender.stats.commits < 40, `${ender.stats.commits} commits for 40 expiries`);
+  assert.deepEqual(await poolOf(app, "iad"), { free: 40, claimed: 0, total: 40 });
+});
+
+Deno.test("a chain whose heartbeat stopped is replaced by the next claim or renew", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 2, {
+    config: { lease: { defaultMs: 10 * CHAIN_LOST_MS, maxMs: 10 * CHAIN_LOST_MS } },
+  });
+  const a = await claim(app, "iad", { holder: "a" });
+  const lost = await chainMessage(app, "iad");
+
+  await t.step("a claim after CHAIN_LOST_MS without a sweep starts a new chain", async () => {
+    app.clock.advance(CHAIN_LOST_MS + 1);
+    assert.equal((await claim(app, "iad", { holder: "b" })).status, 201);
+    const replaced = await chainMessage(app, "iad");
+    assert.notEqual(replaced.chain, lost.chain);
+    assert.equal(await handleQueueMessage(leaseQueueDeps(app), lost), "stale");
+  });
+
+  await t.step("so does a renew", async () => {
+    const before = await chainMessage(app, "iad");
+    app.clock.advance(CHAIN_LOST_MS + 1);
+    assert.equal((await renew(app, a.body.id, a.body.secret)).status, 200);
+    assert.notEqual((await chainMessage(app, "iad")).chain, before.chain);
+  });
+});
+
+Deno.test("a lease committed while the chain ends is never left without a chain", async (t) => {
+  await t.step(
+    "a claim landing between the end's reads and its commit keeps the chain",
+    async () => {
+      await using app = await makeApp();
+      await seedRegion(app, "iad", 2, { config: { lease: { defaultMs: 1000, maxMs: 5000 } } });
+      const first = await claim(app, "iad", { holder: "first" });
+      assert.equal((await release(app, first.body.id, first.body.secret)).status, 204);
+      const message = await chainMessage(app, "iad");
+      const sweeping = interceptCommits(app.kv);
+      let late: { status: number; body: { id: string } } | undefined;
+      sweeping.arm(async () => late = await claim(app, "iad", { holder: "late" }));
+      // The region holds no lease when the sweep reads it, so its first commit is the end.
+      const outcome = await sweepRegion(sweeping.kv, app.clock, message);
+      assert.ok(sweeping.fired());
+      assert.equal(late?.status, 201);
+      assert.equal(outcome, "swept", "the end failed its check on `held` and was retried");
+      assert.equal((await chainMessage(app, "iad")).chain, message.chain);
+      app.clock.advance(1000);
+      assert.equal(await sweepRegion(app.kv, app.clock, message), "ended");
+      assert.equal((await getClaim(app, late!.body.id)).state, "expired");
+    },
+  );
+
+  await t.step("a claim that read the chain before it ended starts a new one", async () => {
+    await using app = await makeApp();
+    await seedRegion(app, "iad", 2, { config: { lease: { defaultMs: 1000, maxMs: 5000 } } });
+    const first = await claim(app, "iad", { holder: "first" });
+    assert.equal((await release(app, first.body.id, first.body.secret)).status, 204);
+    const message = await chainMessage(app, "iad");
+    const claiming = interceptCommits(app.kv);
+    await using racing = await makeApp({ kv: claiming.kv, clock: app.clock });
+    claiming.arm(() => sweepRegion(app.kv, app.clock, message));
+    const late = await claim(racing, "iad", { holder: "late" });
+    assert.ok(claiming.fired());
+    assert.equal(late.status, 201, JSON.stringify(late.body));
+    const next = await chainMessage(app, "iad");
+    assert.notEqual(next.chain, message.chain, "the claim's retry started a new chain");
+    app.clock.advance(1000);
+    assert.equal(await sweepRegion(app.kv, app.clock, next), "ended");
+    assert.equal((await getClaim(app, late.body.id)).state, "expired");
+  });
+});
+
+Deno.test("sweep chains are delivered end to end through kv.listenQueue", async () => {
+  const kv = await Deno.openKv(":memory:");
+  await using app = await makeApp({ kv });
+  await seedRegion(app, "iad", 2, { config: { lease: { defaultMs: 1000, maxMs: 5000 } } });
+  const outcomes: string[] = [];
+  const listening = app.kv.listenQueue(async (message) => {
+    outcomes.push(await handleQueueMessage(leaseQueueDeps(app), message));
+  });
+  const a = await claim(app, "iad", { holder: "a", leaseMs: 1000 });
+  assert.equal(a.status, 201);
+  // Due at once on the fake clock; the first tick is enqueued at most SWEEP_EVERY_MS away.
+  app.clock.advance(1000);
+  const deadline = Date.now() + 20 * SWEEP_EVERY_MS;
+  while ((await readSweeper(app.kv, "iad")).state.versionstamp !== null) {
+    assert.ok(Date.now() < deadline, `the chain did not end: ${outcomes.join(", ")}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  assert.equal((await getClaim(app, a.body.id)).state, "expired");
+  assert.deepEqual(await poolOf(app, "iad"), { free: 2, claimed: 0, total: 2 });
+  assert.ok(outcomes.includes("ended"), outcomes.join(", "));
+  kv.close();
+  await listening;
+});
