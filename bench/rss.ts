@@ -14,6 +14,7 @@ import {
   TOKENS,
   withAllot,
 } from "./harness.ts";
+import { LEASE_MS } from "./peers/common.ts";
 import type { BenchContext, Row } from "./scenarios.ts";
 import { putRegion, seedThroughStatus } from "./seed.ts";
 import { describeLoad, runWrk, wrkErrors } from "./wrk.ts";
@@ -22,7 +23,6 @@ const REGION = "bench";
 const FULL_POOL = 100_000;
 /** --quick seeds fewer: seeding runs at about 2,000 resources/s. */
 const QUICK_POOL = 10_000;
-const LEASE_MS = 600_000;
 const SAMPLE_MS = 250;
 const TARGET_MB = 200;
 

@@ -12,7 +12,7 @@ import { antipatternScenario } from "./antipattern.ts";
 import { pipelineScenario } from "./pipeline.ts";
 import { fallbackScenario } from "./fallback.ts";
 import { rssScenario } from "./rss.ts";
-import { checkerRow, MAX_HOLD_MS, POOL_SIZE } from "./peers/common.ts";
+import { checkerRow, LEASE_MS, MAX_HOLD_MS, POOL_SIZE } from "./peers/common.ts";
 import { postgresScenario } from "./peers/postgres.ts";
 import { redisScenario } from "./peers/redis.ts";
 
@@ -20,8 +20,6 @@ import { redisScenario } from "./peers/redis.ts";
 const WRK_SHAPE = { threads: 2, connections: 64 } as const;
 /** Concurrent loops of the checker and of the raw KV scenario. */
 const LOOPS = 64;
-/** Lease long enough that nothing expires during a run. */
-const LEASE_MS = 600_000;
 
 const ALLOT_TOKENS = {
   admin: "bench-admin-token-0000001",
@@ -176,7 +174,7 @@ async function regionHealth(baseUrl: string): Promise<Record<string, unknown>> {
   return { total, free, claimed, mode, pending };
 }
 
-/** Region `bench` with a long lease and POOL_SIZE single-slot resources, via status batches. */
+/** Region `bench` with LEASE_MS leases and POOL_SIZE single-slot resources, via status batches. */
 async function seedAllot(baseUrl: string): Promise<void> {
   await adminPut(baseUrl, "/v1/regions/bench", {
     lease: { defaultMs: LEASE_MS, maxMs: LEASE_MS },

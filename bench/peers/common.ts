@@ -12,6 +12,12 @@ import type { Row } from "../scenarios.ts";
 export const POOL_SIZE = 10_000;
 export const CONNECTIONS = 64;
 export const MAX_HOLD_MS = 5;
+/**
+ * allot's lease in its claim scenarios: far longer than any claim → release loop, so
+ * nothing expires, yet much shorter than a run, so a run measures the steady state with
+ * whatever lease expiry costs (a delayed queue message per claim once halved it).
+ */
+export const LEASE_MS = 5_000;
 
 /** Seconds of a peer's second, not-durable measurement: half the main one, at least 3. */
 export function secondarySeconds(seconds: number): number {
