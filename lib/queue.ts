@@ -16,12 +16,13 @@ export const LeaseSweepMessage = z.strictObject({
   type: z.literal("lease.sweep"),
   region: RegionName,
   chain: z.string(),
+  tick: z.number().int().nonnegative(),
 });
 export type LeaseSweepMessage = z.infer<typeof LeaseSweepMessage>;
 
 /**
- * One lease's expiry. Releases before the sweep chain enqueued one per claim and renew;
- * they are still handled, so a deploy never strands messages already in the queue.
+ * One lease's expiry, as versions before the sweep chain enqueued for every claim and
+ * renew. Still handled, so a deploy never strands the messages already in the queue.
  */
 export const LeaseExpireMessage = z.strictObject({
   type: z.literal("lease.expire"),

@@ -11,12 +11,15 @@
  *   starts a new chain;
  * - a claim committed between the end's reads and its commit moves the region's
  *   `held` counter, which the end checks, so the end retries and sees the lease.
+ * Each tick carries its number, kept in the chain's heartbeat: a redelivered tick finds
+ * the number moved on and stops, so a chain never forks into two.
  */
 import type { AtomicWriter } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { UnavailableError } from "./errors.ts";
 import { newId } from "./ids.ts";
 import { keys } from "./keys.ts";
+import { log } from "./log.ts";
 import { type LeaseEnder, soonestLeaseExpiry, sweepExpired } from "./leases.ts";
 import type { LeaseSweepMessage } from "./queue.ts";
 
@@ -32,10 +35,12 @@ export interface SweeperState {
   chain: string;
 }
 
-/** When the chain last swept. */
+/** When the chain last swept, and which of its ticks is the one in the queue. */
 export interface SweeperBeat {
   chain: string;
   at: number;
+  /** Only the message of this tick may continue the chain: a redelivered one is stale. */
+  tick: number;
 }
 
 /** A region's chain as read by a claim or renew. */
@@ -78,8 +83,8 @@ export function stageSweeper(
   if (sweeperRunning(read, now)) return;
   const chain = newId();
   op.set(keys.sweeper(region), { chain } satisfies SweeperState);
-  op.set(keys.sweeperBeat(region), { chain, at: now } satisfies SweeperBeat);
-  op.enqueue(sweepMessage(region, chain), { delay: delayUntil(expiresAt, now) });
+  op.set(keys.sweeperBeat(region), { chain, at: now, tick: 0 } satisfies SweeperBeat);
+  op.enqueue(sweepMessage(region, chain, 0), { delay: delayUntil(expiresAt, now) });
 }
 
 /** Starts the region's chain unless one is running, for a lease already committed. */
@@ -104,8 +109,9 @@ export type SweepOutcome = "swept" | "ended" | "stale";
 
 /**
  * Handles one `lease.sweep` delivery: expires the region's due leases, then either
- * enqueues the next sweep or, with no lease left, ends the chain. A message of a chain
- * that was replaced or ended does nothing.
+ * enqueues the next tick or, with no lease left, ends the chain. A message of a chain
+ * that was replaced or ended, or of a tick already handled (queue delivery is at least
+ * once), does nothing: each tick continues its chain once.
  */
 export async function sweepRegion(
   kv: Deno.Kv,
@@ -113,20 +119,25 @@ export async function sweepRegion(
   message: LeaseSweepMessage,
   ender?: LeaseEnder,
 ): Promise<SweepOutcome> {
-  const { region, chain } = message;
-  const current = await kv.get<SweeperState>(keys.sweeper(region));
-  if (current.value?.chain !== chain) return "stale";
-  const expired = await sweepExpired(kv, clock, region, SWEEP_LIMIT, ender);
+  const { region, chain, tick } = message;
+  if (!isCurrentTick(await readSweeper(kv, region), message)) return "stale";
+  let expired = 0;
+  try {
+    expired = await sweepExpired(kv, clock, region, SWEEP_LIMIT, ender);
+  } catch (error) {
+    // The chain must outlive a failed pass (a throw here would risk the message's retries).
+    log("warn", "lease sweep pass failed; the next tick retries", { region, error: String(error) });
+  }
   for (let attempt = 0; attempt < 10; attempt++) {
     // `held` is read before the expiry index, so a claim committed after this read
     // makes the end's check fail (see the module comment).
-    const [state, held] = await kv.getMany<[SweeperState, unknown]>([
-      keys.sweeper(region),
+    const [state, beat, held] = await kv.getMany<[SweeperState, SweeperBeat, unknown]>([
+      ...sweeperKeys(region),
       keys.counter(region, "held"),
     ]);
-    if (state.value?.chain !== chain) return "stale";
+    if (!isCurrentTick({ state, beat }, message)) return "stale";
     const next = await soonestLeaseExpiry(kv, region);
-    const op = kv.atomic().check(state);
+    const op = kv.atomic().check(state, beat);
     if (next === null) {
       op.check(held).delete(keys.sweeper(region)).delete(keys.sweeperBeat(region));
       if ((await op.commit()).ok) return "ended";
@@ -135,15 +146,20 @@ export async function sweepRegion(
     const now = clock.now();
     // Still due after a pass that expired nothing: wait a tick rather than spin.
     const delay = next <= now && expired === 0 ? SWEEP_EVERY_MS : delayUntil(next, now);
-    op.set(keys.sweeperBeat(region), { chain, at: now } satisfies SweeperBeat)
-      .enqueue(sweepMessage(region, chain), { delay });
+    op.set(keys.sweeperBeat(region), { chain, at: now, tick: tick + 1 } satisfies SweeperBeat)
+      .enqueue(sweepMessage(region, chain, tick + 1), { delay });
     if ((await op.commit()).ok) return "swept";
   }
   throw new UnavailableError(`Cannot sweep region "${region}": too many concurrent changes`);
 }
 
-function sweepMessage(region: string, chain: string): LeaseSweepMessage {
-  return { type: "lease.sweep", region, chain };
+/** Whether `message` is the tick its chain waits for (not a redelivery, not a dead chain's). */
+function isCurrentTick({ state, beat }: SweeperRead, { chain, tick }: LeaseSweepMessage): boolean {
+  return state.value?.chain === chain && beat.value?.chain === chain && beat.value.tick === tick;
+}
+
+function sweepMessage(region: string, chain: string, tick: number): LeaseSweepMessage {
+  return { type: "lease.sweep", region, chain, tick };
 }
 
 /** Milliseconds from `now` to `at`, within [0, SWEEP_EVERY_MS]. */

@@ -169,8 +169,8 @@ Deno.test("a randomized claim/renew/release/expire history of 50 callers never d
     history.record({ kind: "ended", claimId: target!.id, why: "revoked", invoked, acked });
   }
 
-  /** Every sweep chain the region had, the current one last. */
-  const chains: LeaseSweepMessage[] = [];
+  /** Every sweep tick the region's chains were waiting for, the current one last. */
+  const ticks: LeaseSweepMessage[] = [];
   /** Expires what the sweeps find due, in shared commits as main.ts does. */
   const sweepEnder = new GroupEnder(kv, clock);
 
@@ -180,17 +180,26 @@ Deno.test("a randomized claim/renew/release/expire history of 50 callers never d
    * chain enqueued them (still in queues after a deploy): due, stale and early alike.
    */
   async function deliver(): Promise<void> {
-    const { state } = await readSweeper(kv, "iad");
-    if (state.value && chains.at(-1)?.chain !== state.value.chain) {
-      chains.push({ type: "lease.sweep", region: "iad", chain: state.value.chain });
+    const { state, beat } = await readSweeper(kv, "iad");
+    const last = ticks.at(-1);
+    if (
+      state.value && beat.value &&
+      (last?.chain !== beat.value.chain || last.tick !== beat.value.tick)
+    ) {
+      ticks.push({
+        type: "lease.sweep",
+        region: "iad",
+        chain: beat.value.chain,
+        tick: beat.value.tick,
+      });
     }
     const now = clock.now();
     const due = messages.filter((m) => m.expiresAt <= now && m.expiresAt > now - 2000);
     const batch = [
       ...Array.from({ length: 3 }, () => pick(due)),
       pick(messages),
-      chains.at(-1),
-      pick(chains),
+      ticks.at(-1),
+      pick(ticks),
     ];
     await Promise.all(
       batch.filter((m) => m !== undefined).map(async (message) => {
@@ -229,10 +238,12 @@ Deno.test("a randomized claim/renew/release/expire history of 50 callers never d
 
   // Once every lease has run out, the pool is whole again and every claim has ended.
   clock.advance(10 * 60_000);
+  const { beat } = await readSweeper(kv, "iad");
   const last = {
     type: "lease.sweep",
     region: "iad",
-    chain: (await readSweeper(kv, "iad")).state.value!.chain,
+    chain: beat.value!.chain,
+    tick: beat.value!.tick,
   };
   assert.equal(
     await handleQueueMessage(leaseQueueDeps(a), last),

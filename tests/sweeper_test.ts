@@ -15,11 +15,11 @@ import {
   type TestApp,
 } from "./_helpers.ts";
 
-/** The region's current chain as a queue message, as its last sweep enqueued it. */
+/** The tick its region's chain waits for, as the queue would deliver it. */
 async function chainMessage(t: TestApp, region: string): Promise<LeaseSweepMessage> {
-  const { state } = await readSweeper(t.kv, region);
-  assert.ok(state.value, `region "${region}" has a sweep chain`);
-  return { type: "lease.sweep", region, chain: state.value.chain };
+  const { state, beat } = await readSweeper(t.kv, region);
+  assert.ok(state.value && beat.value, `region "${region}" has a sweep chain`);
+  return { type: "lease.sweep", region, chain: state.value.chain, tick: beat.value.tick };
 }
 
 Deno.test("claims start one sweep chain per serving region and later claims rely on it", async (t) => {
@@ -31,7 +31,7 @@ Deno.test("claims start one sweep chain per serving region and later claims rely
     assert.equal((await claim(app, "iad")).status, 201);
     const { state, beat } = await readSweeper(app.kv, "iad");
     assert.ok(state.value);
-    assert.deepEqual(beat.value, { chain: state.value.chain, at: app.clock.now() });
+    assert.deepEqual(beat.value, { chain: state.value.chain, at: app.clock.now(), tick: 0 });
   });
 
   await t.step("concurrent and later claims and renews leave it alone", async () => {
@@ -53,45 +53,120 @@ Deno.test("lease.sweep expires what is due, keeps the chain while leases remain,
   const start = app.clock.now();
   const a = await claim(app, "iad", { holder: "a", leaseMs: 1000 });
   const b = await claim(app, "iad", { holder: "b", leaseMs: 3000 });
-  const message = await chainMessage(app, "iad");
+  const first = await chainMessage(app, "iad");
+  assert.equal(first.tick, 0);
 
   await t.step("an early tick expires nothing and beats", async () => {
     app.clock.advance(500);
-    assert.equal(await handleQueueMessage(deps, message), "swept");
+    assert.equal(await handleQueueMessage(deps, first), "swept");
     assert.equal((await getClaim(app, a.body.id)).state, "active");
     const { beat } = await readSweeper(app.kv, "iad");
-    assert.deepEqual(beat.value, { chain: message.chain, at: start + 500 });
+    assert.deepEqual(beat.value, { chain: first.chain, at: start + 500, tick: 1 });
+  });
+
+  await t.step("a redelivered tick does nothing: the chain goes on once", async () => {
+    assert.equal(await handleQueueMessage(deps, first), "stale");
+    assert.equal((await chainMessage(app, "iad")).tick, 1);
   });
 
   await t.step("a due tick expires exactly the due lease", async () => {
     app.clock.time = start + 1000;
-    assert.equal(await handleQueueMessage(deps, message), "swept");
+    assert.equal(await handleQueueMessage(deps, await chainMessage(app, "iad")), "swept");
     assert.equal((await getClaim(app, a.body.id)).state, "expired");
     assert.equal((await getClaim(app, b.body.id)).state, "active");
     assert.deepEqual(await poolOf(app, "iad"), { free: 2, claimed: 1, total: 3 });
   });
 
   await t.step("the tick that expires the last lease ends the chain", async () => {
+    const last = await chainMessage(app, "iad");
     app.clock.time = start + 3000;
-    assert.equal(await handleQueueMessage(deps, message), "ended");
+    assert.equal(await handleQueueMessage(deps, last), "ended");
     assert.equal((await getClaim(app, b.body.id)).state, "expired");
     const { state, beat } = await readSweeper(app.kv, "iad");
     assert.equal(state.versionstamp, null);
     assert.equal(beat.versionstamp, null);
+    assert.equal(await handleQueueMessage(deps, last), "stale", "its redelivery does nothing");
   });
 
-  await t.step(
-    "a redelivery of the ended chain does nothing, and a new lease starts another",
-    async () => {
-      assert.equal(await handleQueueMessage(deps, message), "stale");
-      const c = await claim(app, "iad", { holder: "c" });
-      assert.equal(c.status, 201);
-      const next = await chainMessage(app, "iad");
-      assert.notEqual(next.chain, message.chain);
-      assert.equal(await handleQueueMessage(deps, message), "stale", "the old chain stays dead");
-      assert.equal(await handleQueueMessage(deps, next), "swept");
+  await t.step("a new lease starts another chain; the ended one stays dead", async () => {
+    const c = await claim(app, "iad", { holder: "c" });
+    assert.equal(c.status, 201);
+    const next = await chainMessage(app, "iad");
+    assert.notEqual(next.chain, first.chain);
+    assert.equal(await handleQueueMessage(deps, { ...next, chain: first.chain }), "stale");
+    assert.equal(await handleQueueMessage(deps, next), "swept");
+  });
+});
+
+/**
+ * Wraps a KV handle so the messages enqueued by atomics that commit through it are
+ * recorded, for a test to play the queue by hand.
+ */
+function recordEnqueues(inner: Deno.Kv): { kv: Deno.Kv; enqueued: unknown[] } {
+  const enqueued: unknown[] = [];
+  const wrapOp = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
+    const staged: unknown[] = [];
+    const proxy: Deno.AtomicOperation = new Proxy(op, {
+      get(target, prop) {
+        if (prop === "commit") {
+          return async () => {
+            const res = await target.commit();
+            if (res.ok) enqueued.push(...staged);
+            return res;
+          };
+        }
+        const value = Reflect.get(target, prop, target);
+        if (typeof value !== "function") return value;
+        return (...args: unknown[]) => {
+          if (prop === "enqueue") staged.push(args[0]);
+          const result = value.apply(target, args);
+          return result === target ? proxy : result;
+        };
+      },
+    });
+    return proxy;
+  };
+  const kv = new Proxy(inner, {
+    get(target, prop) {
+      if (prop === "atomic") return () => wrapOp(target.atomic());
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
     },
-  );
+  });
+  return { kv, enqueued };
+}
+
+Deno.test("a tick delivered twice (at least once) does not fork its chain", async () => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 2, { config: { lease: { defaultMs: 60_000, maxMs: 60_000 } } });
+  assert.equal((await claim(app, "iad", { holder: "long" })).status, 201);
+  const tick = await chainMessage(app, "iad");
+  const recording = recordEnqueues(app.kv);
+  const deps = { ...leaseQueueDeps(app), kv: recording.kv };
+  app.clock.advance(500);
+  assert.equal(await handleQueueMessage(deps, tick), "swept");
+  assert.equal(await handleQueueMessage(deps, tick), "stale", "the redelivery");
+  // Play the queue on: each round delivers every message in flight once.
+  const inFlight: number[] = [];
+  let queue = recording.enqueued.splice(0);
+  for (let round = 0; round < 5; round++) {
+    inFlight.push(queue.length);
+    app.clock.advance(1000);
+    for (const message of queue) await handleQueueMessage(deps, message);
+    queue = recording.enqueued.splice(0);
+  }
+  inFlight.push(queue.length);
+  assert.deepEqual(inFlight, [1, 1, 1, 1, 1, 1], `ticks in flight after each round: ${inFlight}`);
+
+  // Two deliveries at once: the second commits between the first's reads and commit.
+  const racing = interceptCommits(app.kv);
+  const current = await chainMessage(app, "iad");
+  let second: string | undefined;
+  racing.arm(async () => second = await handleQueueMessage(leaseQueueDeps(app), current));
+  const firstOutcome = await handleQueueMessage({ ...leaseQueueDeps(app), kv: racing.kv }, current);
+  assert.ok(racing.fired());
+  assert.deepEqual([firstOutcome, second], ["stale", "swept"]);
+  assert.equal((await chainMessage(app, "iad")).tick, current.tick + 1);
 });
 
 Deno.test("a sweep expires many due leases in shared commits through a group ender", async () => {
@@ -149,9 +224,10 @@ Deno.test("a lease committed while the chain ends is never left without a chain"
       assert.ok(sweeping.fired());
       assert.equal(late?.status, 201);
       assert.equal(outcome, "swept", "the end failed its check on `held` and was retried");
-      assert.equal((await chainMessage(app, "iad")).chain, message.chain);
+      const next = await chainMessage(app, "iad");
+      assert.deepEqual([next.chain, next.tick], [message.chain, message.tick + 1]);
       app.clock.advance(1000);
-      assert.equal(await sweepRegion(app.kv, app.clock, message), "ended");
+      assert.equal(await sweepRegion(app.kv, app.clock, next), "ended");
       assert.equal((await getClaim(app, late!.body.id)).state, "expired");
     },
   );
