@@ -12,6 +12,7 @@ import { antipatternScenario } from "./antipattern.ts";
 import { pipelineScenario } from "./pipeline.ts";
 import { fallbackScenario } from "./fallback.ts";
 import { rssScenario } from "./rss.ts";
+import { interleavedScenario } from "./interleaved.ts";
 import { checkerRow, LEASE_MS, MAX_HOLD_MS, POOL_SIZE } from "./peers/common.ts";
 import { postgresScenario } from "./peers/postgres.ts";
 import { redisScenario } from "./peers/redis.ts";
@@ -19,7 +20,7 @@ import { redisScenario } from "./peers/redis.ts";
 /** wrk's shape for every HTTP scenario: the same generator, the same connections. */
 const WRK_SHAPE = { threads: 2, connections: 64 } as const;
 /** Concurrent loops of the checker and of the raw KV scenario. */
-const LOOPS = 64;
+export const LOOPS = 64;
 
 const ALLOT_TOKENS = {
   admin: "bench-admin-token-0000001",
@@ -54,8 +55,11 @@ export interface Row {
   fencingViolations: number | null;
   errors: number;
   durable: boolean | null;
-  /** Which allot figure the ratio column uses: wrk loops/s, checker claims/s, or none. */
-  comparedWith: "wrk" | "checker" | null;
+  /**
+   * Which allot figure the ratio column uses: wrk loops/s, checker claims/s, the
+   * interleaved rounds' loops/s, or none.
+   */
+  comparedWith: "wrk" | "checker" | "interleaved" | null;
   details: Record<string, unknown>;
   /** The figure as the table prints it, when `opsPerSec unit` does not say it. */
   figure?: string;
@@ -85,7 +89,7 @@ interface Allocator {
   target: ClaimTarget;
 }
 
-function wrkLoad(seconds: number): WrkLoad {
+export function wrkLoad(seconds: number): WrkLoad {
   return { ...WRK_SHAPE, seconds };
 }
 
@@ -175,7 +179,7 @@ async function regionHealth(baseUrl: string): Promise<Record<string, unknown>> {
 }
 
 /** Region `bench` with LEASE_MS leases and POOL_SIZE single-slot resources, via status batches. */
-async function seedAllot(baseUrl: string): Promise<void> {
+export async function seedAllot(baseUrl: string): Promise<void> {
   await adminPut(baseUrl, "/v1/regions/bench", {
     lease: { defaultMs: LEASE_MS, maxMs: LEASE_MS },
   });
@@ -186,16 +190,63 @@ async function seedAllot(baseUrl: string): Promise<void> {
   }
 }
 
-/** Scenario 1: the real allot server (main.ts) on a file-backed KV. */
-async function allotScenario(ctx: BenchContext): Promise<Row[]> {
-  const dir = await ctx.sup.tempDir("allot-");
-  const { server, baseUrl } = await startServer(ctx, "allot", "main.ts", {
+/** allot (main.ts) on a file-backed KV in a fresh temp dir, as the claim scenarios run it. */
+export async function startAllotServer(ctx: BenchContext, name: string) {
+  const dir = await ctx.sup.tempDir(`${name}-`);
+  return await startServer(ctx, name, "main.ts", {
     ALLOT_KV: `${dir}/allot.kv`,
     ALLOT_TOKENS: JSON.stringify([
       { token: ALLOT_TOKENS.admin, role: "admin" },
       { token: ALLOT_TOKENS.client, role: "client" },
     ]),
   }, ALLOT_V8_FLAGS);
+}
+
+/** Where wrk and the checker send allot's claims and releases. */
+export function allotTarget(baseUrl: string): ClaimTarget {
+  return {
+    baseUrl,
+    claimPath: "/v1/regions/bench/claims",
+    releasePrefix: "/v1/claims/",
+    token: ALLOT_TOKENS.client,
+  };
+}
+
+/** The SQLite anchor's server on a fresh pool file. */
+export async function startSqliteServer(ctx: BenchContext, name: string) {
+  const dir = await ctx.sup.tempDir(`${name}-`);
+  return await startServer(ctx, name, "bench/sqlite_server.ts", {
+    SQLITE_PATH: `${dir}/pool.sqlite`,
+    POOL_SIZE: String(POOL_SIZE),
+  });
+}
+
+/** Where wrk and the checker send the SQLite anchor's claims and releases. */
+export function sqliteTarget(baseUrl: string): ClaimTarget {
+  return { baseUrl, claimPath: "/claim", releasePrefix: "/claim/", token: "unused" };
+}
+
+/** LOOPS raw CAS loops on a fresh file-backed KV for `seconds`, in a subprocess. */
+export async function runKvCommits(ctx: BenchContext, seconds: number): Promise<KvCommitResult> {
+  const dir = await ctx.sup.tempDir("kv-");
+  const proc = ctx.sup.spawn("kv commits", Deno.execPath(), [
+    "run",
+    "-A",
+    "bench/kv_commits.ts",
+    `${dir}/raw.kv`,
+    String(seconds),
+    String(LOOPS),
+  ]);
+  const status = await proc.done;
+  if (!status.success) throw new Error(describeExit(proc));
+  return JSON.parse(proc.stdout().trim().split("\n").at(-1)!);
+}
+
+export const SQLITE_WHAT = "SQLite anchor (WAL, synchronous=FULL, Hono)";
+
+/** Scenario 1: the real allot server (main.ts) on a file-backed KV. */
+async function allotScenario(ctx: BenchContext): Promise<Row[]> {
+  const { server, baseUrl } = await startAllotServer(ctx, "allot");
   return await withServer(ctx, server, async () => {
     const seeded = performance.now();
     console.error(`  allot: seeding ${POOL_SIZE} resources through status batches`);
@@ -206,12 +257,7 @@ async function allotScenario(ctx: BenchContext): Promise<Row[]> {
       what: "allot (main.ts, file-backed Deno KV)",
       durable: true,
       server,
-      target: {
-        baseUrl,
-        claimPath: "/v1/regions/bench/claims",
-        releasePrefix: "/v1/claims/",
-        token: ALLOT_TOKENS.client,
-      },
+      target: allotTarget(baseUrl),
     });
     rows[0].details.seedSeconds = seedSeconds;
     rows[1].details.regionAfter = await regionHealth(baseUrl);
@@ -221,19 +267,8 @@ async function allotScenario(ctx: BenchContext): Promise<Row[]> {
 
 /** Scenario 2: raw compare-and-swap commits on a file-backed KV, in a subprocess. */
 async function kvScenario(ctx: BenchContext): Promise<Row[]> {
-  const dir = await ctx.sup.tempDir("kv-");
   console.error(`  kv: ${LOOPS} CAS loops for ${ctx.seconds}s`);
-  const proc = ctx.sup.spawn("kv commits", Deno.execPath(), [
-    "run",
-    "-A",
-    "bench/kv_commits.ts",
-    `${dir}/raw.kv`,
-    String(ctx.seconds),
-    String(LOOPS),
-  ]);
-  const status = await proc.done;
-  if (!status.success) throw new Error(describeExit(proc));
-  const result: KvCommitResult = JSON.parse(proc.stdout().trim().split("\n").at(-1)!);
+  const result = await runKvCommits(ctx, ctx.seconds);
   return [{
     scenario: "kv-raw",
     what: `raw Deno KV: check(versionstamp).set(key).commit() on ${LOOPS} distinct keys`,
@@ -256,18 +291,14 @@ async function kvScenario(ctx: BenchContext): Promise<Row[]> {
 
 /** Scenario 3: the SQLite anchor served like allot, driven like allot. */
 async function sqliteScenario(ctx: BenchContext): Promise<Row[]> {
-  const dir = await ctx.sup.tempDir("sqlite-");
-  const { server, baseUrl } = await startServer(ctx, "sqlite", "bench/sqlite_server.ts", {
-    SQLITE_PATH: `${dir}/pool.sqlite`,
-    POOL_SIZE: String(POOL_SIZE),
-  });
+  const { server, baseUrl } = await startSqliteServer(ctx, "sqlite");
   return await withServer(ctx, server, () =>
     measureAllocator(ctx, {
       name: "sqlite",
-      what: "SQLite anchor (WAL, synchronous=FULL, Hono)",
+      what: SQLITE_WHAT,
       durable: true,
       server,
-      target: { baseUrl, claimPath: "/claim", releasePrefix: "/claim/", token: "unused" },
+      target: sqliteTarget(baseUrl),
     }));
 }
 
@@ -307,6 +338,7 @@ export const SCENARIOS: Record<string, Scenario> = {
   kv: kvScenario,
   sqlite: sqliteScenario,
   hono: honoScenario,
+  interleaved: interleavedScenario,
   antipattern: antipatternScenario,
   pipeline: pipelineScenario,
   fallback: fallbackScenario,
