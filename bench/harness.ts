@@ -30,7 +30,7 @@ export interface AllotServer {
 }
 
 /**
- * The V8 flags `deno task start` runs allot with (none today), read from deno.json so
+ * The V8 flags `deno task start` runs allot with, read from deno.json so
  * the bench always measures the server as it is started, not a variant of it.
  */
 export const ALLOT_V8_FLAGS: string[] = (
