@@ -22,22 +22,18 @@ export interface CommitQueueOptions<J, R> {
   maxQueued: number;
   /** Names the work in the 503 message. */
   what: string;
-  /**
-   * Groups committed at once (default 1). A second group reads and plans while the
-   * first one's commit is in flight, so the isolate's thread and the store overlap.
-   */
-  maxInFlight?: number;
 }
 
-/** Runs groups of jobs through `run`, at most `maxInFlight` groups at a time. */
+/**
+ * Runs groups of jobs through `run`, one group at a time. (Two overlapping release
+ * groups, one reading while the other commits, measured slower: 5 % fewer claim loops/s
+ * and 8 % more CPU per loop, in interleaved runs.)
+ */
 export class CommitQueue<J, R> {
   #queue: Pending<J, R>[] = [];
-  #running = 0;
-  readonly #maxInFlight: number;
+  #running = false;
 
-  constructor(private readonly options: CommitQueueOptions<J, R>) {
-    this.#maxInFlight = options.maxInFlight ?? 1;
-  }
+  constructor(private readonly options: CommitQueueOptions<J, R>) {}
 
   /** Jobs waiting for a group. */
   get waiting(): number {
@@ -53,12 +49,12 @@ export class CommitQueue<J, R> {
     }
     return new Promise((resolve, reject) => {
       this.#queue.push({ job, resolve, reject });
-      if (this.#running < this.#maxInFlight) void this.#drain();
+      if (!this.#running) void this.#drain();
     });
   }
 
   async #drain(): Promise<void> {
-    this.#running++;
+    this.#running = true;
     try {
       while (this.#queue.length > 0) {
         const group = this.#take();
@@ -69,7 +65,7 @@ export class CommitQueue<J, R> {
         }
       }
     } finally {
-      this.#running--;
+      this.#running = false;
     }
   }
 

@@ -53,15 +53,11 @@ export class GroupEnder implements LeaseEnder {
     this.#queue = new CommitQueue({
       what: "releases",
       maxQueued: MAX_QUEUED_ENDS,
-      // The same claim twice in one group waits a turn (a group whose checks fail is
-      // retried alone, so a repeat in an overlapping group costs more but ends the same).
+      // The same claim twice in one group waits a turn: the repeat then finds it ended.
       fits: (group, job) =>
         (group.length + 1) * CHECKS_PER_END <= ATOMIC_LIMITS.checks &&
         !group.some((j) => j.claimId === job.claimId),
       run: (group) => this.#commitGroup(group),
-      // Overlapping groups are safe: a claim ended by both makes the later commit fail
-      // its checks, and that group's ends are retried alone (the repeat then gets 409).
-      maxInFlight: 2,
     });
   }
 
