@@ -249,6 +249,42 @@ export function leaseQueueDeps(t: TestApp): Parameters<typeof handleQueueMessage
   return deps as Parameters<typeof handleQueueMessage>[0];
 }
 
+type CommitResult = Deno.KvCommitResult | Deno.KvCommitError;
+
+/**
+ * A KV handle whose atomic commits go through `around`, which gets the real commit and
+ * the messages the operation enqueues. Every other call passes through, and chained
+ * calls stay on the wrapper.
+ */
+function wrapCommits(
+  inner: Deno.Kv,
+  around: (commit: () => Promise<CommitResult>, enqueued: unknown[]) => Promise<CommitResult>,
+): Deno.Kv {
+  const wrapOp = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
+    const enqueued: unknown[] = [];
+    const proxy: Deno.AtomicOperation = new Proxy(op, {
+      get(target, prop) {
+        if (prop === "commit") return () => around(() => target.commit(), enqueued);
+        const value = Reflect.get(target, prop, target);
+        if (typeof value !== "function") return value;
+        return (...args: unknown[]) => {
+          if (prop === "enqueue") enqueued.push(args[0]);
+          const result = value.apply(target, args);
+          return result === target ? proxy : result;
+        };
+      },
+    });
+    return proxy;
+  };
+  return new Proxy(inner, {
+    get(target, prop) {
+      if (prop === "atomic") return () => wrapOp(target.atomic());
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
 /**
  * Wraps a KV handle so a test can land other writes between an operation's reads and
  * its commit, deterministically: `arm(hook)` makes the next atomic commit through the
@@ -263,36 +299,14 @@ export function interceptCommits(inner: Deno.Kv): {
 } {
   let hook: (() => Promise<unknown>) | null = null;
   let fired = false;
-  const wrapOp = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
-    const proxy: Deno.AtomicOperation = new Proxy(op, {
-      get(target, prop) {
-        if (prop === "commit") {
-          return async () => {
-            const run = hook;
-            hook = null;
-            if (run) {
-              await run();
-              fired = true;
-            }
-            return await target.commit();
-          };
-        }
-        const value = Reflect.get(target, prop, target);
-        if (typeof value !== "function") return value;
-        return (...args: unknown[]) => {
-          const result = value.apply(target, args);
-          return result === target ? proxy : result;
-        };
-      },
-    });
-    return proxy;
-  };
-  const kv = new Proxy(inner, {
-    get(target, prop) {
-      if (prop === "atomic") return () => wrapOp(target.atomic());
-      const value = Reflect.get(target, prop, target);
-      return typeof value === "function" ? value.bind(target) : value;
-    },
+  const kv = wrapCommits(inner, async (commit) => {
+    const run = hook;
+    hook = null;
+    if (run) {
+      await run();
+      fired = true;
+    }
+    return await commit();
   });
   return {
     kv,
@@ -302,6 +316,20 @@ export function interceptCommits(inner: Deno.Kv): {
     },
     fired: () => fired,
   };
+}
+
+/**
+ * Wraps a KV handle so the messages enqueued by the atomics that commit through it are
+ * recorded in `enqueued`, for a test to play the queue by hand.
+ */
+export function recordEnqueues(inner: Deno.Kv): { kv: Deno.Kv; enqueued: unknown[] } {
+  const enqueued: unknown[] = [];
+  const kv = wrapCommits(inner, async (commit, staged) => {
+    const res = await commit();
+    if (res.ok) enqueued.push(...staged);
+    return res;
+  });
+  return { kv, enqueued };
 }
 
 /** Claims in `region` until it answers 503; returns the grants (a destructive capacity probe). */

@@ -196,7 +196,8 @@ Deno.test("a randomized claim/renew/release/expire history of 50 callers never d
     const now = clock.now();
     const due = messages.filter((m) => m.expiresAt <= now && m.expiresAt > now - 2000);
     const batch = [
-      ...Array.from({ length: 3 }, () => pick(due)),
+      ...Array.from({ length: 6 }, () => pick(due)),
+      pick(messages),
       pick(messages),
       ticks.at(-1),
       pick(ticks),

@@ -9,6 +9,7 @@ import {
   leaseQueueDeps,
   makeApp,
   poolOf,
+  recordEnqueues,
   release,
   renew,
   seedRegion,
@@ -98,44 +99,6 @@ Deno.test("lease.sweep expires what is due, keeps the chain while leases remain,
   });
 });
 
-/**
- * Wraps a KV handle so the messages enqueued by atomics that commit through it are
- * recorded, for a test to play the queue by hand.
- */
-function recordEnqueues(inner: Deno.Kv): { kv: Deno.Kv; enqueued: unknown[] } {
-  const enqueued: unknown[] = [];
-  const wrapOp = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
-    const staged: unknown[] = [];
-    const proxy: Deno.AtomicOperation = new Proxy(op, {
-      get(target, prop) {
-        if (prop === "commit") {
-          return async () => {
-            const res = await target.commit();
-            if (res.ok) enqueued.push(...staged);
-            return res;
-          };
-        }
-        const value = Reflect.get(target, prop, target);
-        if (typeof value !== "function") return value;
-        return (...args: unknown[]) => {
-          if (prop === "enqueue") staged.push(args[0]);
-          const result = value.apply(target, args);
-          return result === target ? proxy : result;
-        };
-      },
-    });
-    return proxy;
-  };
-  const kv = new Proxy(inner, {
-    get(target, prop) {
-      if (prop === "atomic") return () => wrapOp(target.atomic());
-      const value = Reflect.get(target, prop, target);
-      return typeof value === "function" ? value.bind(target) : value;
-    },
-  });
-  return { kv, enqueued };
-}
-
 Deno.test("a tick delivered twice (at least once) does not fork its chain", async () => {
   await using app = await makeApp();
   await seedRegion(app, "iad", 2, { config: { lease: { defaultMs: 60_000, maxMs: 60_000 } } });
@@ -207,15 +170,20 @@ Deno.test("a chain whose heartbeat stopped is replaced by the next claim or rene
   });
 });
 
+/** Region "iad" whose chain holds no lease any more: its next tick ends it. */
+async function chainAboutToEnd(app: TestApp): Promise<LeaseSweepMessage> {
+  await seedRegion(app, "iad", 2, { config: { lease: { defaultMs: 1000, maxMs: 5000 } } });
+  const first = await claim(app, "iad", { holder: "first" });
+  assert.equal((await release(app, first.body.id, first.body.secret)).status, 204);
+  return await chainMessage(app, "iad");
+}
+
 Deno.test("a lease committed while the chain ends is never left without a chain", async (t) => {
   await t.step(
     "a claim landing between the end's reads and its commit keeps the chain",
     async () => {
       await using app = await makeApp();
-      await seedRegion(app, "iad", 2, { config: { lease: { defaultMs: 1000, maxMs: 5000 } } });
-      const first = await claim(app, "iad", { holder: "first" });
-      assert.equal((await release(app, first.body.id, first.body.secret)).status, 204);
-      const message = await chainMessage(app, "iad");
+      const message = await chainAboutToEnd(app);
       const sweeping = interceptCommits(app.kv);
       let late: { status: number; body: { id: string } } | undefined;
       sweeping.arm(async () => late = await claim(app, "iad", { holder: "late" }));
@@ -234,10 +202,7 @@ Deno.test("a lease committed while the chain ends is never left without a chain"
 
   await t.step("a claim that read the chain before it ended starts a new one", async () => {
     await using app = await makeApp();
-    await seedRegion(app, "iad", 2, { config: { lease: { defaultMs: 1000, maxMs: 5000 } } });
-    const first = await claim(app, "iad", { holder: "first" });
-    assert.equal((await release(app, first.body.id, first.body.secret)).status, 204);
-    const message = await chainMessage(app, "iad");
+    const message = await chainAboutToEnd(app);
     const claiming = interceptCommits(app.kv);
     await using racing = await makeApp({ kv: claiming.kv, clock: app.clock });
     claiming.arm(() => sweepRegion(app.kv, app.clock, message));
