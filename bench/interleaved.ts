@@ -8,6 +8,7 @@
 import { withServer } from "./harness.ts";
 import type { KvCommitResult } from "./kv_commits.ts";
 import { CONNECTIONS, count, POOL_SIZE } from "./peers/common.ts";
+import { CLAIM_P99_MS } from "./peers/targets.ts";
 import { describeExit } from "./procs.ts";
 import {
   allotTarget,
@@ -22,11 +23,10 @@ import {
   startSqliteServer,
   wrkLoad,
 } from "./scenarios.ts";
+import { percentile } from "./stats.ts";
 import { describeLoad, runWrk, wrkErrors, type WrkResult } from "./wrk.ts";
 
 const ROUNDS = 5;
-/** The claim p99 allot must stay under, ms (the issue's target). */
-const CLAIM_P99_MS = 50;
 /** allot's claim loops/s must be this multiple of the anchor's and of raw KV's commits/s. */
 const TARGET_FACTOR = 3;
 
@@ -39,12 +39,6 @@ export interface Round {
 
 const loopsOf = (wrk: WrkResult) => wrk.releases / wrk.seconds;
 const commitsOf = (kv: KvCommitResult) => kv.commits / kv.seconds;
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = Math.floor(sorted.length / 2);
-  return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
 
 const range = (values: number[], format: (n: number) => string) =>
   `${format(Math.min(...values))}–${format(Math.max(...values))}`;
@@ -97,7 +91,7 @@ export function interleavedRows(rounds: Round[], roundSeconds: number): Row[] {
       poolSize: POOL_SIZE,
       opsPerSec: runs.reduce((n, w) => n + w.releases, 0) / runs.reduce((n, w) => n + w.seconds, 0),
       unit: "claim loops/s",
-      p50Ms: median(runs.map((w) => w.latencyMs.p50)),
+      p50Ms: percentile(runs.map((w) => w.latencyMs.p50), 50),
       p99Ms: p99,
       latencyOf: "every request; p50 the median round's, p99 the worst round's",
       doubleAllocations: null,
@@ -120,7 +114,7 @@ export function interleavedRows(rounds: Round[], roundSeconds: number): Row[] {
     opsPerSec: kvRuns.reduce((n, k) => n + k.commits, 0) /
       kvRuns.reduce((n, k) => n + k.seconds, 0),
     unit: "commits/s",
-    p50Ms: median(kvRuns.map((k) => k.p50Ms ?? 0)),
+    p50Ms: percentile(kvRuns.map((k) => k.p50Ms ?? 0), 50),
     p99Ms: Math.max(...kvRuns.map((k) => k.p99Ms ?? 0)),
     latencyOf: "each commit; p50 the median round's, p99 the worst round's",
     doubleAllocations: null,

@@ -8,7 +8,7 @@ import type { RatedRow } from "../report.ts";
 import { count } from "./common.ts";
 
 /** The claim p99 allot must stay under, ms. */
-const CLAIM_P99_MS = 50;
+export const CLAIM_P99_MS = 50;
 
 function against(allot: RatedRow, peer: RatedRow | undefined, factor: number, name: string) {
   if (!peer || peer.opsPerSec <= 0) return [];
