@@ -24,6 +24,29 @@ export interface CpuSample {
   ours: number;
 }
 
+/** Linux's USER_HZ: /proc counts CPU time in these ticks. */
+const TICKS_PER_SECOND = 100;
+
+/**
+ * The numeric fields of a /proc/<pid>/stat line after "pid (comm) ": state is field 3 of
+ * the line, so utime, stime, cutime, cstime (fields 14-17) are at 11-14 here.
+ */
+function statFields(line: string): number[] {
+  return line.slice(line.lastIndexOf(")") + 2).split(" ").map(Number);
+}
+
+/** A process's own CPU seconds (user + system, every thread) from its /proc/<pid>/stat line. */
+export function cpuSecondsOf(statLine: string): number {
+  const fields = statFields(statLine);
+  return (fields[11] + fields[12]) / TICKS_PER_SECOND;
+}
+
+/** A child's CPU seconds so far, read through `cat`; null when it cannot be read. */
+export async function childCpuSeconds(sup: Supervisor, pid: number): Promise<number | null> {
+  const text = await commandOutput(sup, "cat", [`/proc/${pid}/stat`]);
+  return text ? cpuSecondsOf(text) : null;
+}
+
 /** Reads the machine's and this run's CPU ticks; null where /proc is not there. */
 export async function sampleCpu(sup: Supervisor): Promise<CpuSample | null> {
   const text = await commandOutput(sup, "cat", ["/proc/stat", `/proc/${Deno.pid}/stat`]);
@@ -34,8 +57,7 @@ export async function sampleCpu(sup: Supervisor): Promise<CpuSample | null> {
   // user nice system idle iowait irq softirq steal (guest time is already in user)
   const ticks = cpu.trim().split(/\s+/).slice(1, 9).map(Number);
   const total = ticks.reduce((sum, n) => sum + n, 0);
-  // After "pid (comm) ": state is field 3; utime, stime, cutime, cstime are fields 14-17.
-  const fields = own.slice(own.lastIndexOf(")") + 2).split(" ").map(Number);
+  const fields = statFields(own);
   return {
     busy: ticks[0] + ticks[1] + ticks[2],
     steal: ticks[7],

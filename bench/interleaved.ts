@@ -1,10 +1,13 @@
 /**
- * Scenario: allot, the SQLite anchor and raw Deno KV commits in alternating rounds. This
- * VM's steal time moved one scenario's figure by ±25 % between runs minutes apart, so a
- * ratio of two figures measured minutes apart says little. Here every round of one has
- * a round of the others beside it (the order reversed every other round), and the
- * issue's 3× targets are judged on these rows.
+ * Scenario: allot, the SQLite anchor, raw Deno KV commits and allot's claim engine
+ * without HTTP in alternating rounds. This VM's steal time moved one scenario's figure by
+ * ±25 % between runs minutes apart, so a ratio of two figures measured minutes apart
+ * says little. Here every round of one has a round of the others beside it (the order
+ * reversed every other round), and the issue's 3× targets are judged on these rows. The
+ * engine's rounds (bench/engine.ts) say how far allot could go with a free HTTP layer.
  */
+import { childCpuSeconds } from "./cpu.ts";
+import type { EngineResult } from "./engine.ts";
 import { withServer } from "./harness.ts";
 import type { KvCommitResult } from "./kv_commits.ts";
 import { CONNECTIONS, count, POOL_SIZE } from "./peers/common.ts";
@@ -15,6 +18,7 @@ import {
   type BenchContext,
   LOOPS,
   type Row,
+  runEngine,
   runKvCommits,
   seedAllot,
   SQLITE_WHAT,
@@ -30,53 +34,81 @@ const ROUNDS = 5;
 /** allot's claim loops/s must be this multiple of the anchor's and of raw KV's commits/s. */
 const TARGET_FACTOR = 3;
 
-/** One round: each of the three measured once, back to back. */
+/** One round: each of the four measured once, back to back. */
 export interface Round {
   allot: WrkResult;
+  /** CPU seconds allot's server process took over its wrk run; null without /proc. */
+  allotCpuSeconds: number | null;
   sqlite: WrkResult;
   kv: KvCommitResult;
+  engine: EngineResult;
 }
 
 const loopsOf = (wrk: WrkResult) => wrk.releases / wrk.seconds;
 const commitsOf = (kv: KvCommitResult) => kv.commits / kv.seconds;
+const engineLoopsOf = (engine: EngineResult) => engine.loops / engine.seconds;
 
 const range = (values: number[], format: (n: number) => string) =>
   `${format(Math.min(...values))}–${format(Math.max(...values))}`;
 const times = (n: number) => `${n.toFixed(2)}×`;
+const sum = (values: number[]) => values.reduce((n, v) => n + v, 0);
 
-/** allot's, the anchor's and raw KV's rounds, alternated; three rows. */
+/** CPU µs per loop over the rounds; null if any round could not read it. */
+function cpuPerLoop(cpuSeconds: (number | null)[], loops: number): number | null {
+  return cpuSeconds.some((s) => s === null) ? null : 1e6 * sum(cpuSeconds as number[]) / loops;
+}
+
+/** allot's, the anchor's, raw KV's and the engine's rounds, alternated; four rows. */
 export async function interleavedScenario(ctx: BenchContext): Promise<Row[]> {
   const roundSeconds = Math.max(1, Math.round(ctx.seconds / ROUNDS));
   const allot = await startAllotServer(ctx, "interleaved-allot");
   return await withServer(ctx, allot.server, async () => {
     console.error("  interleaved: seeding allot");
     await seedAllot(allot.baseUrl);
-    const sqlite = await startSqliteServer(ctx, "interleaved-sqlite");
-    return await withServer(ctx, sqlite.server, async () => {
-      const targets = { allot: allotTarget(allot.baseUrl), sqlite: sqliteTarget(sqlite.baseUrl) };
-      for (const target of Object.values(targets)) {
-        await runWrk(ctx.sup, target, wrkLoad(ctx.warmupSeconds));
-      }
-      const rounds: Round[] = [];
-      for (let i = 0; i < ROUNDS; i++) {
-        console.error(`  interleaved: round ${i + 1}/${ROUNDS}, ${roundSeconds}s each`);
-        const order = ["allot", "sqlite", "kv"] as const;
-        const round: Partial<Round> = {};
-        for (const name of i % 2 === 0 ? order : [...order].reverse()) {
-          if (name === "kv") round.kv = await runKvCommits(ctx, roundSeconds);
-          else round[name] = await runWrk(ctx.sup, targets[name], wrkLoad(roundSeconds));
+    const engine = await startAllotServer(ctx, "interleaved-engine", "bench/engine_server.ts");
+    return await withServer(ctx, engine.server, async () => {
+      console.error("  interleaved: seeding the engine's server");
+      await seedAllot(engine.baseUrl);
+      const sqlite = await startSqliteServer(ctx, "interleaved-sqlite");
+      return await withServer(ctx, sqlite.server, async () => {
+        const targets = {
+          allot: allotTarget(allot.baseUrl),
+          sqlite: sqliteTarget(sqlite.baseUrl),
+        };
+        for (const target of Object.values(targets)) {
+          await runWrk(ctx.sup, target, wrkLoad(ctx.warmupSeconds));
         }
-        for (const { server } of [allot, sqlite]) {
-          if (server.exited) throw new Error(`server died under load: ${describeExit(server)}`);
+        await runEngine(engine.baseUrl, ctx.warmupSeconds);
+        const rounds: Round[] = [];
+        for (let i = 0; i < ROUNDS; i++) {
+          console.error(`  interleaved: round ${i + 1}/${ROUNDS}, ${roundSeconds}s each`);
+          const order = ["allot", "sqlite", "kv", "engine"] as const;
+          const round: Partial<Round> = {};
+          for (const name of i % 2 === 0 ? order : [...order].reverse()) {
+            if (name === "kv") round.kv = await runKvCommits(ctx, roundSeconds);
+            else if (name === "engine") {
+              round.engine = await runEngine(engine.baseUrl, roundSeconds);
+            } else if (name === "sqlite") {
+              round.sqlite = await runWrk(ctx.sup, targets.sqlite, wrkLoad(roundSeconds));
+            } else {
+              const before = await childCpuSeconds(ctx.sup, allot.server.pid);
+              round.allot = await runWrk(ctx.sup, targets.allot, wrkLoad(roundSeconds));
+              const after = await childCpuSeconds(ctx.sup, allot.server.pid);
+              round.allotCpuSeconds = before === null || after === null ? null : after - before;
+            }
+          }
+          for (const { server } of [allot, engine, sqlite]) {
+            if (server.exited) throw new Error(`server died under load: ${describeExit(server)}`);
+          }
+          rounds.push(round as Round);
         }
-        rounds.push(round as Round);
-      }
-      return interleavedRows(rounds, roundSeconds);
+        return interleavedRows(rounds, roundSeconds);
+      });
     });
   });
 }
 
-/** The three rows: totals over the rounds, each round's ratio in the notes. */
+/** The four rows: totals over the rounds, each round's ratio in the notes. */
 export function interleavedRows(rounds: Round[], roundSeconds: number): Row[] {
   const shape = `${ROUNDS} rounds of ${roundSeconds} s, alternating`;
   const generator = `${describeLoad(wrkLoad(roundSeconds))}, claim_release.lua, ${shape}`;
@@ -124,13 +156,46 @@ export function interleavedRows(rounds: Round[], roundSeconds: number): Row[] {
     comparedWith: "interleaved",
     details: { rounds: kvRuns },
   };
+  const engineRuns = rounds.map((r) => r.engine);
+  const engineLoops = sum(engineRuns.map((e) => e.loops));
+  const engine: Row = {
+    scenario: "interleaved-engine",
+    what: "allot's claim engine without HTTP: createClaim → releaseClaim in the server " +
+      "process (bench/engine_server.ts), same KV setup",
+    generator: `${LOOPS} async loops in the server process, ${shape}`,
+    concurrency: LOOPS,
+    poolSize: POOL_SIZE,
+    opsPerSec: engineLoops / sum(engineRuns.map((e) => e.seconds)),
+    unit: "claim loops/s",
+    p50Ms: percentile(engineRuns.map((e) => e.claimP50Ms ?? 0), 50),
+    p99Ms: Math.max(...engineRuns.map((e) => e.claimP99Ms ?? 0)),
+    latencyOf: "each claim; p50 the median round's, p99 the worst round's",
+    doubleAllocations: sum(engineRuns.map((e) => e.doubleAllocations)),
+    fencingViolations: null,
+    errors: sum(engineRuns.map((e) => e.errors)),
+    durable: true,
+    comparedWith: "interleaved",
+    details: { rounds: engineRuns },
+  };
+  const allotLoops = sum(rounds.map((r) => r.allot.releases));
+  const allotCpu = cpuPerLoop(rounds.map((r) => r.allotCpuSeconds), allotLoops);
+  const engineCpu = cpuPerLoop(engineRuns.map((e) => e.cpuSeconds), engineLoops);
+  const perLoop = (us: number | null) => us === null ? "unknown" : `${count.format(us)} µs`;
   const allotRounds = rounds.map((r) => loopsOf(r.allot));
   allot.targets = [{
     target: `p99 ≤ ${CLAIM_P99_MS} ms (worst round)`,
     met: allot.p99Ms! <= CLAIM_P99_MS,
   }];
   allot.note = `claim loops/s per round ${allotRounds.map((n) => count.format(n)).join(", ")}; ` +
-    `${allot.errors} unexpected answers.`;
+    `${allot.errors} unexpected answers; server CPU per loop ${perLoop(allotCpu)}.`;
+  engine.note =
+    `claim loops/s per round ${
+      engineRuns.map((e) => count.format(engineLoopsOf(e))).join(", ")
+    }; this ÷ SQLite anchor ${times(engine.opsPerSec / sqlite.opsPerSec)}, ÷ raw KV ${
+      times(engine.opsPerSec / kv.opsPerSec)
+    }; process CPU per loop ${perLoop(engineCpu)}, against allot's ${perLoop(allotCpu)} ` +
+    "over HTTP (Deno.serve, Hono, zod, JSON; wrk shares the machine's 2 cores): the " +
+    "ceiling a free HTTP layer would leave allot.";
   for (
     const [row, ofRound] of [
       [sqlite, (r: Round) => loopsOf(r.sqlite)],
@@ -148,5 +213,5 @@ export function interleavedRows(rounds: Round[], roundSeconds: number): Row[] {
           count.format(TARGET_FACTOR * row.opsPerSec)
         } claim loops/s, ${(TARGET_FACTOR / ratio).toFixed(1)}× allot's.`);
   }
-  return [allot, sqlite, kv];
+  return [allot, sqlite, kv, engine];
 }

@@ -1,6 +1,7 @@
 /** The interleaved rows must total the rounds and judge the targets on the same rounds. */
 import assert from "node:assert/strict";
 import { interleavedRows, type Round } from "./interleaved.ts";
+import type { EngineResult } from "./engine.ts";
 import type { WrkResult } from "./wrk.ts";
 
 function wrk(loops: number, p50: number, p99: number): WrkResult {
@@ -16,14 +17,28 @@ function wrk(loops: number, p50: number, p99: number): WrkResult {
   };
 }
 
+function engine(loops: number, p99: number, cpuSeconds: number | null = 1): EngineResult {
+  return {
+    loops: 2 * loops,
+    seconds: 2,
+    claimP50Ms: 5,
+    claimP99Ms: p99,
+    doubleAllocations: 0,
+    errors: 0,
+    cpuSeconds,
+  };
+}
+
 const round = (allot: number, sqlite: number, kv: number, allotP99 = 40): Round => ({
   allot: wrk(allot, 20, allotP99),
+  allotCpuSeconds: 2,
   sqlite: wrk(sqlite, 25, 60),
   kv: { commits: 2 * kv, conflicts: 0, seconds: 2, p50Ms: 20, p99Ms: 50 },
+  engine: engine(2 * allot, 10),
 });
 
 Deno.test("interleavedRows() totals every round and gives each round's ratio", () => {
-  const [allot, sqlite, kv] = interleavedRows(
+  const [allot, sqlite, kv, engine] = interleavedRows(
     [round(1000, 500, 2000), round(1400, 400, 2000, 55), round(1200, 300, 2000)],
     2,
   );
@@ -37,5 +52,41 @@ Deno.test("interleavedRows() totals every round and gives each round's ratio", (
   assert.deepEqual(kv.targets, [{ target: "allot ≥ 3×", met: false }]);
   assert.match(sqlite.note!, /per round 2\.00×–4\.00×, over all rounds 3\.00×\.$/);
   assert.match(kv.note!, /over all rounds 0\.60×: the 3× target needs 6,000 claim loops\/s/);
-  assert.ok([allot, sqlite, kv].every((row) => row.comparedWith === "interleaved"));
+  assert.ok([allot, sqlite, kv, engine].every((row) => row.comparedWith === "interleaved"));
+});
+
+Deno.test("interleavedRows() sets the engine's rounds beside allot's, CPU per loop included", async (t) => {
+  await t.step("totals, ratios to the anchors and CPU per loop", () => {
+    const rows = interleavedRows(
+      [round(1000, 500, 2000), round(1400, 400, 2000), round(1200, 300, 2000)],
+      2,
+    );
+    const engine = rows[3];
+    assert.equal(engine.scenario, "interleaved-engine");
+    assert.equal(engine.opsPerSec, 2400);
+    assert.equal(engine.p99Ms, 10);
+    assert.equal(engine.doubleAllocations, 0);
+    // allot: 3 rounds × 2 CPU s over 7,200 loops = 833 µs; engine: 3 × 1 s over 14,400 = 208 µs.
+    assert.match(rows[0].note!, /server CPU per loop 833 µs\.$/);
+    assert.match(
+      engine.note!,
+      /÷ SQLite anchor 6\.00×, ÷ raw KV 1\.20×; process CPU per loop 208 µs, against allot's 833 µs/,
+    );
+  });
+
+  await t.step("a double allocation in any round shows in the row", () => {
+    const bad = round(1000, 500, 2000);
+    bad.engine.doubleAllocations = 2;
+    const rows = interleavedRows([round(1000, 500, 2000), bad], 2);
+    assert.equal(rows[3].doubleAllocations, 2);
+  });
+
+  await t.step("CPU that could not be read in one round is unknown, not low", () => {
+    const blind = round(1000, 500, 2000);
+    blind.engine.cpuSeconds = null;
+    blind.allotCpuSeconds = null;
+    const [allot, , , engine] = interleavedRows([round(1000, 500, 2000), blind], 2);
+    assert.match(allot.note!, /server CPU per loop unknown\.$/);
+    assert.match(engine.note!, /process CPU per loop unknown, against allot's unknown/);
+  });
 });

@@ -4,6 +4,7 @@
  */
 import { runChecker } from "./checker.ts";
 import { ALLOT_V8_FLAGS, startServer, withServer } from "./harness.ts";
+import type { EngineResult } from "./engine.ts";
 import type { KvCommitResult } from "./kv_commits.ts";
 import { describeExit, type Managed, type Supervisor } from "./procs.ts";
 import { type ClaimTarget, describeLoad, runWrk, wrkErrors, type WrkLoad } from "./wrk.ts";
@@ -190,16 +191,30 @@ export async function seedAllot(baseUrl: string): Promise<void> {
   }
 }
 
-/** allot (main.ts) on a file-backed KV in a fresh temp dir, as the claim scenarios run it. */
-export async function startAllotServer(ctx: BenchContext, name: string) {
+/**
+ * allot (main.ts, or a bench server built like it) on a file-backed KV in a fresh temp
+ * dir, as the claim scenarios run it.
+ */
+export async function startAllotServer(ctx: BenchContext, name: string, script = "main.ts") {
   const dir = await ctx.sup.tempDir(`${name}-`);
-  return await startServer(ctx, name, "main.ts", {
+  return await startServer(ctx, name, script, {
     ALLOT_KV: `${dir}/allot.kv`,
     ALLOT_TOKENS: JSON.stringify([
       { token: ALLOT_TOKENS.admin, role: "admin" },
       { token: ALLOT_TOKENS.client, role: "client" },
     ]),
   }, ALLOT_V8_FLAGS);
+}
+
+/** Runs the claim engine of a bench/engine_server.ts for `seconds`, without HTTP per claim. */
+export async function runEngine(baseUrl: string, seconds: number): Promise<EngineResult> {
+  const res = await fetch(`${baseUrl}/bench/engine`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${ALLOT_TOKENS.admin}` },
+    body: JSON.stringify({ seconds, loops: LOOPS }),
+  });
+  if (!res.ok) throw new Error(`POST /bench/engine: ${res.status} ${await res.text()}`);
+  return await res.json();
 }
 
 /** Where wrk and the checker send allot's claims and releases. */
