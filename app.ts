@@ -3,6 +3,7 @@
  * tests can run many isolated instances (each with its own in-memory state) at once.
  */
 import { OpenAPIHono } from "@hono/zod-openapi";
+import type { MiddlewareHandler } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { z } from "zod";
@@ -90,13 +91,21 @@ export function createApp({ kv, tokens, clock = systemClock, applier }: AppOptio
     description:
       "A token from ALLOT_TOKENS; its role (admin, agent, client) decides what it may do.",
   });
-  const limit = (maxSize: number) =>
-    bodyLimit({
-      maxSize,
-      onError: () => {
-        throw new HTTPException(413, { message: `Request bodies are limited to ${maxSize} bytes` });
-      },
-    });
+  const limit = (maxSize: number): MiddlewareHandler => {
+    const tooLarge = () => {
+      throw new HTTPException(413, { message: `Request bodies are limited to ${maxSize} bytes` });
+    };
+    const streamed = bodyLimit({ maxSize, onError: tooLarge });
+    // A Content-Length settles it without opening the body as a stream, as bodyLimit
+    // would (a stream costs the later JSON read its fast path); chunked bodies are counted.
+    return (c, next) => {
+      const length = c.req.header("content-length");
+      if (length === undefined || c.req.header("transfer-encoding") !== undefined) {
+        return streamed(c, next);
+      }
+      return Number(length) > maxSize ? tooLarge() : next();
+    };
+  };
   const statusLimit = limit(MAX_STATUS_BODY_BYTES);
   const defaultLimit = limit(MAX_BODY_BYTES);
   app.use(

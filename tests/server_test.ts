@@ -11,6 +11,7 @@ async function startServer(path: string, clock: FakeClock) {
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, app.fetch);
   const base = `http://127.0.0.1:${server.addr.port}`;
   return {
+    base,
     request: (method: string, url: string, options: Parameters<typeof send>[3] = {}) =>
       send(fetch, method, url, options, base),
     /** Stops serving and closes the KV, as a process exit would. */
@@ -75,5 +76,40 @@ Deno.test("a claim made over real HTTP survives a server and KV restart", async 
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("bodies over the limit get 413 over real HTTP, declared or chunked", async (t) => {
+  const server = await startServer(":memory:", new FakeClock());
+  try {
+    assert.equal((await server.request("PUT", "/v1/regions/iad", { body: {} })).status, 201);
+    const claimWith = (body: BodyInit) =>
+      fetch(`${server.base}/v1/regions/iad/claims`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${TOKENS.client}`, "content-type": "application/json" },
+        body,
+      });
+    const big = JSON.stringify({ holder: "x".repeat(70 * 1024) });
+
+    await t.step("a Content-Length over 64 KiB is refused", async () => {
+      const res = await claimWith(big);
+      assert.equal(res.status, 413);
+      assert.match((await res.json()).detail, /limited to 65536 bytes/);
+    });
+
+    await t.step("a chunked body is counted as it arrives", async () => {
+      const chunks = new Blob([big]).stream();
+      const res = await claimWith(chunks);
+      assert.equal(res.status, 413);
+      await res.body?.cancel();
+    });
+
+    await t.step("a body within the limit is read", async () => {
+      const res = await claimWith(JSON.stringify({ holder: "h" }));
+      assert.equal(res.status, 503, "parsed and routed: the region has no resource");
+      await res.body?.cancel();
+    });
+  } finally {
+    await server.stop();
   }
 });
