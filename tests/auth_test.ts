@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { digestsEqual, sha256Hex } from "../lib/auth.ts";
 import {
   assertProblem,
   claim,
@@ -312,5 +313,23 @@ Deno.test("region-scoped tokens see and act in their own regions only", async (t
       (await as(TOKENS.clientFra, "DELETE", `/v1/claims/${id}`, undefined, auth)).status,
       204,
     );
+  });
+});
+
+Deno.test("digestsEqual() is true only for the same digest", async (t) => {
+  const digest = sha256Hex("a claim secret");
+  await t.step(
+    "equal digests",
+    () => assert.equal(digestsEqual(digest, sha256Hex("a claim secret")), true),
+  );
+  await t.step("a difference at either end, or anywhere", () => {
+    const flip = (i: number) =>
+      digest.slice(0, i) + (digest[i] === "0" ? "1" : "0") + digest.slice(i + 1);
+    for (const i of [0, 31, 63]) assert.equal(digestsEqual(digest, flip(i)), false, `at ${i}`);
+  });
+  await t.step("a prefix, or nothing", () => {
+    assert.equal(digestsEqual(digest, digest.slice(0, 63)), false);
+    assert.equal(digestsEqual(digest, ""), false);
+    assert.equal(digestsEqual("", ""), true);
   });
 });
