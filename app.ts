@@ -96,11 +96,15 @@ export function createApp({ kv, tokens, clock = systemClock, applier }: AppOptio
       throw new HTTPException(413, { message: `Request bodies are limited to ${maxSize} bytes` });
     };
     const streamed = bodyLimit({ maxSize, onError: tooLarge });
-    // A Content-Length settles it without opening the body as a stream, as bodyLimit
-    // would (a stream costs the later JSON read its fast path); chunked bodies are counted.
+    // A plain Content-Length settles it without opening the body as a stream, as bodyLimit
+    // would (a stream costs the later JSON read its fast path). Anything else (chunked,
+    // repeated or odd lengths) goes through bodyLimit.
     return (c, next) => {
       const length = c.req.header("content-length");
-      if (length === undefined || c.req.header("transfer-encoding") !== undefined) {
+      if (
+        length === undefined || !/^\d+$/.test(length) ||
+        c.req.header("transfer-encoding") !== undefined
+      ) {
         return streamed(c, next);
       }
       return Number(length) > maxSize ? tooLarge() : next();
