@@ -24,9 +24,6 @@ export interface CpuSample {
   ours: number;
 }
 
-/** Linux's USER_HZ: /proc counts CPU time in these ticks. */
-const TICKS_PER_SECOND = 100;
-
 /**
  * The numeric fields of a /proc/<pid>/stat line after "pid (comm) ": state is field 3 of
  * the line, so utime, stime, cutime, cstime (fields 14-17) are at 11-14 here.
@@ -35,16 +32,23 @@ function statFields(line: string): number[] {
   return line.slice(line.lastIndexOf(")") + 2).split(" ").map(Number);
 }
 
-/** A process's own CPU seconds (user + system, every thread) from its /proc/<pid>/stat line. */
-export function cpuSecondsOf(statLine: string): number {
-  const fields = statFields(statLine);
-  return (fields[11] + fields[12]) / TICKS_PER_SECOND;
+let userHz: Promise<number> | null = null;
+
+/** The unit of /proc's CPU times, from `getconf CLK_TCK` (Linux's usual 100 if it fails). */
+function ticksPerSecond(sup: Supervisor): Promise<number> {
+  userHz ??= commandOutput(sup, "getconf", ["CLK_TCK"]).then((out) => {
+    const hz = Number(out);
+    return Number.isInteger(hz) && hz > 0 ? hz : 100;
+  });
+  return userHz;
 }
 
-/** A child's CPU seconds so far, read through `cat`; null when it cannot be read. */
+/** A child's own CPU seconds so far (user + system, every thread); null when unreadable. */
 export async function childCpuSeconds(sup: Supervisor, pid: number): Promise<number | null> {
   const text = await commandOutput(sup, "cat", [`/proc/${pid}/stat`]);
-  return text ? cpuSecondsOf(text) : null;
+  if (!text) return null;
+  const fields = statFields(text);
+  return (fields[11] + fields[12]) / await ticksPerSecond(sup);
 }
 
 /** Reads the machine's and this run's CPU ticks; null where /proc is not there. */

@@ -1,7 +1,7 @@
 /**
  * allot's claim engine without its HTTP layer: async loops in the server's own process,
- * each claiming through a GroupCommitter and releasing through a GroupEnder (what the
- * claim and release routes call), on the server's KV. Run beside allot over HTTP (the
+ * each claiming through a GroupCommitter and releasing through a GroupEnder that share
+ * their LeasePlaces, as createApp builds them for the claim and release routes. Run beside allot over HTTP (the
  * interleaved scenario), it splits allot's cost per loop into the engine's (KV reads,
  * commits, values, hashes) and the HTTP layer's with its load generator's.
  */
@@ -10,7 +10,7 @@ import { releaseClaim } from "../lib/claims.ts";
 import type { Clock } from "../lib/clock.ts";
 import { GroupEnder } from "../lib/ender.ts";
 import { GroupCommitter } from "../lib/group.ts";
-import { cpuSecondsOf } from "./cpu.ts";
+import { LeasePlaces } from "../lib/leases.ts";
 import { percentile } from "./stats.ts";
 
 /** What one run of the loops measured. */
@@ -24,8 +24,6 @@ export interface EngineResult {
   doubleAllocations: number;
   /** Claims or releases that threw (no capacity, contention, a lost lease). */
   errors: number;
-  /** The whole process's CPU (every thread) over the run; null without /proc. */
-  cpuSeconds: number | null;
 }
 
 /** Where and how the loops run; `stop` is asked before each loop with the loops done so far. */
@@ -33,16 +31,8 @@ export interface EngineRun {
   region: string;
   loops: number;
   stop: (done: number) => boolean;
-  /** What claims go through: a GroupCommitter on the same KV unless given. */
+  /** What claims go through: unless given, a GroupCommitter sharing the ender's LeasePlaces. */
   allocator?: Allocator;
-}
-
-async function processCpuSeconds(): Promise<number | null> {
-  try {
-    return cpuSecondsOf(await Deno.readTextFile("/proc/self/stat"));
-  } catch {
-    return null;
-  }
 }
 
 /**
@@ -54,9 +44,11 @@ export async function runClaimLoops(
   clock: Clock,
   run: EngineRun,
 ): Promise<EngineResult> {
-  const allocator = run.allocator ?? new GroupCommitter(kv, clock);
-  const ender = new GroupEnder(kv, clock);
-  const held = new Set<string>();
+  const places = new LeasePlaces();
+  const allocator = run.allocator ?? new GroupCommitter(kv, clock, places);
+  const ender = new GroupEnder(kv, clock, places);
+  /** Loops holding each slot right now: more than one is a double allocation. */
+  const holders = new Map<string, number>();
   const latencies: number[] = [];
   let done = 0;
   let doubleAllocations = 0;
@@ -72,8 +64,9 @@ export async function runClaimLoops(
         }, allocator);
         latencies.push(performance.now() - started);
         const slot = `${grant.servedBy}/${grant.resource}/${grant.slot}`;
-        if (held.has(slot)) doubleAllocations++;
-        held.add(slot);
+        const holding = holders.get(slot) ?? 0;
+        if (holding > 0) doubleAllocations++;
+        holders.set(slot, holding + 1);
         try {
           await releaseClaim(kv, clock, grant.id, {
             secret: grant.secret,
@@ -81,25 +74,23 @@ export async function runClaimLoops(
           }, ender);
           done++;
         } finally {
-          held.delete(slot);
+          const left = holders.get(slot)! - 1;
+          if (left === 0) holders.delete(slot);
+          else holders.set(slot, left);
         }
       } catch {
         errors++;
       }
     }
   };
-  const cpuBefore = await processCpuSeconds();
   const start = performance.now();
   await Promise.all(Array.from({ length: run.loops }, loop));
-  const seconds = (performance.now() - start) / 1000;
-  const cpuAfter = await processCpuSeconds();
   return {
     loops: done,
-    seconds,
+    seconds: (performance.now() - start) / 1000,
     claimP50Ms: percentile(latencies, 50),
     claimP99Ms: percentile(latencies, 99),
     doubleAllocations,
     errors,
-    cpuSeconds: cpuBefore === null || cpuAfter === null ? null : cpuAfter - cpuBefore,
   };
 }

@@ -8,6 +8,7 @@
  *
  * Environment as main.ts: PORT, ALLOT_KV, ALLOT_TOKENS.
  */
+import { z } from "zod";
 import { createApp } from "../app.ts";
 import { StatusApplier } from "../lib/applier.ts";
 import { TokenRegistry } from "../lib/auth.ts";
@@ -29,11 +30,18 @@ const app = createApp({ kv, tokens: TokenRegistry.from(config.tokens), clock, ap
 const admin = config.tokens.find((t) => t.role === "admin")?.token;
 if (admin === undefined) throw new Error("ALLOT_TOKENS needs an admin token");
 
+const EngineRequest = z.strictObject({
+  seconds: z.number().positive().max(600),
+  loops: z.number().int().min(1).max(1024),
+});
+
 async function engineRoute(req: Request): Promise<Response> {
   if (req.headers.get("authorization") !== `Bearer ${admin}`) {
     return new Response("admin only\n", { status: 401 });
   }
-  const { seconds, loops } = await req.json() as { seconds: number; loops: number };
+  const parsed = EngineRequest.safeParse(await req.json().catch(() => null));
+  if (!parsed.success) return new Response(`${parsed.error.message}\n`, { status: 400 });
+  const { seconds, loops } = parsed.data;
   const deadline = performance.now() + seconds * 1000;
   const result = await runClaimLoops(kv, clock, {
     region: "bench",

@@ -22,6 +22,32 @@ Deno.test("runClaimLoops() claims and releases through the group committers", as
     assert.deepEqual(await poolOf(app, "bench"), { free: 8, claimed: 0, total: 8 });
   });
 
+  await t.step(
+    "a release reads its claim, spec and slot in one round trip, as the app's do",
+    async () => {
+      // The committer and the ender share their LeasePlaces, as createApp builds them.
+      let oneTrip = 0;
+      const kv = new Proxy(app.kv, {
+        get(target, prop) {
+          const value = Reflect.get(target, prop, target);
+          if (prop !== "getMany") return typeof value === "function" ? value.bind(target) : value;
+          return (keys: Deno.KvKey[], options?: { consistency?: Deno.KvConsistencyLevel }) => {
+            const parts = keys.map((key) => key[2]);
+            if (parts.includes("claim") && parts.includes("slot")) oneTrip++;
+            return target.getMany(keys, options);
+          };
+        },
+      });
+      const result = await runClaimLoops(kv, app.clock, {
+        region: "bench",
+        loops: 1,
+        stop: (done) => done >= 10,
+      });
+      assert.equal(result.loops, 10);
+      assert.equal(oneTrip, 10);
+    },
+  );
+
   await t.step("a claim path that hands out one slot twice is counted", async () => {
     const real = new GroupCommitter(app.kv, app.clock);
     const sameSlot: Allocator = {
@@ -36,7 +62,8 @@ Deno.test("runClaimLoops() claims and releases through the group committers", as
       stop: (done) => done >= 20,
       allocator: sameSlot,
     });
-    assert.ok(result.doubleAllocations > 0, "grants of a held slot are counted");
+    // Four loops, one slot: each grant while others hold it counts, however many hold it.
+    assert.ok(result.doubleAllocations >= 3, `${result.doubleAllocations} counted`);
     assert.equal(result.errors, 0, "the real claims behind them still release");
   });
 

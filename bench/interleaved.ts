@@ -42,6 +42,8 @@ export interface Round {
   sqlite: WrkResult;
   kv: KvCommitResult;
   engine: EngineResult;
+  /** CPU seconds the engine's server process took over its run; null without /proc. */
+  engineCpuSeconds: number | null;
 }
 
 const loopsOf = (wrk: WrkResult) => wrk.releases / wrk.seconds;
@@ -52,6 +54,12 @@ const range = (values: number[], format: (n: number) => string) =>
   `${format(Math.min(...values))}–${format(Math.max(...values))}`;
 const times = (n: number) => `${n.toFixed(2)}×`;
 const sum = (values: number[]) => values.reduce((n, v) => n + v, 0);
+
+/** The rounds' latencies that were measured (a round without a commit or grant has none). */
+const measured = (values: (number | null)[]) => values.filter((v): v is number => v !== null);
+/** The worst round's latency; null when no round measured one. */
+const worst = (values: (number | null)[]) =>
+  measured(values).length === 0 ? null : Math.max(...measured(values));
 
 /** CPU µs per loop over the rounds; null if any round could not read it. */
 function cpuPerLoop(cpuSeconds: (number | null)[], loops: number): number | null {
@@ -79,6 +87,13 @@ export async function interleavedScenario(ctx: BenchContext): Promise<Row[]> {
           await runWrk(ctx.sup, target, wrkLoad(ctx.warmupSeconds));
         }
         await runEngine(engine.baseUrl, ctx.warmupSeconds);
+        /** `measure`'s result and the CPU seconds the server `pid` took meanwhile. */
+        const withCpu = async <T>(pid: number, measure: () => Promise<T>) => {
+          const before = await childCpuSeconds(ctx.sup, pid);
+          const result = await measure();
+          const after = await childCpuSeconds(ctx.sup, pid);
+          return [result, before === null || after === null ? null : after - before] as const;
+        };
         const rounds: Round[] = [];
         for (let i = 0; i < ROUNDS; i++) {
           console.error(`  interleaved: round ${i + 1}/${ROUNDS}, ${roundSeconds}s each`);
@@ -86,15 +101,18 @@ export async function interleavedScenario(ctx: BenchContext): Promise<Row[]> {
           const round: Partial<Round> = {};
           for (const name of i % 2 === 0 ? order : [...order].reverse()) {
             if (name === "kv") round.kv = await runKvCommits(ctx, roundSeconds);
-            else if (name === "engine") {
-              round.engine = await runEngine(engine.baseUrl, roundSeconds);
-            } else if (name === "sqlite") {
+            else if (name === "sqlite") {
               round.sqlite = await runWrk(ctx.sup, targets.sqlite, wrkLoad(roundSeconds));
+            } else if (name === "engine") {
+              [round.engine, round.engineCpuSeconds] = await withCpu(
+                engine.server.pid,
+                () => runEngine(engine.baseUrl, roundSeconds),
+              );
             } else {
-              const before = await childCpuSeconds(ctx.sup, allot.server.pid);
-              round.allot = await runWrk(ctx.sup, targets.allot, wrkLoad(roundSeconds));
-              const after = await childCpuSeconds(ctx.sup, allot.server.pid);
-              round.allotCpuSeconds = before === null || after === null ? null : after - before;
+              [round.allot, round.allotCpuSeconds] = await withCpu(
+                allot.server.pid,
+                () => runWrk(ctx.sup, targets.allot, wrkLoad(roundSeconds)),
+              );
             }
           }
           for (const { server } of [allot, engine, sqlite]) {
@@ -146,8 +164,8 @@ export function interleavedRows(rounds: Round[], roundSeconds: number): Row[] {
     opsPerSec: kvRuns.reduce((n, k) => n + k.commits, 0) /
       kvRuns.reduce((n, k) => n + k.seconds, 0),
     unit: "commits/s",
-    p50Ms: percentile(kvRuns.map((k) => k.p50Ms ?? 0), 50),
-    p99Ms: Math.max(...kvRuns.map((k) => k.p99Ms ?? 0)),
+    p50Ms: percentile(measured(kvRuns.map((k) => k.p50Ms)), 50),
+    p99Ms: worst(kvRuns.map((k) => k.p99Ms)),
     latencyOf: "each commit; p50 the median round's, p99 the worst round's",
     doubleAllocations: null,
     fencingViolations: null,
@@ -167,8 +185,8 @@ export function interleavedRows(rounds: Round[], roundSeconds: number): Row[] {
     poolSize: POOL_SIZE,
     opsPerSec: engineLoops / sum(engineRuns.map((e) => e.seconds)),
     unit: "claim loops/s",
-    p50Ms: percentile(engineRuns.map((e) => e.claimP50Ms ?? 0), 50),
-    p99Ms: Math.max(...engineRuns.map((e) => e.claimP99Ms ?? 0)),
+    p50Ms: percentile(measured(engineRuns.map((e) => e.claimP50Ms)), 50),
+    p99Ms: worst(engineRuns.map((e) => e.claimP99Ms)),
     latencyOf: "each claim; p50 the median round's, p99 the worst round's",
     doubleAllocations: sum(engineRuns.map((e) => e.doubleAllocations)),
     fencingViolations: null,
@@ -179,7 +197,7 @@ export function interleavedRows(rounds: Round[], roundSeconds: number): Row[] {
   };
   const allotLoops = sum(rounds.map((r) => r.allot.releases));
   const allotCpu = cpuPerLoop(rounds.map((r) => r.allotCpuSeconds), allotLoops);
-  const engineCpu = cpuPerLoop(engineRuns.map((e) => e.cpuSeconds), engineLoops);
+  const engineCpu = cpuPerLoop(rounds.map((r) => r.engineCpuSeconds), engineLoops);
   const perLoop = (us: number | null) => us === null ? "unknown" : `${count.format(us)} µs`;
   const allotRounds = rounds.map((r) => loopsOf(r.allot));
   allot.targets = [{
@@ -193,7 +211,7 @@ export function interleavedRows(rounds: Round[], roundSeconds: number): Row[] {
       engineRuns.map((e) => count.format(engineLoopsOf(e))).join(", ")
     }; this ÷ SQLite anchor ${times(engine.opsPerSec / sqlite.opsPerSec)}, ÷ raw KV ${
       times(engine.opsPerSec / kv.opsPerSec)
-    }; process CPU per loop ${perLoop(engineCpu)}, against allot's ${perLoop(allotCpu)} ` +
+    }; server CPU per loop ${perLoop(engineCpu)}, against allot's ${perLoop(allotCpu)} ` +
     "over HTTP (Deno.serve, Hono, zod, JSON; wrk shares the machine's 2 cores): the " +
     "ceiling a free HTTP layer would leave allot.";
   for (

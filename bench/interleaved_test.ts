@@ -17,15 +17,14 @@ function wrk(loops: number, p50: number, p99: number): WrkResult {
   };
 }
 
-function engine(loops: number, p99: number, cpuSeconds: number | null = 1): EngineResult {
+function engine(loops: number, p99: number | null): EngineResult {
   return {
     loops: 2 * loops,
     seconds: 2,
-    claimP50Ms: 5,
+    claimP50Ms: p99 === null ? null : 5,
     claimP99Ms: p99,
     doubleAllocations: 0,
     errors: 0,
-    cpuSeconds,
   };
 }
 
@@ -35,6 +34,7 @@ const round = (allot: number, sqlite: number, kv: number, allotP99 = 40): Round 
   sqlite: wrk(sqlite, 25, 60),
   kv: { commits: 2 * kv, conflicts: 0, seconds: 2, p50Ms: 20, p99Ms: 50 },
   engine: engine(2 * allot, 10),
+  engineCpuSeconds: 1,
 });
 
 Deno.test("interleavedRows() totals every round and gives each round's ratio", () => {
@@ -70,7 +70,7 @@ Deno.test("interleavedRows() sets the engine's rounds beside allot's, CPU per lo
     assert.match(rows[0].note!, /server CPU per loop 833 µs\.$/);
     assert.match(
       engine.note!,
-      /÷ SQLite anchor 6\.00×, ÷ raw KV 1\.20×; process CPU per loop 208 µs, against allot's 833 µs/,
+      /÷ SQLite anchor 6\.00×, ÷ raw KV 1\.20×; server CPU per loop 208 µs, against allot's 833 µs/,
     );
   });
 
@@ -81,12 +81,25 @@ Deno.test("interleavedRows() sets the engine's rounds beside allot's, CPU per lo
     assert.equal(rows[3].doubleAllocations, 2);
   });
 
+  await t.step("a round that measured no latency is left out, not counted as 0 ms", () => {
+    const idle = round(1000, 500, 2000);
+    idle.engine = engine(0, null);
+    idle.kv = { commits: 0, conflicts: 0, seconds: 2, p50Ms: null, p99Ms: null };
+    const [, , kv, engineRow] = interleavedRows([round(1000, 500, 2000), idle, idle], 2);
+    assert.equal(engineRow.p50Ms, 5, "the median of the measured round, not of 5, 0, 0");
+    assert.equal(engineRow.p99Ms, 10);
+    assert.equal(kv.p50Ms, 20, "the median of the measured round, not of 20, 0, 0");
+    const none = interleavedRows([idle], 2);
+    assert.equal(none[3].p50Ms, null);
+    assert.equal(none[3].p99Ms, null);
+  });
+
   await t.step("CPU that could not be read in one round is unknown, not low", () => {
     const blind = round(1000, 500, 2000);
-    blind.engine.cpuSeconds = null;
+    blind.engineCpuSeconds = null;
     blind.allotCpuSeconds = null;
     const [allot, , , engine] = interleavedRows([round(1000, 500, 2000), blind], 2);
     assert.match(allot.note!, /server CPU per loop unknown\.$/);
-    assert.match(engine.note!, /process CPU per loop unknown, against allot's unknown/);
+    assert.match(engine.note!, /server CPU per loop unknown, against allot's unknown/);
   });
 });
