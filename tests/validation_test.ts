@@ -551,3 +551,41 @@ Deno.test("snapshotKv() sees every write, even of an equal value", async () => {
   assert.equal(res.status, 200);
   assert.notDeepEqual(await snapshotKv(t.kv), before);
 });
+
+Deno.test("a declared Content-Length is checked without opening the body as a stream", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 1);
+  /** A request whose body cannot be opened as a stream: only its JSON can be read. */
+  class NoStream extends Request {
+    override get body(): ReadableStream<Uint8Array<ArrayBuffer>> | null {
+      throw new Error("the body was opened as a stream");
+    }
+  }
+  const claimWith = (headers: Record<string, string>) => {
+    const body = JSON.stringify({ holder: "h" });
+    return app.app.fetch(
+      new NoStream("http://allot.test/v1/regions/iad/claims", {
+        method: "POST",
+        headers: {
+          authorization: `Bearer ${TOKENS.client}`,
+          "content-type": "application/json",
+          "content-length": String(body.length),
+          ...headers,
+        },
+        body,
+      }),
+    );
+  };
+
+  await t.step("a plain length: the claim is read and granted", async () => {
+    const res = await claimWith({});
+    assert.equal(res.status, 201, await res.clone().text());
+    await res.body?.cancel();
+  });
+
+  await t.step("a repeated length: bodyLimit opens the stream, as it must", async () => {
+    const res = await claimWith({ "content-length": "15, 15" });
+    assert.equal(res.status, 500, "this request's stream throws, so bodyLimit did open it");
+    await res.body?.cancel();
+  });
+});
