@@ -8,7 +8,7 @@
  */
 import { childCpuSeconds } from "./cpu.ts";
 import type { EngineResult } from "./engine.ts";
-import { withServer } from "./harness.ts";
+import { startAllot, withServer } from "./harness.ts";
 import type { KvCommitResult } from "./kv_commits.ts";
 import { CONNECTIONS, count, POOL_SIZE } from "./peers/common.ts";
 import { CLAIM_P99_MS } from "./peers/targets.ts";
@@ -23,7 +23,6 @@ import {
   seedAllot,
   SQLITE_WHAT,
   sqliteTarget,
-  startAllotServer,
   startSqliteServer,
   wrkLoad,
 } from "./scenarios.ts";
@@ -69,11 +68,11 @@ function cpuPerLoop(cpuSeconds: (number | null)[], loops: number): number | null
 /** allot's, the anchor's, raw KV's and the engine's rounds, alternated; four rows. */
 export async function interleavedScenario(ctx: BenchContext): Promise<Row[]> {
   const roundSeconds = Math.max(1, Math.round(ctx.seconds / ROUNDS));
-  const allot = await startAllotServer(ctx, "interleaved-allot");
+  const allot = await startAllot(ctx, "interleaved-allot", "main.ts");
   return await withServer(ctx, allot.server, async () => {
     console.error("  interleaved: seeding allot");
     await seedAllot(allot.baseUrl);
-    const engine = await startAllotServer(ctx, "interleaved-engine", "bench/engine_server.ts");
+    const engine = await startAllot(ctx, "interleaved-engine", "bench/engine_server.ts");
     return await withServer(ctx, engine.server, async () => {
       console.error("  interleaved: seeding the engine's server");
       await seedAllot(engine.baseUrl);

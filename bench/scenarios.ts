@@ -3,12 +3,12 @@
  * it, and returns table rows; none runs while another does.
  */
 import { runChecker } from "./checker.ts";
-import { ALLOT_V8_FLAGS, startServer, withServer } from "./harness.ts";
+import { startAllot, startServer, TOKENS, withServer } from "./harness.ts";
 import type { EngineResult } from "./engine.ts";
 import type { KvCommitResult } from "./kv_commits.ts";
 import { describeExit, type Managed, type Supervisor } from "./procs.ts";
 import { type ClaimTarget, describeLoad, runWrk, wrkErrors, type WrkLoad } from "./wrk.ts";
-import { seedThroughStatus } from "./seed.ts";
+import { putRegion, seedThroughStatus } from "./seed.ts";
 import { antipatternScenario } from "./antipattern.ts";
 import { pipelineScenario } from "./pipeline.ts";
 import { fallbackScenario } from "./fallback.ts";
@@ -22,11 +22,6 @@ import { redisScenario } from "./peers/redis.ts";
 const WRK_SHAPE = { threads: 2, connections: 64 } as const;
 /** Concurrent loops of the checker and of the raw KV scenario. */
 export const LOOPS = 64;
-
-const ALLOT_TOKENS = {
-  admin: "bench-admin-token-0000001",
-  client: "bench-client-token-000001",
-} as const;
 
 /** Durations and the supervisor every scenario gets. */
 export interface BenchContext {
@@ -157,22 +152,9 @@ async function measureAllocator(ctx: BenchContext, a: Allocator): Promise<Row[]>
   ];
 }
 
-async function adminPut(baseUrl: string, path: string, body: unknown): Promise<void> {
-  const res = await fetch(`${baseUrl}${path}`, {
-    method: "PUT",
-    headers: {
-      authorization: `Bearer ${ALLOT_TOKENS.admin}`,
-      "content-type": "application/json",
-    },
-    body: JSON.stringify(body),
-  });
-  if (!res.ok) throw new Error(`PUT ${path}: ${res.status} ${await res.text()}`);
-  await res.body?.cancel();
-}
-
 async function regionHealth(baseUrl: string): Promise<Record<string, unknown>> {
   const res = await fetch(`${baseUrl}/v1/regions/bench`, {
-    headers: { authorization: `Bearer ${ALLOT_TOKENS.admin}` },
+    headers: { authorization: `Bearer ${TOKENS.admin}` },
   });
   if (!res.ok) throw new Error(`GET /v1/regions/bench: ${res.status} ${await res.text()}`);
   const { total, free, claimed, mode, pending } = await res.json();
@@ -181,36 +163,20 @@ async function regionHealth(baseUrl: string): Promise<Record<string, unknown>> {
 
 /** Region `bench` with LEASE_MS leases and POOL_SIZE single-slot resources, via status batches. */
 export async function seedAllot(baseUrl: string): Promise<void> {
-  await adminPut(baseUrl, "/v1/regions/bench", {
-    lease: { defaultMs: LEASE_MS, maxMs: LEASE_MS },
-  });
-  await seedThroughStatus({ baseUrl, token: ALLOT_TOKENS.admin }, "bench", POOL_SIZE);
+  const admin = { baseUrl, token: TOKENS.admin };
+  await putRegion(admin, "bench", { lease: { defaultMs: LEASE_MS, maxMs: LEASE_MS } });
+  await seedThroughStatus(admin, "bench", POOL_SIZE);
   const health = await regionHealth(baseUrl);
   if (health.total !== POOL_SIZE || health.free !== POOL_SIZE) {
     throw new Error(`seeded pool is not ${POOL_SIZE} free slots: ${JSON.stringify(health)}`);
   }
 }
 
-/**
- * allot (main.ts, or a bench server built like it) on a file-backed KV in a fresh temp
- * dir, as the claim scenarios run it.
- */
-export async function startAllotServer(ctx: BenchContext, name: string, script = "main.ts") {
-  const dir = await ctx.sup.tempDir(`${name}-`);
-  return await startServer(ctx, name, script, {
-    ALLOT_KV: `${dir}/allot.kv`,
-    ALLOT_TOKENS: JSON.stringify([
-      { token: ALLOT_TOKENS.admin, role: "admin" },
-      { token: ALLOT_TOKENS.client, role: "client" },
-    ]),
-  }, ALLOT_V8_FLAGS);
-}
-
 /** Runs the claim engine of a bench/engine_server.ts for `seconds`, without HTTP per claim. */
 export async function runEngine(baseUrl: string, seconds: number): Promise<EngineResult> {
   const res = await fetch(`${baseUrl}/bench/engine`, {
     method: "POST",
-    headers: { authorization: `Bearer ${ALLOT_TOKENS.admin}` },
+    headers: { authorization: `Bearer ${TOKENS.admin}` },
     body: JSON.stringify({ seconds, loops: LOOPS }),
   });
   if (!res.ok) throw new Error(`POST /bench/engine: ${res.status} ${await res.text()}`);
@@ -223,7 +189,7 @@ export function allotTarget(baseUrl: string): ClaimTarget {
     baseUrl,
     claimPath: "/v1/regions/bench/claims",
     releasePrefix: "/v1/claims/",
-    token: ALLOT_TOKENS.client,
+    token: TOKENS.client,
   };
 }
 
@@ -261,7 +227,7 @@ export const SQLITE_WHAT = "SQLite anchor (WAL, synchronous=FULL, Hono)";
 
 /** Scenario 1: the real allot server (main.ts) on a file-backed KV. */
 async function allotScenario(ctx: BenchContext): Promise<Row[]> {
-  const { server, baseUrl } = await startAllotServer(ctx, "allot");
+  const { server, baseUrl } = await startAllot(ctx, "allot", "main.ts");
   return await withServer(ctx, server, async () => {
     const seeded = performance.now();
     console.error(`  allot: seeding ${POOL_SIZE} resources through status batches`);
