@@ -11,6 +11,7 @@ import type { TokenRegistry } from "./lib/auth.ts";
 import { type Clock, systemClock } from "./lib/clock.ts";
 import { GroupEnder } from "./lib/ender.ts";
 import { GroupCommitter } from "./lib/group.ts";
+import { GroupRenewer } from "./lib/renewer.ts";
 import { LeasePlaces } from "./lib/leases.ts";
 import { log } from "./lib/log.ts";
 import { AllotError, ValidationError } from "./lib/errors.ts";
@@ -83,7 +84,8 @@ export function createApp({ kv, tokens, clock = systemClock, applier }: AppOptio
   const places = new LeasePlaces();
   const allocator = new GroupCommitter(kv, clock, places);
   const ender = new GroupEnder(kv, clock, places);
-  const deps = { kv, clock, allocator, ender };
+  const renewer = new GroupRenewer(kv, clock);
+  const deps = { kv, clock, allocator, ender, renewer };
   const app = new OpenAPIHono<AppEnv>();
   app.openAPIRegistry.registerComponent("securitySchemes", "bearer", {
     type: "http",
@@ -125,7 +127,10 @@ export function createApp({ kv, tokens, clock = systemClock, applier }: AppOptio
   app.route("/", resourceRoutes(deps));
   app.route("/", claimRoutes(deps));
   app.route("/", statusRoutes(deps));
-  app.route("/", statsRoutes({ claims: allocator, releases: ender, status: applier }));
+  app.route(
+    "/",
+    statsRoutes({ claims: allocator, releases: ender, renews: renewer, status: applier }),
+  );
   app.route("/", docsRoutes());
   app.route("/", dashboardRoutes());
   app.doc31("/openapi.json", {

@@ -1,5 +1,6 @@
 /** Claims after allocation: renewal, release, revocation, listing. */
 import { digestsEqual, sha256Hex } from "./auth.ts";
+import type { AtomicWriter } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { ForbiddenError, LeaseLostError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
@@ -46,53 +47,117 @@ async function refuseIfExpired(kv: Deno.Kv, clock: Clock, record: ClaimRecord): 
   }
 }
 
+/** A renew as the routes ask for it: who may renew (secret and scope), and for how long. */
+export interface RenewJob {
+  /** Throws to refuse (403): checked against the claim as read, before anything is written. */
+  guard: (record: ClaimRecord) => void;
+  leaseMs?: number;
+}
+
+/** A renewed claim as committed. */
+export interface Renewed {
+  claim: Claim;
+  consistencyToken: string;
+}
+
+/** Something that renews leases (the group committer, or renewAlone). */
+export interface Renewer {
+  renew(claimId: string, job: RenewJob): Promise<Renewed>;
+}
+
 /** Extends a live lease (capped by the region's lease.maxMs). 403 on a bad secret, 409 if lost. */
-export async function renewClaim(
+export function renewClaim(
   kv: Deno.Kv,
   clock: Clock,
   claimId: string,
   request: { secret: string | undefined; leaseMs?: number; access: ClaimAccess },
-): Promise<{ claim: Claim; consistencyToken: string }> {
-  const guard = secretGuard(request.secret, request.access);
-  const leaseMs = request.leaseMs;
+  renewer?: Renewer,
+): Promise<Renewed> {
+  const job: RenewJob = {
+    guard: secretGuard(request.secret, request.access),
+    leaseMs: request.leaseMs,
+  };
+  return renewer ? renewer.renew(claimId, job) : renewAlone(kv, clock, claimId, job);
+}
+
+/**
+ * Refuses a renew that can never succeed: a bad secret or scope (403), a lease already
+ * ended (409). A lease past its expiry is for the caller to settle (refuseIfExpired).
+ */
+export function guardRenew(record: ClaimRecord, job: RenewJob): void {
+  job.guard(record);
+  if (record.state !== "active") {
+    throw new LeaseLostError(`Claim "${record.id}" is no longer active: it was ${record.state}`);
+  }
+}
+
+/** The keys a renew reads besides the claim: region config, spec, sweep chain (state, beat). */
+export function renewReadKeys(
+  record: ClaimRecord,
+): [Deno.KvKey, Deno.KvKey, Deno.KvKey, Deno.KvKey] {
+  return [
+    keys.regionConfig(record.region),
+    keys.resource(record.servedBy, record.resource),
+    ...sweeperKeys(record.servedBy),
+  ];
+}
+
+/**
+ * Adds a renew to an atomic: a check on the claim as read, the record with its new
+ * expiry (clamped to the region's lease.maxMs), its expiry-index entry moved. The commit
+ * must also stage the serving region's sweeper, once however many renews it carries,
+ * and mark the write.
+ */
+export function stageRenew(
+  op: AtomicWriter,
+  clock: Clock,
+  entry: Deno.KvEntry<ClaimRecord>,
+  config: RegionConfig | null,
+  leaseMs: number | undefined,
+): ClaimRecord {
+  const record = entry.value;
+  const maxMs = config?.lease.maxMs ?? record.leaseMs;
+  const nextLeaseMs = Math.min(leaseMs ?? record.leaseMs, maxMs);
+  const renewed: ClaimRecord = {
+    ...record,
+    leaseMs: nextLeaseMs,
+    expiresAt: clock.now() + nextLeaseMs,
+    fencingToken: fencingTokenOf(entry),
+  };
+  op.check(entry);
+  op.set(entry.key, renewed);
+  op.delete(keys.lease(record.servedBy, record.expiresAt, record.id));
+  op.set(keys.lease(record.servedBy, renewed.expiresAt, record.id), null);
+  return renewed;
+}
+
+/** Renews one lease with its own CAS loop; also what a renew in a failed group falls back to. */
+export async function renewAlone(
+  kv: Deno.Kv,
+  clock: Clock,
+  claimId: string,
+  job: RenewJob,
+): Promise<Renewed> {
   for (let attempt = 0; attempt < 10; attempt++) {
     const entry = await getClaimEntry(kv, claimId);
     const record = entry.value;
-    guard(record);
-    if (record.state !== "active") {
-      throw new LeaseLostError(`Claim "${claimId}" is no longer active: it was ${record.state}`);
-    }
+    guardRenew(record, job);
     await refuseIfExpired(kv, clock, record);
     const [config, spec, sweeperState, sweeperBeat] = await kv.getMany<
       [RegionConfig, ResourceSpec, SweeperState, SweeperBeat]
-    >([
-      keys.regionConfig(record.region),
-      keys.resource(record.servedBy, record.resource),
-      ...sweeperKeys(record.servedBy),
-    ]);
+    >(renewReadKeys(record));
     if (spec.value === null || spec.value.state === "gone") {
-      await endLease(kv, clock, claimId, { state: "lost", reason: "resource gone" })
-        .catch((error) => {
-          if (!(error instanceof LeaseLostError)) throw error;
-        });
-      throw new LeaseLostError(`Claim "${claimId}" is no longer active: its resource is gone`);
+      await loseToGoneResource(kv, clock, record);
     }
-    const maxMs = config.value?.lease.maxMs ?? record.leaseMs;
-    const nextLeaseMs = Math.min(leaseMs ?? record.leaseMs, maxMs);
-    const now = clock.now();
-    const renewed: ClaimRecord = {
-      ...record,
-      leaseMs: nextLeaseMs,
-      expiresAt: now + nextLeaseMs,
-      fencingToken: fencingTokenOf(entry),
-    };
-    const op = kv.atomic()
-      .check(entry)
-      .set(entry.key, renewed)
-      .delete(keys.lease(record.servedBy, record.expiresAt, claimId))
-      .set(keys.lease(record.servedBy, renewed.expiresAt, claimId), null);
-    const sweeper = { state: sweeperState, beat: sweeperBeat };
-    stageSweeper(op, clock, record.servedBy, sweeper, renewed.expiresAt);
+    const op = kv.atomic();
+    const renewed = stageRenew(op, clock, entry, config.value, job.leaseMs);
+    stageSweeper(
+      op,
+      clock,
+      record.servedBy,
+      { state: sweeperState, beat: sweeperBeat },
+      renewed.expiresAt,
+    );
     markWrite(op, record.servedBy);
     const res = await op.commit();
     if (res.ok) {
@@ -101,6 +166,15 @@ export async function renewClaim(
     }
   }
   throw new UnavailableError(`Cannot renew claim "${claimId}": too many concurrent changes`);
+}
+
+/** Ends a lease whose resource is gone as lost, then refuses the renew with 409. */
+async function loseToGoneResource(kv: Deno.Kv, clock: Clock, record: ClaimRecord): Promise<never> {
+  await endLease(kv, clock, record.id, { state: "lost", reason: "resource gone" })
+    .catch((error) => {
+      if (!(error instanceof LeaseLostError)) throw error;
+    });
+  throw new LeaseLostError(`Claim "${record.id}" is no longer active: its resource is gone`);
 }
 
 /** Releases a live lease, freeing its slot. 403 on a bad secret, 409 if already lost. */

@@ -5,6 +5,7 @@ import { authorize, type Principal } from "../lib/auth.ts";
 import type { Allocator } from "../lib/allocate.ts";
 import type { Clock } from "../lib/clock.ts";
 import type { LeaseEnder } from "../lib/leases.ts";
+import type { Renewer } from "../lib/claims.ts";
 import type { Role } from "../lib/config.ts";
 import { BadRequestError, type FieldIssue, ValidationError } from "../lib/errors.ts";
 import { ConsistencyToken, Problem } from "../lib/schemas.ts";
@@ -21,6 +22,8 @@ export interface RouteDeps {
   allocator: Allocator;
   /** Group commit for releases, one per app instance. */
   ender: LeaseEnder;
+  /** Group commit for renews, one per app instance. */
+  renewer: Renewer;
 }
 
 /** Turns zod issues into field issues named as the caller wrote them. */

@@ -250,7 +250,7 @@ function scopedTo(principal: Principal, roles: readonly Role[]): ClaimAccess {
 }
 
 /** Claim routes. */
-export function claimRoutes({ kv, clock, allocator, ender }: RouteDeps) {
+export function claimRoutes({ kv, clock, allocator, ender, renewer }: RouteDeps) {
   return newRouter()
     .openapi(createRouteDef, async (c) => {
       const { region } = c.req.valid("param");
@@ -289,7 +289,7 @@ export function claimRoutes({ kv, clock, allocator, ender }: RouteDeps) {
         secret: c.req.valid("header")["allot-claim-secret"],
         leaseMs,
         access: scopedTo(principal, ["client", "admin"]),
-      });
+      }, renewer);
       c.header("Allot-Consistency-Token", consistencyToken);
       return c.json({ ...claim, consistencyToken }, 200);
     })

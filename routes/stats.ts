@@ -3,6 +3,7 @@ import { createRoute, z } from "@hono/zod-openapi";
 import type { ApplyStats } from "../lib/applier.ts";
 import type { GroupStats } from "../lib/group.ts";
 import type { EnderStats } from "../lib/ender.ts";
+import type { RenewerStats } from "../lib/renewer.ts";
 import { bearerSecurity, caller, commonProblems, newRouter } from "./_shared.ts";
 
 const Stats = z.object({
@@ -16,6 +17,13 @@ const Stats = z.object({
     commits: z.number().int(),
     ended: z.number().int(),
     alone: z.number().int(),
+  }),
+  renews: z.object({
+    commits: z.number().int(),
+    renewed: z.number().int(),
+    alone: z.number().int().openapi({
+      description: "Renews settled outside a group (past expiry, resource gone, a failed group).",
+    }),
   }),
   status: z.object({
     commits: z.number().int(),
@@ -33,7 +41,7 @@ const statsRoute = createRoute({
   tags: ["health"],
   summary: "This isolate's commit counters (admin)",
   description:
-    "**Roles:** admin. Counters since this isolate started: claims and releases per group commit, status updates per apply commit. Per isolate, not global: for dashboards and benchmarks.",
+    "**Roles:** admin. Counters since this isolate started: claims, releases and renews per group commit, status updates per apply commit. Per isolate, not global: for dashboards and benchmarks.",
   security: bearerSecurity,
   responses: {
     200: {
@@ -44,6 +52,7 @@ const statsRoute = createRoute({
           example: {
             claims: { commits: 412, claims: 9650, alone: 3, failedGroups: 0 },
             releases: { commits: 390, ended: 9611, alone: 0 },
+            renews: { commits: 52, renewed: 1210, alone: 1 },
             status: { commits: 120, updates: 10800, effective: 10790, messages: 225, conflicts: 0 },
           },
         },
@@ -57,6 +66,7 @@ const statsRoute = createRoute({
 export interface StatsSources {
   claims: { stats: GroupStats };
   releases: { stats: EnderStats };
+  renews: { stats: RenewerStats };
   status?: { stats: ApplyStats };
 }
 
@@ -67,6 +77,7 @@ export function statsRoutes(sources: StatsSources) {
     return c.json({
       claims: { ...sources.claims.stats },
       releases: { ...sources.releases.stats },
+      renews: { ...sources.renews.stats },
       status: sources.status ? { ...sources.status.stats } : null,
     }, 200);
   });
