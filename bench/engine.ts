@@ -3,14 +3,17 @@
  * each claiming through a GroupCommitter and releasing through a GroupEnder that share
  * their LeasePlaces, as createApp builds them for the claim and release routes. Run beside allot over HTTP (the
  * interleaved scenario), it splits allot's cost per loop into the engine's (KV reads,
- * commits, values, hashes) and the HTTP layer's with its load generator's.
+ * commits, values, hashes) and the HTTP layer's with its load generator's. Renew loops
+ * (the renew scenario) show what group commit pays for renews.
  */
 import { type Allocator, createClaim } from "../lib/allocate.ts";
-import { releaseClaim } from "../lib/claims.ts";
+import { releaseClaim, renewClaim } from "../lib/claims.ts";
 import type { Clock } from "../lib/clock.ts";
 import { GroupEnder } from "../lib/ender.ts";
 import { GroupCommitter } from "../lib/group.ts";
 import { LeasePlaces } from "../lib/leases.ts";
+import { GroupRenewer, type RenewerStats } from "../lib/renewer.ts";
+import type { ClaimGrant } from "../lib/schemas.ts";
 import { percentile } from "./stats.ts";
 
 /** What one run of the loops measured. */
@@ -92,5 +95,71 @@ export async function runClaimLoops(
     claimP99Ms: percentile(latencies, 99),
     doubleAllocations,
     errors,
+  };
+}
+
+/** What one run of renew loops measured. */
+export interface RenewResult {
+  renews: number;
+  /** From the first renew to the last renew's answer (claims and releases excluded). */
+  seconds: number;
+  /** Renew latency (renewClaim), ms. */
+  p50Ms: number | null;
+  p99Ms: number | null;
+  /** Renews that threw, or answered another claim or a changed fencing token. */
+  errors: number;
+  /** The GroupRenewer's counters; null when each renew committed alone. */
+  group: RenewerStats | null;
+}
+
+/**
+ * Claims `run.loops` leases, then renews each in its own loop until `run.stop` says so,
+ * then releases them: through a GroupRenewer when `grouped` (as the renew route does),
+ * or each renew with its own commit (renewAlone), to show what grouping them pays.
+ */
+export async function runRenewLoops(
+  kv: Deno.Kv,
+  clock: Clock,
+  run: Omit<EngineRun, "allocator"> & { grouped: boolean },
+): Promise<RenewResult> {
+  const renewer = run.grouped ? new GroupRenewer(kv, clock) : undefined;
+  const grants = await Promise.all(Array.from({ length: run.loops }, async () => {
+    const { grant } = await createClaim(kv, clock, {
+      region: run.region,
+      caller: "engine",
+      input: { holder: "engine" },
+    });
+    return grant;
+  }));
+  const latencies: number[] = [];
+  let renews = 0;
+  let errors = 0;
+  const loop = async (grant: ClaimGrant) => {
+    const request = { secret: grant.secret, access: () => {} };
+    while (!run.stop(renews)) {
+      const started = performance.now();
+      try {
+        const { claim } = await renewClaim(kv, clock, grant.id, request, renewer);
+        latencies.push(performance.now() - started);
+        if (claim.id !== grant.id || claim.fencingToken !== grant.fencingToken) errors++;
+        else renews++;
+      } catch {
+        errors++;
+      }
+    }
+  };
+  const start = performance.now();
+  await Promise.all(grants.map(loop));
+  const seconds = (performance.now() - start) / 1000;
+  for (const grant of grants) {
+    await releaseClaim(kv, clock, grant.id, { secret: grant.secret, access: () => {} });
+  }
+  return {
+    renews,
+    seconds,
+    p50Ms: percentile(latencies, 50),
+    p99Ms: percentile(latencies, 99),
+    errors,
+    group: renewer ? { ...renewer.stats } : null,
   };
 }

@@ -5,6 +5,8 @@
  *
  *   POST /bench/engine {"seconds": n, "loops": n}  (admin bearer token)
  *     → EngineResult (bench/engine.ts) for n seconds of claim → release loops in region "bench".
+ *   POST /bench/renew {"seconds": n, "loops": n, "grouped": bool}  (admin bearer token)
+ *     → RenewResult (bench/engine.ts) for n seconds of renew loops in region "bench".
  *
  * Environment as main.ts: PORT, ALLOT_KV, ALLOT_TOKENS.
  */
@@ -16,7 +18,7 @@ import { systemClock } from "../lib/clock.ts";
 import { loadConfigFromEnv } from "../lib/config.ts";
 import { GroupEnder } from "../lib/ender.ts";
 import { handleQueueMessage } from "../lib/queue.ts";
-import { runClaimLoops } from "./engine.ts";
+import { runClaimLoops, runRenewLoops } from "./engine.ts";
 
 const config = loadConfigFromEnv();
 const kv = await Deno.openKv(config.kvPath);
@@ -34,25 +36,39 @@ const EngineRequest = z.strictObject({
   seconds: z.number().positive().max(600),
   loops: z.number().int().min(1).max(1024),
 });
+const RenewRequest = EngineRequest.extend({ grouped: z.boolean() });
 
-async function engineRoute(req: Request): Promise<Response> {
-  if (req.headers.get("authorization") !== `Bearer ${admin}`) {
-    return new Response("admin only\n", { status: 401 });
-  }
-  const parsed = EngineRequest.safeParse(await req.json().catch(() => null));
-  if (!parsed.success) return new Response(`${parsed.error.message}\n`, { status: 400 });
-  const { seconds, loops } = parsed.data;
-  const deadline = performance.now() + seconds * 1000;
-  const result = await runClaimLoops(kv, clock, {
-    region: "bench",
-    loops,
-    stop: () => performance.now() >= deadline,
-  });
-  return Response.json(result);
+/** An admin-only bench route whose zod-parsed body says what to run. */
+function benchRoute<T extends z.ZodType<{ seconds: number }>>(
+  schema: T,
+  run: (body: z.infer<T>, stop: () => boolean) => Promise<unknown>,
+) {
+  return async (req: Request): Promise<Response> => {
+    if (req.headers.get("authorization") !== `Bearer ${admin}`) {
+      return new Response("admin only\n", { status: 401 });
+    }
+    const parsed = schema.safeParse(await req.json().catch(() => null));
+    if (!parsed.success) return new Response(`${parsed.error.message}\n`, { status: 400 });
+    const deadline = performance.now() + parsed.data.seconds * 1000;
+    return Response.json(await run(parsed.data, () => performance.now() >= deadline));
+  };
 }
+
+const routes: Record<string, (req: Request) => Promise<Response>> = {
+  "/bench/engine": benchRoute(
+    EngineRequest,
+    ({ loops }, stop) => runClaimLoops(kv, clock, { region: "bench", loops, stop }),
+  ),
+  "/bench/renew": benchRoute(
+    RenewRequest,
+    ({ loops, grouped }, stop) =>
+      runRenewLoops(kv, clock, { region: "bench", loops, stop, grouped }),
+  ),
+};
 
 Deno.serve({ hostname: "127.0.0.1", port: config.port }, (req) => {
   const { pathname } = new URL(req.url);
-  if (pathname === "/bench/engine" && req.method === "POST") return engineRoute(req);
+  const route = routes[pathname];
+  if (route && req.method === "POST") return route(req);
   return app.fetch(req);
 });

@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import type { Allocator } from "../lib/allocate.ts";
 import { GroupCommitter } from "../lib/group.ts";
 import { makeApp, poolOf, seedRegion } from "../tests/_helpers.ts";
-import { runClaimLoops } from "./engine.ts";
+import { runClaimLoops, runRenewLoops } from "./engine.ts";
 
 Deno.test("runClaimLoops() claims and releases through the group committers", async (t) => {
   await using app = await makeApp();
@@ -84,4 +84,27 @@ Deno.test("runClaimLoops() claims and releases through the group committers", as
     assert.equal(result.errors, attempts);
     assert.equal(result.claimP50Ms, null, "no latency without a grant");
   });
+});
+
+Deno.test("runRenewLoops() renews real leases, grouped or alone, and gives the pool back", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "bench", 8);
+  for (const grouped of [true, false]) {
+    await t.step(grouped ? "through a GroupRenewer" : "each renew alone", async () => {
+      const result = await runRenewLoops(app.kv, app.clock, {
+        region: "bench",
+        loops: 6,
+        stop: (done) => done >= 60,
+        grouped,
+      });
+      assert.ok(result.renews >= 60 && result.renews < 66, `${result.renews} renews`);
+      assert.equal(result.errors, 0);
+      assert.ok(result.p99Ms !== null && result.p99Ms >= result.p50Ms!);
+      if (grouped) {
+        assert.equal(result.group?.renewed, result.renews, "every renew went through a group");
+        assert.ok(result.group!.commits < result.renews, "renews shared commits");
+      } else assert.equal(result.group, null);
+      assert.deepEqual(await poolOf(app, "bench"), { free: 8, claimed: 0, total: 8 });
+    });
+  }
 });

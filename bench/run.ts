@@ -2,7 +2,7 @@
  * allot's benchmark: one command, one run, every scenario on this machine, one after
  * another. Prints a markdown table and writes bench/results.json.
  *
- *   deno task bench [--quick] [--only=allot,kv,sqlite,hono,interleaved] [--duration=secs]
+ *   deno task bench [--quick] [--only=allot,kv,interleaved,renew,...] [--duration=secs]
  *
  * Every server and load generator runs as a child process that the run owns and
  * stops, with its temp dirs, however the run ends (including SIGINT).

@@ -14,6 +14,7 @@ import { pipelineScenario } from "./pipeline.ts";
 import { fallbackScenario } from "./fallback.ts";
 import { rssScenario } from "./rss.ts";
 import { interleavedScenario } from "./interleaved.ts";
+import { renewScenario } from "./renew.ts";
 import { checkerRow, LEASE_MS, MAX_HOLD_MS, POOL_SIZE } from "./peers/common.ts";
 import { postgresScenario } from "./peers/postgres.ts";
 import { redisScenario } from "./peers/redis.ts";
@@ -320,6 +321,7 @@ export const SCENARIOS: Record<string, Scenario> = {
   sqlite: sqliteScenario,
   hono: honoScenario,
   interleaved: interleavedScenario,
+  renew: renewScenario,
   antipattern: antipatternScenario,
   pipeline: pipelineScenario,
   fallback: fallbackScenario,
