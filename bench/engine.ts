@@ -7,7 +7,7 @@
  * (the renew scenario) show what group commit pays for renews.
  */
 import { type Allocator, createClaim } from "../lib/allocate.ts";
-import { releaseClaim, renewClaim } from "../lib/claims.ts";
+import { releaseClaim, renewClaim, type Renewer } from "../lib/claims.ts";
 import type { Clock } from "../lib/clock.ts";
 import { GroupEnder } from "../lib/ender.ts";
 import { GroupCommitter } from "../lib/group.ts";
@@ -113,16 +113,17 @@ export interface RenewResult {
 }
 
 /**
- * Claims `run.loops` leases, then renews each in its own loop until `run.stop` says so,
- * then releases them: through a GroupRenewer when `grouped` (as the renew route does),
- * or each renew with its own commit (renewAlone), to show what grouping them pays.
+ * Claims `run.loops` leases, then renews each in its own loop until `run.stop` (asked
+ * with the renews attempted so far) says so, then releases them: through `run.renewer`
+ * (a GroupRenewer, as the renew route), or each renew with its own commit (renewAlone)
+ * without one, to show what grouping them pays.
  */
 export async function runRenewLoops(
   kv: Deno.Kv,
   clock: Clock,
-  run: Omit<EngineRun, "allocator"> & { grouped: boolean },
+  run: Omit<EngineRun, "allocator"> & { renewer?: Renewer },
 ): Promise<RenewResult> {
-  const renewer = run.grouped ? new GroupRenewer(kv, clock) : undefined;
+  const { renewer } = run;
   const grants = await Promise.all(Array.from({ length: run.loops }, async () => {
     const { grant } = await createClaim(kv, clock, {
       region: run.region,
@@ -136,7 +137,7 @@ export async function runRenewLoops(
   let errors = 0;
   const loop = async (grant: ClaimGrant) => {
     const request = { secret: grant.secret, access: () => {} };
-    while (!run.stop(renews)) {
+    while (!run.stop(renews + errors)) {
       const started = performance.now();
       try {
         const { claim } = await renewClaim(kv, clock, grant.id, request, renewer);
@@ -160,6 +161,6 @@ export async function runRenewLoops(
     p50Ms: percentile(latencies, 50),
     p99Ms: percentile(latencies, 99),
     errors,
-    group: renewer ? { ...renewer.stats } : null,
+    group: renewer instanceof GroupRenewer ? { ...renewer.stats } : null,
   };
 }

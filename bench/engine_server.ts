@@ -17,6 +17,7 @@ import { TokenRegistry } from "../lib/auth.ts";
 import { systemClock } from "../lib/clock.ts";
 import { loadConfigFromEnv } from "../lib/config.ts";
 import { GroupEnder } from "../lib/ender.ts";
+import { GroupRenewer } from "../lib/renewer.ts";
 import { handleQueueMessage } from "../lib/queue.ts";
 import { runClaimLoops, runRenewLoops } from "./engine.ts";
 
@@ -62,7 +63,12 @@ const routes: Record<string, (req: Request) => Promise<Response>> = {
   "/bench/renew": benchRoute(
     RenewRequest,
     ({ loops, grouped }, stop) =>
-      runRenewLoops(kv, clock, { region: "bench", loops, stop, grouped }),
+      runRenewLoops(kv, clock, {
+        region: "bench",
+        loops,
+        stop,
+        renewer: grouped ? new GroupRenewer(kv, clock) : undefined,
+      }),
   ),
 };
 

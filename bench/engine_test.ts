@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import type { Allocator } from "../lib/allocate.ts";
 import { GroupCommitter } from "../lib/group.ts";
+import { GroupRenewer } from "../lib/renewer.ts";
 import { makeApp, poolOf, seedRegion } from "../tests/_helpers.ts";
 import { runClaimLoops, runRenewLoops } from "./engine.ts";
 
@@ -95,7 +96,7 @@ Deno.test("runRenewLoops() renews real leases, grouped or alone, and gives the p
         region: "bench",
         loops: 6,
         stop: (done) => done >= 60,
-        grouped,
+        renewer: grouped ? new GroupRenewer(app.kv, app.clock) : undefined,
       });
       assert.ok(result.renews >= 60 && result.renews < 66, `${result.renews} renews`);
       assert.equal(result.errors, 0);
@@ -107,4 +108,25 @@ Deno.test("runRenewLoops() renews real leases, grouped or alone, and gives the p
       assert.deepEqual(await poolOf(app, "bench"), { free: 8, claimed: 0, total: 8 });
     });
   }
+
+  await t.step("a renew that fails is an error, not a loop", async () => {
+    let attempts = 0;
+    const result = await runRenewLoops(app.kv, app.clock, {
+      region: "bench",
+      loops: 2,
+      stop: (tried) => tried >= 6,
+      renewer: {
+        renew: () => {
+          attempts++;
+          return Promise.reject(new Error("refused"));
+        },
+      },
+    });
+    assert.equal(result.renews, 0);
+    assert.equal(result.errors, attempts);
+    assert.ok(attempts >= 6 && attempts < 8, `${attempts} attempts`);
+    assert.equal(result.p50Ms, null, "no latency without a renew");
+    assert.equal(result.group, null);
+    assert.deepEqual(await poolOf(app, "bench"), { free: 8, claimed: 0, total: 8 });
+  });
 });

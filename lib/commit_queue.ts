@@ -1,5 +1,5 @@
 /**
- * The group-commit pattern shared by claims and lease ends: jobs that arrive while
+ * The group-commit pattern shared by claims, lease ends and renews: jobs that arrive while
  * a group is being committed wait for it and then form the next group, so an idle
  * isolate commits a lone job at once and a busy one commits many per fsync. The
  * queue is bounded: past `maxQueued` waiting jobs it refuses with 503 + Retry-After.

@@ -20,6 +20,7 @@ import { CommitQueue, type Pending } from "./commit_queue.ts";
 import { NotFoundError } from "./errors.ts";
 import { keys } from "./keys.ts";
 import { CommitEffects, getAll } from "./kv.ts";
+import { log } from "./log.ts";
 import { claimIdRegion, type ClaimRecord, claimView } from "./leases.ts";
 import type { ResourceSpec } from "./pool.ts";
 import type { RegionConfig } from "./schemas.ts";
@@ -34,7 +35,7 @@ type Waiting = Pending<RenewRequest, Renewed>;
 
 /**
  * Checks a group of renews adds: one per renew (its claim) and one per serving region
- * (its sweeper). Mutations stay far below the limit: 3 per renew, 3 per region.
+ * (its sweeper). Mutations stay far below the limit: 3 per renew, at most 4 per region.
  */
 function checksOf(group: readonly RenewRequest[]): number {
   return group.length + new Set(group.map((r) => claimIdRegion(r.claimId))).size;
@@ -135,7 +136,15 @@ export class GroupRenewer implements Renewer {
         stageSweeper(op, this.clock, region, sweeper, expiresAt);
       }
       effects.flush(op);
-      const res = await op.commit().catch((error) => ({ ok: false as const, error }));
+      // A commit that throws (not one that fails its checks) is a bug worth seeing; its
+      // renews still get answers, from the lone path.
+      const res = await op.commit().catch((error) => {
+        log("warn", "a renew group's commit threw; its renews retry alone", {
+          renews: staged.length,
+          error: String(error),
+        });
+        return { ok: false as const };
+      });
       if (res.ok) {
         this.stats.commits++;
         this.stats.renewed += staged.length;

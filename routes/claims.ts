@@ -149,6 +149,7 @@ const renewRoute = createRoute({
     ...commonProblems,
     ...bodyProblems,
     409: leaseLostProblem,
+    503: unavailableProblem,
   },
 });
 
@@ -169,6 +170,7 @@ const releaseRoute = createRoute({
     },
     ...commonProblems,
     409: leaseLostProblem,
+    503: unavailableProblem,
   },
 });
 

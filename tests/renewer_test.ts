@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { renewAlone, type RenewJob } from "../lib/claims.ts";
+import { NotFoundError } from "../lib/errors.ts";
 import { keys } from "../lib/keys.ts";
 import type { ClaimRecord } from "../lib/leases.ts";
 import type { ResourceSpec } from "../lib/pool.ts";
@@ -8,6 +9,7 @@ import {
   assertProblem,
   claim,
   getClaim,
+  interceptCommits,
   makeApp,
   poolOf,
   release,
@@ -75,6 +77,9 @@ Deno.test("40 concurrent renews share commits, each gets its own lease, and the 
   assert.ok(stats.commits < 40, `${stats.commits} commits for 40 renews: renews share commits`);
   const tokens = new Set(renewed.map((r) => r.body.consistencyToken));
   assert.ok(tokens.size < 40, "renews in one commit share its versionstamp");
+  // The region's write mark moved with the last renew commit (read-your-writes relies on it).
+  const mark = await t.kv.get(keys.writeMark("iad"));
+  assert.equal(mark.versionstamp, [...tokens].sort().at(-1));
 });
 
 Deno.test("in a group of renews, each refusal is its caller's alone", async (t) => {
@@ -119,6 +124,12 @@ Deno.test("in a group of renews, each refusal is its caller's alone", async (t) 
     assertProblem(malformed, 404);
     assertProblem(outOfScope, 403);
   });
+  await t.step("refusals are settled in the group, not retried alone", async () => {
+    const stats = await renewStats(app);
+    assert.equal(stats.alone, 0);
+    assert.equal(stats.renewed, good.length + 1);
+    assert.ok(stats.commits < good.length, `${stats.commits} commits: renews shared them`);
+  });
   await t.step("a refused renew changed nothing", async () => {
     const read = await getClaim(app, badSecret.id);
     assert.equal(read.leaseExpiresAt, badSecret.leaseExpiresAt);
@@ -159,48 +170,59 @@ Deno.test("a renew past expiry or on a gone resource gets 409 from the lone path
 });
 
 Deno.test("a renew group that loses a race is retried renew by renew, and every caller is answered", async () => {
-  const inner = await Deno.openKv(":memory:");
-  await using t = await makeApp({ kv: inner });
+  await using t = await makeApp();
   await seedRegion(t, "iad", 20);
   const grants = await grantMany(t, "iad", 20);
-  const raced = grants[7];
-  const job: RenewJob = { guard: () => {}, leaseMs: 45_000 };
-  let commits = 0;
-  // The first renew commits alone (an idle queue); the other 19 form the second group. Between
-  // that group's reads and its commit, another isolate renews one of its claims.
-  const kv = new Proxy(inner, {
-    get(target, prop) {
-      if (prop === "atomic") {
-        return () => {
-          const op = target.atomic();
-          const commit = op.commit.bind(op);
-          op.commit = async () => {
-            if (++commits === 2) await renewAlone(target, t.clock, raced.id, job);
-            return commit();
-          };
-          return op;
-        };
-      }
-      const value = Reflect.get(target, prop, target);
-      return typeof value === "function" ? value.bind(target) : value;
-    },
-  });
+  const { kv, arm, fired } = interceptCommits(t.kv);
   const renewer = new GroupRenewer(kv, t.clock);
+  const job: RenewJob = { guard: () => {}, leaseMs: 30_000 };
+  // Between the group's reads and its commit, another isolate renews one of its claims.
+  arm(() => renewAlone(t.kv, t.clock, grants[7].id, { ...job, leaseMs: 45_000 }));
   t.clock.advance(500);
-  const outcomes = await Promise.all(
-    grants.map((g) => renewer.renew(g.id, { guard: () => {}, leaseMs: 30_000 })),
-  );
-  assert.deepEqual(renewer.stats, { commits: 1, renewed: 1, alone: 19 });
+  // A malformed id first: refused without a commit, it leaves the 20 renews one group.
+  const malformed = assert.rejects(renewer.renew("not-a-claim-id", job), NotFoundError);
+  const outcomes = await Promise.all(grants.map((g) => renewer.renew(g.id, job)));
+  await malformed;
+  assert.ok(fired(), "the race ran before the group's commit");
+  assert.deepEqual(renewer.stats, { commits: 0, renewed: 0, alone: 20 });
   for (const [i, outcome] of outcomes.entries()) {
     assert.equal(outcome.claim.id, grants[i].id);
     assert.equal(outcome.claim.leaseExpiresAt, iso(t.clock.now() + 30_000));
-    const stored = await inner.get<ClaimRecord>(keys.claim("iad", grants[i].id));
+    const stored = await t.kv.get<ClaimRecord>(keys.claim("iad", grants[i].id));
     assert.equal(stored.value!.expiresAt, t.clock.now() + 30_000);
   }
   const index = await expiryIndex(t, "iad");
   assert.equal(index.size, 20);
   for (const g of grants) assert.equal(index.get(g.id), t.clock.now() + 30_000);
-  inner.close();
+});
+
+Deno.test("two renews of one claim never share a group: each moves the expiry entry the other left", async () => {
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 2, { config: { lease: { defaultMs: 10_000, maxMs: 60_000 } } });
+  const [other, twice] = await grantMany(t, "iad", 2);
+  const renewer = new GroupRenewer(t.kv, t.clock);
+  const now = t.clock.now();
+  const guard = () => {};
+  // The first renew commits alone (an idle queue); the two of `twice` then queue together.
+  const answers = await Promise.all([
+    renewer.renew(other.id, { guard }),
+    renewer.renew(twice.id, { guard, leaseMs: 20_000 }),
+    renewer.renew(twice.id, { guard, leaseMs: 30_000 }),
+  ]);
+  assert.deepEqual(answers.map((a) => a.claim.leaseExpiresAt), [
+    iso(now + 10_000),
+    iso(now + 20_000),
+    iso(now + 30_000),
+  ]);
+  assert.deepEqual(renewer.stats, { commits: 3, renewed: 3, alone: 0 });
+  const index = await expiryIndex(t, "iad");
+  assert.deepEqual(
+    [...index.entries()].sort(),
+    [
+      [other.id, now + 10_000],
+      [twice.id, now + 30_000],
+    ].sort(),
+  );
 });
 
 Deno.test("a burst of 150 renews is split at Deno KV's 100-check limit, never failed by it", async () => {
