@@ -28,7 +28,7 @@ import { stageSweeper, type SweeperBeat, sweeperKeys, type SweeperState } from "
 
 interface RenewRequest {
   claimId: string;
-  job: RenewJob;
+  renew: RenewJob;
 }
 
 type Waiting = Pending<RenewRequest, Renewed>;
@@ -71,7 +71,7 @@ export class GroupRenewer implements Renewer {
 
   /** Queues a renew; settles with its own outcome. */
   renew(claimId: string, job: RenewJob): Promise<Renewed> {
-    return this.#queue.push({ claimId, job });
+    return this.#queue.push({ claimId, renew: job });
   }
 
   async #commitGroup(group: Waiting[]): Promise<void> {
@@ -92,7 +92,7 @@ export class GroupRenewer implements Renewer {
         return waiting.reject(new NotFoundError(`Claim "${waiting.job.claimId}" does not exist`));
       }
       try {
-        guardRenew(entry.value, waiting.job.job);
+        guardRenew(entry.value, waiting.job.renew);
       } catch (error) {
         return waiting.reject(error); // a bad secret or scope, or a lease already ended
       }
@@ -123,7 +123,7 @@ export class GroupRenewer implements Renewer {
         continue;
       }
       const config = read<RegionConfig>(configKey).value;
-      const renewed = stageRenew(op, this.clock, entry, config, waiting.job.job.leaseMs);
+      const renewed = stageRenew(op, this.clock, entry, config, waiting.job.renew.leaseMs);
       const region = renewed.servedBy;
       soonest.set(region, Math.min(soonest.get(region) ?? renewed.expiresAt, renewed.expiresAt));
       effects.touch(region);
@@ -162,7 +162,7 @@ export class GroupRenewer implements Renewer {
     await Promise.all(alone.map(async (waiting) => {
       try {
         waiting.resolve(
-          await renewAlone(this.kv, this.clock, waiting.job.claimId, waiting.job.job),
+          await renewAlone(this.kv, this.clock, waiting.job.claimId, waiting.job.renew),
         );
       } catch (error) {
         waiting.reject(error);
