@@ -251,24 +251,33 @@ export function leaseQueueDeps(t: TestApp): Parameters<typeof handleQueueMessage
 
 type CommitResult = Deno.KvCommitResult | Deno.KvCommitError;
 
+/** A message an atomic enqueued, and after how many milliseconds it is due. */
+interface Enqueued {
+  message: unknown;
+  delay: number;
+}
+
 /**
  * A KV handle whose atomic commits go through `around`, which gets the real commit and
- * the messages the operation enqueues. Every other call passes through, and chained
- * calls stay on the wrapper.
+ * the messages the operation enqueues, with their delays. Every other call passes
+ * through, and chained calls stay on the wrapper.
  */
 function wrapCommits(
   inner: Deno.Kv,
-  around: (commit: () => Promise<CommitResult>, enqueued: unknown[]) => Promise<CommitResult>,
+  around: (commit: () => Promise<CommitResult>, enqueued: Enqueued[]) => Promise<CommitResult>,
 ): Deno.Kv {
   const wrapOp = (op: Deno.AtomicOperation): Deno.AtomicOperation => {
-    const enqueued: unknown[] = [];
+    const enqueued: Enqueued[] = [];
     const proxy: Deno.AtomicOperation = new Proxy(op, {
       get(target, prop) {
         if (prop === "commit") return () => around(() => target.commit(), enqueued);
         const value = Reflect.get(target, prop, target);
         if (typeof value !== "function") return value;
         return (...args: unknown[]) => {
-          if (prop === "enqueue") enqueued.push(args[0]);
+          if (prop === "enqueue") {
+            const options = args[1] as { delay?: number } | undefined;
+            enqueued.push({ message: args[0], delay: options?.delay ?? 0 });
+          }
           const result = value.apply(target, args);
           return result === target ? proxy : result;
         };
@@ -320,16 +329,23 @@ export function interceptCommits(inner: Deno.Kv): {
 
 /**
  * Wraps a KV handle so the messages enqueued by the atomics that commit through it are
- * recorded in `enqueued`, for a test to play the queue by hand.
+ * recorded in `enqueued` (their delays in `delays`, in the same order), for a test to
+ * play the queue by hand.
  */
-export function recordEnqueues(inner: Deno.Kv): { kv: Deno.Kv; enqueued: unknown[] } {
+export function recordEnqueues(
+  inner: Deno.Kv,
+): { kv: Deno.Kv; enqueued: unknown[]; delays: number[] } {
   const enqueued: unknown[] = [];
+  const delays: number[] = [];
   const kv = wrapCommits(inner, async (commit, staged) => {
     const res = await commit();
-    if (res.ok) enqueued.push(...staged);
+    if (res.ok) {
+      enqueued.push(...staged.map((e) => e.message));
+      delays.push(...staged.map((e) => e.delay));
+    }
     return res;
   });
-  return { kv, enqueued };
+  return { kv, enqueued, delays };
 }
 
 /** Claims in `region` until it answers 503; returns the grants (a destructive capacity probe). */

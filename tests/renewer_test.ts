@@ -5,6 +5,7 @@ import { keys } from "../lib/keys.ts";
 import type { ClaimRecord } from "../lib/leases.ts";
 import type { ResourceSpec } from "../lib/pool.ts";
 import { GroupRenewer } from "../lib/renewer.ts";
+import { CHAIN_LOST_MS } from "../lib/sweeper.ts";
 import {
   assertProblem,
   claim,
@@ -12,6 +13,7 @@ import {
   interceptCommits,
   makeApp,
   poolOf,
+  recordEnqueues,
   release,
   renew,
   seedRegion,
@@ -223,6 +225,31 @@ Deno.test("two renews of one claim never share a group: each moves the expiry en
       [twice.id, now + 30_000],
     ].sort(),
   );
+});
+
+Deno.test("a renew group that starts the region's sweep chain times it for its soonest expiry", async () => {
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 2, { config: { lease: { defaultMs: 60_000, maxMs: 60_000 } } });
+  const [first, second] = await grantMany(t, "iad", 2);
+  // The chain the claims started has not beaten for longer than CHAIN_LOST_MS: presumed lost.
+  t.clock.advance(CHAIN_LOST_MS + 1);
+  const recording = recordEnqueues(t.kv);
+  const renewer = new GroupRenewer(recording.kv, t.clock);
+  const guard = () => {};
+  // A malformed id first: refused without a commit, it leaves both renews one group.
+  const malformed = assert.rejects(renewer.renew("not-a-claim-id", { guard }), NotFoundError);
+  await Promise.all([
+    renewer.renew(first.id, { guard, leaseMs: 800 }),
+    renewer.renew(second.id, { guard, leaseMs: 300 }),
+  ]);
+  await malformed;
+  assert.deepEqual(renewer.stats, { commits: 1, renewed: 2, alone: 0 });
+  assert.equal(recording.enqueued.length, 1, "one new chain for the region");
+  assert.deepEqual(
+    { ...(recording.enqueued[0] as Record<string, unknown>), chain: "any" },
+    { type: "lease.sweep", region: "iad", chain: "any", tick: 0 },
+  );
+  assert.equal(recording.delays[0], 300, "due when the sooner of the two leases expires");
 });
 
 Deno.test("a burst of 150 renews is split at Deno KV's 100-check limit, never failed by it", async () => {
