@@ -23,7 +23,7 @@ import { CommitQueue, type Pending } from "./commit_queue.ts";
 import type { FreeSlot } from "./pool.ts";
 import { CommitEffects } from "./kv.ts";
 import { LeasePlaces } from "./leases.ts";
-import { readSweeper, stageSweeper, type SweeperRead } from "./sweeper.ts";
+import { readSweeper, stageSweepers, type SweeperRead } from "./sweeper.ts";
 import { instruments } from "./telemetry.ts";
 
 /** Counters for metrics and the bench. */
@@ -133,15 +133,11 @@ export class GroupCommitter implements Allocator {
       staged.push({ waiting, draft, index });
     }
     if (staged.length > 0) {
-      // Once per serving region, timed for the soonest expiry among its new leases.
-      const soonest = new Map<string, number>();
-      for (const { draft } of staged) {
-        const expiresAt = this.clock.now() + draft.leaseMs;
-        soonest.set(draft.servedBy, Math.min(soonest.get(draft.servedBy) ?? expiresAt, expiresAt));
-      }
-      for (const [region, expiresAt] of soonest) {
-        stageSweeper(op, this.clock, region, sweepers.get(region)!, expiresAt);
-      }
+      const leases = staged.map(({ draft }) => ({
+        servedBy: draft.servedBy,
+        expiresAt: this.clock.now() + draft.leaseMs,
+      }));
+      stageSweepers(op, this.clock, leases, (region) => sweepers.get(region)!);
       effects.flush(op);
       const res = await op.commit().catch((error) => ({ ok: false as const, error }));
       if (res.ok) {

@@ -24,7 +24,7 @@ import { log } from "./log.ts";
 import { claimIdRegion, type ClaimRecord, claimView } from "./leases.ts";
 import type { ResourceSpec } from "./pool.ts";
 import type { RegionConfig } from "./schemas.ts";
-import { stageSweeper, type SweeperBeat, sweeperKeys, type SweeperState } from "./sweeper.ts";
+import { stageSweepers, type SweeperBeat, sweeperKeys, type SweeperState } from "./sweeper.ts";
 
 interface RenewRequest {
   claimId: string;
@@ -113,7 +113,6 @@ export class GroupRenewer implements Renewer {
     const op = this.kv.atomic();
     const effects = new CommitEffects();
     const staged: Array<{ waiting: Waiting; key: Deno.KvKey; renewed: ClaimRecord }> = [];
-    const soonest = new Map<string, number>();
     for (const { waiting, entry } of live) {
       const [configKey, specKey] = renewReadKeys(entry.value);
       const spec = read<ResourceSpec>(specKey).value;
@@ -124,17 +123,14 @@ export class GroupRenewer implements Renewer {
       }
       const config = read<RegionConfig>(configKey).value;
       const renewed = stageRenew(op, this.clock, entry, config, waiting.job.renew.leaseMs);
-      const region = renewed.servedBy;
-      soonest.set(region, Math.min(soonest.get(region) ?? renewed.expiresAt, renewed.expiresAt));
-      effects.touch(region);
+      effects.touch(renewed.servedBy);
       staged.push({ waiting, key: entry.key, renewed });
     }
     if (staged.length > 0) {
-      for (const [region, expiresAt] of soonest) {
+      stageSweepers(op, this.clock, staged.map((s) => s.renewed), (region) => {
         const [stateKey, beatKey] = sweeperKeys(region);
-        const sweeper = { state: read<SweeperState>(stateKey), beat: read<SweeperBeat>(beatKey) };
-        stageSweeper(op, this.clock, region, sweeper, expiresAt);
-      }
+        return { state: read<SweeperState>(stateKey), beat: read<SweeperBeat>(beatKey) };
+      });
       effects.flush(op);
       // A commit that throws (not one that fails its checks) is a bug worth seeing; its
       // renews still get answers, from the lone path.

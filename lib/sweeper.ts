@@ -87,6 +87,25 @@ export function stageSweeper(
   op.enqueue(sweepMessage(region, chain, 0), { delay: delayUntil(expiresAt, now) });
 }
 
+/**
+ * Stages stageSweeper once per serving region of the leases a commit creates or moves,
+ * timed for the soonest expiry among that region's leases.
+ */
+export function stageSweepers(
+  op: AtomicWriter & Pick<Deno.AtomicOperation, "enqueue">,
+  clock: Clock,
+  leases: Iterable<{ servedBy: string; expiresAt: number }>,
+  readOf: (region: string) => SweeperRead,
+): void {
+  const soonest = new Map<string, number>();
+  for (const { servedBy, expiresAt } of leases) {
+    soonest.set(servedBy, Math.min(soonest.get(servedBy) ?? expiresAt, expiresAt));
+  }
+  for (const [region, expiresAt] of soonest) {
+    stageSweeper(op, clock, region, readOf(region), expiresAt);
+  }
+}
+
 /** Starts the region's chain unless one is running, for a lease already committed. */
 export async function ensureSweeper(
   kv: Deno.Kv,
