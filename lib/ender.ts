@@ -6,11 +6,10 @@
 import { ATOMIC_LIMITS } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { CommitQueue, type Pending } from "./commit_queue.ts";
-import { NotFoundError } from "./errors.ts";
-import { keys } from "./keys.ts";
 import { CommitEffects, getAll } from "./kv.ts";
 import {
-  claimIdRegion,
+  claimKeyOf,
+  claimNotFound,
   type ClaimRecord,
   endLease,
   type LeaseEnd,
@@ -68,8 +67,8 @@ export class GroupEnder implements LeaseEnder {
 
   async #commitGroup(group: Pending<EndJob, LeaseEnded>[]): Promise<void> {
     const found = group.filter((p) => {
-      if (claimIdRegion(p.job.claimId) !== null) return true;
-      p.reject(new NotFoundError(`Claim "${p.job.claimId}" does not exist`));
+      if (claimKeyOf(p.job.claimId) !== null) return true;
+      p.reject(claimNotFound(p.job.claimId));
       return false;
     });
     // A remembered place lets the claim, its spec and its slot be read together.
@@ -77,7 +76,7 @@ export class GroupEnder implements LeaseEnder {
     const first = await getAll<ClaimRecord | ResourceSpec | HeldSlot>(
       this.kv,
       found.flatMap((p, i) => {
-        const claimKey = keys.claim(claimIdRegion(p.job.claimId)!, p.job.claimId);
+        const claimKey = claimKeyOf(p.job.claimId)!;
         return places[i] ? [claimKey, ...leaseEndKeys(places[i])] : [claimKey];
       }),
     );
@@ -92,7 +91,7 @@ export class GroupEnder implements LeaseEnder {
       if (claim.versionstamp !== null) {
         return [{ pending: p, claim: claim as Deno.KvEntry<ClaimRecord>, related }];
       }
-      p.reject(new NotFoundError(`Claim "${p.job.claimId}" does not exist`));
+      p.reject(claimNotFound(p.job.claimId));
       return [];
     });
     const unplaced = live.filter((l) => l.related === null);

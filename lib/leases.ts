@@ -70,19 +70,26 @@ export function claimIdRegion(claimId: string): string | null {
   return match ? match[1] : null;
 }
 
+/** The key of the claim an id names, or null when the id cannot name one. */
+export function claimKeyOf(claimId: string): Deno.KvKey | null {
+  const region = claimIdRegion(claimId);
+  return region === null ? null : keys.claim(region, claimId);
+}
+
+/** The 404 for an id that names no stored claim. */
+export function claimNotFound(claimId: string): NotFoundError {
+  return new NotFoundError(`Claim "${claimId}" does not exist`);
+}
+
 /** Reads a claim by id, or 404. */
 export async function getClaimEntry(
   kv: Deno.Kv,
   claimId: string,
   consistency: Deno.KvConsistencyLevel = "strong",
 ): Promise<Deno.KvEntry<ClaimRecord>> {
-  const region = claimIdRegion(claimId);
-  const entry = region === null
-    ? null
-    : await kv.get<ClaimRecord>(keys.claim(region, claimId), { consistency });
-  if (!entry || entry.versionstamp === null) {
-    throw new NotFoundError(`Claim "${claimId}" does not exist`);
-  }
+  const key = claimKeyOf(claimId);
+  const entry = key === null ? null : await kv.get<ClaimRecord>(key, { consistency });
+  if (!entry || entry.versionstamp === null) throw claimNotFound(claimId);
   return entry;
 }
 

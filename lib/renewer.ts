@@ -17,11 +17,9 @@ import {
   stageRenew,
 } from "./claims.ts";
 import { CommitQueue, type Pending } from "./commit_queue.ts";
-import { NotFoundError } from "./errors.ts";
-import { keys } from "./keys.ts";
 import { CommitEffects, getAll } from "./kv.ts";
 import { log } from "./log.ts";
-import { claimIdRegion, type ClaimRecord, claimView } from "./leases.ts";
+import { claimIdRegion, claimKeyOf, claimNotFound, type ClaimRecord, claimView } from "./leases.ts";
 import type { ResourceSpec } from "./pool.ts";
 import type { RegionConfig } from "./schemas.ts";
 import { stageSweepers, type SweeperBeat, sweeperKeys, type SweeperState } from "./sweeper.ts";
@@ -76,20 +74,20 @@ export class GroupRenewer implements Renewer {
 
   async #commitGroup(group: Waiting[]): Promise<void> {
     const found = group.filter((w) => {
-      if (claimIdRegion(w.job.claimId) !== null) return true;
-      w.reject(new NotFoundError(`Claim "${w.job.claimId}" does not exist`));
+      if (claimKeyOf(w.job.claimId) !== null) return true;
+      w.reject(claimNotFound(w.job.claimId));
       return false;
     });
     const claims = await getAll<ClaimRecord>(
       this.kv,
-      found.map((w) => keys.claim(claimIdRegion(w.job.claimId)!, w.job.claimId)),
+      found.map((w) => claimKeyOf(w.job.claimId)!),
     );
     const alone: Waiting[] = [];
     const live: Array<{ waiting: Waiting; entry: Deno.KvEntry<ClaimRecord> }> = [];
     found.forEach((waiting, i) => {
       const entry = claims[i];
       if (entry.versionstamp === null) {
-        return waiting.reject(new NotFoundError(`Claim "${waiting.job.claimId}" does not exist`));
+        return waiting.reject(claimNotFound(waiting.job.claimId));
       }
       try {
         guardRenew(entry.value, waiting.job.renew);

@@ -9,7 +9,7 @@ import {
   revokeClaim,
 } from "../lib/claims.ts";
 import { readYourWrites } from "../lib/consistency.ts";
-import { claimIdRegion, claimView, getClaimEntry } from "../lib/leases.ts";
+import { claimIdRegion, claimNotFound, claimView, getClaimEntry } from "../lib/leases.ts";
 import {
   Claim,
   ClaimGrant,
@@ -23,7 +23,6 @@ import {
 } from "../lib/schemas.ts";
 import { authorize, type Principal } from "../lib/auth.ts";
 import type { Role } from "../lib/config.ts";
-import { NotFoundError } from "../lib/errors.ts";
 import { claimExample, claimWrittenExample, grantExample, revokedExample } from "./_examples.ts";
 import {
   bearerSecurity,
@@ -242,7 +241,7 @@ const listRoute = createRoute({
 /** The serving region of a claim id, or 404 (a malformed id names no claim). */
 function regionOf(claimId: string): string {
   const region = claimIdRegion(claimId);
-  if (region === null) throw new NotFoundError(`Claim "${claimId}" does not exist`);
+  if (region === null) throw claimNotFound(claimId);
   return region;
 }
 
