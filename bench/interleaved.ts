@@ -26,7 +26,7 @@ import {
   startSqliteServer,
   wrkLoad,
 } from "./scenarios.ts";
-import { percentile } from "./stats.ts";
+import { measured, percentile, worst } from "./stats.ts";
 import { describeLoad, runWrk, wrkErrors, type WrkResult } from "./wrk.ts";
 
 const ROUNDS = 5;
@@ -53,12 +53,6 @@ const range = (values: number[], format: (n: number) => string) =>
   `${format(Math.min(...values))}–${format(Math.max(...values))}`;
 const times = (n: number) => `${n.toFixed(2)}×`;
 const sum = (values: number[]) => values.reduce((n, v) => n + v, 0);
-
-/** The rounds' latencies that were measured (a round without a commit or grant has none). */
-const measured = (values: (number | null)[]) => values.filter((v): v is number => v !== null);
-/** The worst round's latency; null when no round measured one. */
-const worst = (values: (number | null)[]) =>
-  measured(values).length === 0 ? null : Math.max(...measured(values));
 
 /** CPU µs per loop over the rounds; null if any round could not read it. */
 function cpuPerLoop(cpuSeconds: (number | null)[], loops: number): number | null {

@@ -5,22 +5,16 @@
  * alternating rounds (the order reversed every other round) so steal time hits both.
  */
 import type { RenewResult } from "./engine.ts";
-import { startAllot, TOKENS, withServer } from "./harness.ts";
+import { startAllot, withServer } from "./harness.ts";
 import { count, POOL_SIZE } from "./peers/common.ts";
 import { describeExit } from "./procs.ts";
-import { type BenchContext, LOOPS, type Row, seedAllot } from "./scenarios.ts";
-import { percentile } from "./stats.ts";
+import { type BenchContext, LOOPS, type Row, runBenchRoute, seedAllot } from "./scenarios.ts";
+import { measured, percentile, worst } from "./stats.ts";
 
 const ROUNDS = 3;
 
-async function runRenews(baseUrl: string, seconds: number, grouped: boolean) {
-  const res = await fetch(`${baseUrl}/bench/renew`, {
-    method: "POST",
-    headers: { authorization: `Bearer ${TOKENS.admin}` },
-    body: JSON.stringify({ seconds, loops: LOOPS, grouped }),
-  });
-  if (!res.ok) throw new Error(`POST /bench/renew: ${res.status} ${await res.text()}`);
-  return await res.json() as RenewResult;
+function runRenews(baseUrl: string, seconds: number, grouped: boolean) {
+  return runBenchRoute<RenewResult>(baseUrl, "/bench/renew", { seconds, loops: LOOPS, grouped });
 }
 
 /** Renews grouped and alone, alternated; two rows. */
@@ -57,10 +51,8 @@ export function renewRows(grouped: RenewResult[], alone: RenewResult[], roundSec
     poolSize: POOL_SIZE,
     opsPerSec: runs.reduce((n, r) => n + r.renews, 0) / runs.reduce((n, r) => n + r.seconds, 0),
     unit: "renews/s",
-    p50Ms: percentile(runs.flatMap((r) => r.p50Ms ?? []), 50),
-    p99Ms: runs.some((r) => r.p99Ms !== null)
-      ? Math.max(...runs.flatMap((r) => r.p99Ms ?? []))
-      : null,
+    p50Ms: percentile(measured(runs.map((r) => r.p50Ms)), 50),
+    p99Ms: worst(runs.map((r) => r.p99Ms)),
     latencyOf: "each renew; p50 the median round's, p99 the worst round's",
     doubleAllocations: null,
     fencingViolations: null,

@@ -173,15 +173,24 @@ export async function seedAllot(baseUrl: string): Promise<void> {
   }
 }
 
-/** Runs the claim engine of a bench/engine_server.ts for `seconds`, without HTTP per claim. */
-export async function runEngine(baseUrl: string, seconds: number): Promise<EngineResult> {
-  const res = await fetch(`${baseUrl}/bench/engine`, {
+/** Runs one of bench/engine_server.ts's bench routes, as the admin, and returns its result. */
+export async function runBenchRoute<T>(
+  baseUrl: string,
+  path: "/bench/engine" | "/bench/renew",
+  body: Record<string, unknown>,
+): Promise<T> {
+  const res = await fetch(`${baseUrl}${path}`, {
     method: "POST",
     headers: { authorization: `Bearer ${TOKENS.admin}` },
-    body: JSON.stringify({ seconds, loops: LOOPS }),
+    body: JSON.stringify(body),
   });
-  if (!res.ok) throw new Error(`POST /bench/engine: ${res.status} ${await res.text()}`);
-  return await res.json();
+  if (!res.ok) throw new Error(`POST ${path}: ${res.status} ${await res.text()}`);
+  return await res.json() as T;
+}
+
+/** Runs the claim engine of a bench/engine_server.ts for `seconds`, without HTTP per claim. */
+export function runEngine(baseUrl: string, seconds: number): Promise<EngineResult> {
+  return runBenchRoute(baseUrl, "/bench/engine", { seconds, loops: LOOPS });
 }
 
 /** Where wrk and the checker send allot's claims and releases. */
