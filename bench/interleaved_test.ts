@@ -31,6 +31,7 @@ function engine(loops: number, p99: number | null): EngineResult {
 const round = (allot: number, sqlite: number, kv: number, allotP99 = 40): Round => ({
   allot: wrk(allot, 20, allotP99),
   allotCpuSeconds: 2,
+  allotSteal: 0.03,
   sqlite: wrk(sqlite, 25, 60),
   kv: { commits: 2 * kv, conflicts: 0, seconds: 2, p50Ms: 20, p99Ms: 50 },
   engine: engine(2 * allot, 10),
@@ -69,6 +70,10 @@ Deno.test("interleavedRows() sets the engine's rounds beside allot's, CPU per lo
     // allot: 3 rounds × 2 CPU s over 7,200 loops = 833 µs; engine: 3 × 1 s over 14,400 = 208 µs.
     assert.match(rows[0].note!, /server CPU per loop 833 µs\.$/);
     assert.match(
+      rows[0].note!,
+      /^claim loops\/s per round \(p99, server CPU per loop, steal\): 1,000 \(p99 40\.0 ms, 1,000 µs, steal 3 %\); 1,400 \(p99 40\.0 ms, 714 µs, steal 3 %\); 1,200/,
+    );
+    assert.match(
       engine.note!,
       /÷ SQLite anchor 6\.00×, ÷ raw KV 1\.20×; server CPU per loop 208 µs, against allot's 833 µs/,
     );
@@ -98,7 +103,9 @@ Deno.test("interleavedRows() sets the engine's rounds beside allot's, CPU per lo
     const blind = round(1000, 500, 2000);
     blind.engineCpuSeconds = null;
     blind.allotCpuSeconds = null;
+    blind.allotSteal = null;
     const [allot, , , engine] = interleavedRows([round(1000, 500, 2000), blind], 2);
+    assert.match(allot.note!, /; 1,000 \(p99 40\.0 ms, unknown, steal unknown\);/);
     assert.match(allot.note!, /server CPU per loop unknown\.$/);
     assert.match(engine.note!, /server CPU per loop unknown, against allot's unknown/);
   });
