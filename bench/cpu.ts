@@ -51,6 +51,35 @@ export async function childCpuSeconds(sup: Supervisor, pid: number): Promise<num
   return (fields[11] + fields[12]) / await ticksPerSecond(sup);
 }
 
+/** Thread names and CPU seconds (user + system) from `/proc/<pid>/task/<tid>/stat` lines. */
+export function parseThreadStats(
+  text: string,
+  ticksPerSecond: number,
+): Map<string, { name: string; seconds: number }> {
+  const threads = new Map<string, { name: string; seconds: number }>();
+  for (const line of text.split("\n")) {
+    // A name may hold spaces and parentheses: it runs from the first " (" to the last ")".
+    const open = line.indexOf(" (");
+    const close = line.lastIndexOf(")");
+    if (open < 0 || close < open) continue;
+    const fields = statFields(line);
+    threads.set(line.slice(0, open), {
+      name: line.slice(open + 2, close),
+      seconds: (fields[11] + fields[12]) / ticksPerSecond,
+    });
+  }
+  return threads;
+}
+
+/** Every thread of process `pid`, keyed by thread id; null when unreadable. */
+export async function threadCpuSeconds(
+  sup: Supervisor,
+  pid: number,
+): Promise<Map<string, { name: string; seconds: number }> | null> {
+  const text = await commandOutput(sup, "sh", ["-c", `cat /proc/${pid}/task/*/stat`]);
+  return text ? parseThreadStats(text, await ticksPerSecond(sup)) : null;
+}
+
 /** Reads the machine's and this run's CPU ticks; null where /proc is not there. */
 export async function sampleCpu(sup: Supervisor): Promise<CpuSample | null> {
   const text = await commandOutput(sup, "cat", ["/proc/stat", `/proc/${Deno.pid}/stat`]);

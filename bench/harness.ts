@@ -83,15 +83,18 @@ export async function withServer<T>(
 
 /**
  * Starts `script` (main.ts, or a bench server built like it) with ALLOT_KV in a fresh
- * temp dir, the three bench tokens and a free port, and waits for /healthz.
+ * temp dir, the three bench tokens, a free port and any `env` of its own, and waits for
+ * /healthz.
  */
 export async function startAllot(
   ctx: BenchContext,
   name: string,
   script: string,
+  env: Record<string, string> = {},
 ): Promise<AllotServer> {
   const dir = await ctx.sup.tempDir(`${name}-`);
   const { server, baseUrl } = await startServer(ctx, name, script, {
+    ...env,
     ALLOT_KV: `${dir}/allot.kv`,
     ALLOT_TOKENS: JSON.stringify([
       { token: TOKENS.admin, role: "admin" },
