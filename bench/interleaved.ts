@@ -154,11 +154,10 @@ export function interleavedRows(rounds: Round[], roundSeconds: number): Row[] {
   };
   const allot = wrkRow("allot", "allot (main.ts, file-backed Deno KV)");
   allot.details = {
-    rounds: rounds.map((r) => ({
-      ...r.allot,
-      loopsPerSec: loopsOf(r.allot),
-      serverCpuSeconds: r.allotCpuSeconds,
-      steal: r.allotSteal,
+    rounds: (allot.details.rounds as object[]).map((round, i) => ({
+      ...round,
+      serverCpuSeconds: rounds[i].allotCpuSeconds,
+      steal: rounds[i].allotSteal,
     })),
   };
   const sqlite = wrkRow("sqlite", SQLITE_WHAT);

@@ -49,6 +49,14 @@ Deno.test("interleavedRows() totals every round and gives each round's ratio", (
   assert.equal(allot.p50Ms, 20, "the median round's p50");
   assert.equal(allot.p99Ms, 55, "the worst round's p99");
   assert.deepEqual(allot.targets, [{ target: "p99 ≤ 50 ms (worst round)", met: false }]);
+  assert.deepEqual(
+    (allot.details.rounds as Record<string, unknown>[]).map((r) => [
+      r.loopsPerSec,
+      r.serverCpuSeconds,
+      r.steal,
+    ]),
+    [[1000, 2, 0.03], [1400, 2, 0.03], [1200, 2, 0.03]],
+  );
   assert.deepEqual(sqlite.targets, [{ target: "allot ≥ 3×", met: true }]);
   assert.deepEqual(kv.targets, [{ target: "allot ≥ 3×", met: false }]);
   assert.match(sqlite.note!, /per round 2\.00×–4\.00×, over all rounds 3\.00×\.$/);
