@@ -5,7 +5,7 @@
  * The buffer is only a batching device: every commit checks what it read, so several
  * isolates consuming at once cannot corrupt state.
  */
-import { ATOMIC_LIMITS, AtomicPlan } from "./atomic.ts";
+import { ATOMIC_LIMITS, AtomicPlan, isSizeLimitError } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { evaluateMode } from "./fallback.ts";
 import type { StatusBatchMessage } from "./queue.ts";
@@ -51,6 +51,8 @@ const MAX_CONFLICT_RETRIES = 10;
 const CONTENDED_MS = 2000;
 /** Mutations a commit spends once per region, whatever its size: version, write mark, counters. */
 const REGION_MUTATIONS = 8;
+/** What a commit that Deno KV refused for its size settles to. */
+const SIZE_REFUSED = Symbol("size refused");
 
 /** Applies status messages in coalesced, checked commits. */
 export class StatusApplier {
@@ -196,7 +198,13 @@ export class StatusApplier {
         if (!plan.fits()) return plan.overflow();
         if (plan.mutations === 0) return null;
         await this.#faults.beforeCommit?.(planned.regions);
-        const res = await plan.commit(this.kv);
+        const res = await plan.commit(this.kv).catch((error): typeof SIZE_REFUSED => {
+          // The plan's byte count is an upper bound; should Deno KV still refuse the size,
+          // split the group like any overflow rather than fail every message in it.
+          if (isSizeLimitError(error)) return SIZE_REFUSED;
+          throw error;
+        });
+        if (res === SIZE_REFUSED) return Math.max(2, plan.overflow());
         if (!res.ok) {
           this.stats.conflicts++;
           // Likely another consumer on these regions: check entries, not the one shared key.

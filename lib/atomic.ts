@@ -25,28 +25,28 @@ export class AtomicPlan implements AtomicWriter {
 
   check(...checks: Deno.AtomicCheck[]): this {
     this.checks += checks.length;
-    for (const c of checks) this.bytes += sizeOf(c.key);
+    for (const c of checks) this.bytes += keySize(c.key);
     this.#steps.push((op) => op.check(...checks));
     return this;
   }
 
   set(key: Deno.KvKey, value: unknown, options?: { expireIn?: number }): this {
     this.mutations++;
-    this.bytes += sizeOf(key) + sizeOf(value);
+    this.bytes += keySize(key) + encodedSize(value);
     this.#steps.push((op) => op.set(key, value, options));
     return this;
   }
 
   delete(key: Deno.KvKey): this {
     this.mutations++;
-    this.bytes += sizeOf(key);
+    this.bytes += keySize(key);
     this.#steps.push((op) => op.delete(key));
     return this;
   }
 
   sum(key: Deno.KvKey, n: bigint): this {
     this.mutations++;
-    this.bytes += sizeOf(key) + 8;
+    this.bytes += keySize(key) + 8;
     this.#steps.push((op) => op.sum(key, n));
     return this;
   }
@@ -74,13 +74,36 @@ export class AtomicPlan implements AtomicWriter {
   }
 }
 
-/** An upper bound on a key's or value's encoded size (JSON length, bigints as 20 digits). */
-function sizeOf(value: unknown): number {
+/**
+ * An upper bound on the bytes Deno KV counts for a value: its JSON length, doubled when it
+ * holds a character above U+00FF (V8 then stores the string at two bytes a unit, where JSON
+ * counts one). Bigints count 20 digits.
+ */
+export function encodedSize(value: unknown): number {
+  const json = jsonOf(value);
+  return WIDE.test(json) ? 2 * json.length : json.length;
+}
+
+/** An upper bound on the bytes Deno KV counts for a key: keys are UTF-8. */
+function keySize(key: Deno.KvKey): number {
+  const json = jsonOf(key);
+  return NON_ASCII.test(json) ? utf8.encode(json).length : json.length;
+}
+
+function jsonOf(value: unknown): string {
   try {
-    return JSON.stringify(value)?.length ?? 0;
+    return JSON.stringify(value) ?? "";
   } catch {
     // Only bigints make JSON.stringify throw; the replacer is slow, so it is the rare path.
-    return JSON.stringify(value, (_k, v) => (typeof v === "bigint" ? "x".repeat(20) : v))
-      ?.length ?? 0;
+    return JSON.stringify(value, (_k, v) => (typeof v === "bigint" ? "x".repeat(20) : v)) ?? "";
   }
+}
+
+const NON_ASCII = /[\u0080-\uffff]/;
+const WIDE = /[\u0100-\uffff]/;
+const utf8 = new TextEncoder();
+
+/** Whether a commit threw because the atomic broke one of Deno KV's size limits. */
+export function isSizeLimitError(error: unknown): boolean {
+  return error instanceof TypeError && /too large/i.test(error.message);
 }

@@ -56,6 +56,13 @@ export class BadRequestError extends AllotError {
   }
 }
 
+/** The request is larger than allot can store at once: 413. */
+export class TooLargeError extends AllotError {
+  constructor(detail: string) {
+    super(413, "too-large", "Payload too large", detail);
+  }
+}
+
 /** No or unknown bearer token: 401. */
 export class UnauthorizedError extends AllotError {
   constructor(detail = "A valid `Authorization: Bearer <token>` header is required") {

@@ -4,9 +4,9 @@
  * so a 202 survives a crash and the watermark can never miss a message.
  */
 import { newId } from "./ids.ts";
-import type { AtomicPlan } from "./atomic.ts";
+import { ATOMIC_LIMITS, type AtomicPlan, encodedSize, isSizeLimitError } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
-import { UnavailableError } from "./errors.ts";
+import { TooLargeError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
 import { addCounter, bumpResourcesVersion, counterValue, getAll, markWrite } from "./kv.ts";
 import { type CachedResource, ResourceCache } from "./resource_cache.ts";
@@ -24,7 +24,7 @@ import type { StatusUpdate } from "./schemas.ts";
  * in parts (StatusApplier).
  */
 export const UPDATES_PER_MESSAGE = 500;
-/** Bytes of updates per queue message (Deno KV caps a message at 64 KiB). */
+/** Bytes of updates per queue message, as encodedSize counts them (Deno KV caps one at 64 KiB). */
 const MESSAGE_BYTES = 48 * 1024;
 /** Ingest refuses new batches while this many updates of a region wait (bounded backlog). */
 export const MAX_PENDING_UPDATES = 100_000;
@@ -40,7 +40,7 @@ export function chunkUpdates(updates: readonly StatusUpdate[]): StatusUpdate[][]
   let current: StatusUpdate[] = [];
   let bytes = 0;
   for (const update of updates) {
-    const size = JSON.stringify(update).length;
+    const size = encodedSize(update);
     if (
       current.length >= UPDATES_PER_MESSAGE || (current.length > 0 && bytes + size > MESSAGE_BYTES)
     ) {
@@ -58,7 +58,8 @@ export function chunkUpdates(updates: readonly StatusUpdate[]): StatusUpdate[][]
 /**
  * Makes a validated batch durable: one atomic enqueues its messages, writes their
  * pending-index entries and bumps the region's `enqueued` counter. 503 + Retry-After
- * when the region's backlog is over its bound.
+ * when the region's backlog is over its bound; 413 when the batch, as Deno KV counts its
+ * bytes, would not fit one atomic (a batch is accepted whole or not at all).
  */
 export async function ingestStatus(
   kv: Deno.Kv,
@@ -80,6 +81,8 @@ export async function ingestStatus(
       2,
     );
   }
+  const bytes = updates.reduce((n, update) => n + encodedSize(update), 0);
+  if (bytes > ATOMIC_LIMITS.bytes) throw batchTooLarge(region, updates.length, bytes);
   const enqueuedAt = clock.now();
   const messages = chunkUpdates(updates).map((chunk): StatusBatchMessage => ({
     type: "status.batch",
@@ -101,9 +104,20 @@ export async function ingestStatus(
   }
   addCounter(op, region, "enqueued", updates.length);
   markWrite(op, region);
-  const res = await op.commit();
+  const res = await op.commit().catch((error) => {
+    // The estimate is an upper bound, so this is a backstop: a 413, never a 500.
+    throw isSizeLimitError(error) ? batchTooLarge(region, updates.length, bytes) : error;
+  });
   if (!res.ok) throw new UnavailableError(`Cannot accept status for region "${region}": retry`);
   return { accepted: updates.length, messages, consistencyToken: res.versionstamp };
+}
+
+function batchTooLarge(region: string, updates: number, bytes: number): TooLargeError {
+  return new TooLargeError(
+    `Cannot accept status for region "${region}": ${updates} updates take up to ${bytes} bytes ` +
+      `once stored (non-ASCII text counts two or three bytes a character), over the ` +
+      `${ATOMIC_LIMITS.bytes} one request may carry; send them in smaller batches`,
+  );
 }
 
 /** A resource's fields after a set of updates, and the updates that supplied them. */

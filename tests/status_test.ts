@@ -2,9 +2,11 @@ import assert from "node:assert/strict";
 import { StatusApplier } from "../lib/applier.ts";
 import { handleQueueMessage, type StatusBatchMessage } from "../lib/queue.ts";
 import { ingestStatus } from "../lib/status.ts";
+import { encodedSize } from "../lib/atomic.ts";
+import { TooLargeError } from "../lib/errors.ts";
 import type { StatusUpdate } from "../lib/schemas.ts";
 import { keys } from "../lib/keys.ts";
-import { claim, makeApp, type TestApp, TOKENS } from "./_helpers.ts";
+import { claim, interceptCommits, makeApp, snapshotKv, type TestApp, TOKENS } from "./_helpers.ts";
 
 /** The observable state of a region: its resources (minus timestamps) and pool figures. */
 async function observe(t: TestApp, region: string) {
@@ -426,4 +428,105 @@ Deno.test("consumers racing on one region fall back to per-entry checks and neve
   assert.deepEqual([health.total, health.pending], [40, 0]);
   const last = (await t.request("GET", "/v1/regions/iad/resources/a3-r4")).body;
   assert.equal(last.load, 29);
+});
+
+/** 16 labels of 256 CJK characters: about 8 KB once V8 stores them, 4 KB by JSON's count. */
+const WIDE_LABELS = Object.fromEntries(
+  Array.from({ length: 16 }, (_, i) => [`k${i}`, "漢".repeat(256)]),
+);
+
+Deno.test("status in non-Latin-1 text is sized as Deno KV counts bytes", async (t) => {
+  await t.step("encodedSize() doubles JSON's count for text V8 stores two bytes wide", () => {
+    assert.equal(encodedSize("ascii"), 7);
+    assert.equal(encodedSize("é".repeat(10)), 12, "Latin-1 stays one byte a character");
+    assert.equal(encodedSize("漢".repeat(10)), 24);
+    assert.equal(encodedSize({ n: 1n }), JSON.stringify({ n: "x".repeat(20) }).length);
+  });
+
+  await t.step("a valid batch of CJK labels is accepted (202) and applied, not a 500", async () => {
+    await using app = await makeApp();
+    await app.request("PUT", "/v1/regions/iad", { body: {} });
+    const updates = Array.from({ length: 30 }, (_, i): StatusUpdate => ({
+      resource: `s${i}`,
+      seq: 1,
+      state: "ready",
+      labels: WIDE_LABELS,
+    }));
+    const res = await app.request("POST", "/v1/regions/iad/status", {
+      token: TOKENS.agent,
+      body: { updates },
+    });
+    assert.equal(res.status, 202, JSON.stringify(res.body));
+    assert.ok(res.body.messages > 1, "split into messages under the 64 KiB enqueue limit");
+  });
+
+  await t.step("resources of 64 slots with CJK labels apply beside other messages", async () => {
+    await using app = await makeApp();
+    await app.request("PUT", "/v1/regions/iad", { body: {} });
+    const { messages } = await ingestStatus(app.kv, app.clock, "iad", [
+      ...[0, 1].map((i): StatusUpdate => ({
+        resource: `gpu-${i}`,
+        seq: 1,
+        state: "ready",
+        slots: 64,
+        labels: WIDE_LABELS,
+      })),
+    ]);
+    messages.push(
+      ...(await ingestStatus(app.kv, app.clock, "iad", [
+        { resource: "plain", seq: 1, state: "ready", load: 0.5 },
+      ])).messages,
+    );
+    const applier = new StatusApplier(app.kv, app.clock);
+    assert.deepEqual(await applier.apply(messages), messages.map(() => null));
+    const health = await app.request("GET", "/v1/regions/iad");
+    assert.deepEqual([health.body.total, health.body.free], [129, 129]);
+    const gpu = await app.request("GET", "/v1/regions/iad/resources/gpu-1");
+    assert.deepEqual(gpu.body.labels, WIDE_LABELS);
+  });
+
+  await t.step(
+    "a batch too large for one atomic once encoded is a 413 that stores nothing",
+    async () => {
+      await using app = await makeApp();
+      await app.request("PUT", "/v1/regions/iad", { body: {} });
+      const before = await snapshotKv(app.kv);
+      const updates = Array.from({ length: 150 }, (_, i): StatusUpdate => ({
+        resource: `s${i}`,
+        seq: 1,
+        state: "ready",
+        labels: WIDE_LABELS,
+      }));
+      await assert.rejects(
+        ingestStatus(app.kv, app.clock, "iad", updates),
+        (error: unknown) => error instanceof TooLargeError && /smaller batches/.test(error.message),
+      );
+      assert.deepEqual(await snapshotKv(app.kv), before);
+    },
+  );
+});
+
+Deno.test("a status commit that Deno KV refuses for its size is split and applied, not failed", async () => {
+  await using app = await makeApp();
+  await app.request("PUT", "/v1/regions/iad", { body: {} });
+  const messages: StatusBatchMessage[] = [];
+  for (const resource of ["a", "b", "c"]) {
+    messages.push(
+      ...(await ingestStatus(app.kv, app.clock, "iad", [
+        { resource, seq: 1, state: "ready", slots: 2 },
+      ])).messages,
+    );
+  }
+  const intercepted = interceptCommits(app.kv);
+  let refused = false;
+  intercepted.arm(() => {
+    refused = true;
+    throw new TypeError("Total mutation size too large (max 819200 bytes)");
+  });
+  const applier = new StatusApplier(intercepted.kv, app.clock);
+  assert.deepEqual(await applier.apply(messages), [null, null, null]);
+  assert.ok(refused, "the size refusal was injected");
+  assert.ok(applier.stats.commits >= 2, "the refused group went out in parts");
+  const health = await app.request("GET", "/v1/regions/iad");
+  assert.deepEqual([health.body.total, health.body.free, health.body.pending], [6, 6, 0]);
 });
