@@ -223,7 +223,7 @@ export class StatusApplier {
           instruments.statusUpdates.add(planned.processed, { region });
         }
         instruments.updatesPerCommit.record(planned.processed);
-        await this.#afterCommit(planned.regions, planned.gone);
+        await this.#afterCommit(planned.regions, planned.gone, res.versionstamp);
         return null;
       }
       throw new Error(`status apply: ${MAX_CONFLICT_RETRIES} conflicting commits in a row`);
@@ -265,9 +265,11 @@ export class StatusApplier {
   async #afterCommit(
     regions: ReadonlySet<string>,
     gone: ReadonlyArray<{ region: string; id: string }>,
+    committedAt: string,
   ): Promise<void> {
     for (const { region, id } of gone) {
-      await loseLeases(this.kv, this.clock, region, id, "resource gone").catch(logFailure);
+      await loseLeases(this.kv, this.clock, region, id, "resource gone", committedAt)
+        .catch(logFailure);
     }
     for (const region of regions) {
       await evaluateMode(this.kv, this.clock, region).catch(logFailure);

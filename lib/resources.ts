@@ -54,7 +54,9 @@ export async function putResource(
   await getRegionConfig(kv, region);
   const spec: ResourceSpec = { id, ...input, updatedAt: clock.now() };
   const { before, held, consistencyToken } = await changeSpec(kv, region, id, spec);
-  if (spec.state === "gone") await loseLeases(kv, clock, region, id, "resource gone");
+  if (spec.state === "gone") {
+    await loseLeases(kv, clock, region, id, "resource gone", consistencyToken);
+  }
   const telemetry = await kv.get<Telemetry>(keys.telemetry(region, id));
   const claimed = spec.state === "gone" ? 0 : held;
   return {
@@ -76,7 +78,7 @@ export async function deleteResource(
   if (before === null) {
     throw new NotFoundError(`Resource "${id}" does not exist in region "${region}"`);
   }
-  await loseLeases(kv, clock, region, id, "resource deleted");
+  await loseLeases(kv, clock, region, id, "resource deleted", consistencyToken);
   return { consistencyToken };
 }
 
@@ -109,16 +111,23 @@ async function changeSpec(
   );
 }
 
-/** Marks every live lease on a resource `lost`, one commit each (a crash leaves renew to finish it). */
+/**
+ * Marks `lost` every live lease on a resource that was held when the change that took the
+ * resource away committed (versionstamp `changedAt`), one commit each (a crash leaves renew
+ * to finish it). A slot taken after that commit belongs to a resource registered again
+ * since, and its lease is not this change's to end.
+ */
 export async function loseLeases(
   kv: Deno.Kv,
   clock: Clock,
   region: string,
   id: string,
   reason: string,
+  changedAt: string,
 ): Promise<number> {
   let lost = 0;
   for (const held of (await readHeldSlots(kv, region, id)).values()) {
+    if (held.versionstamp > changedAt) continue;
     try {
       await endLease(kv, clock, held.value.claimId, { state: "lost", reason });
       lost++;

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { loseLeases } from "../lib/resources.ts";
 import {
   assertProblem,
   claim,
@@ -287,4 +288,91 @@ Deno.test("spec changes racing lease ends and claims keep the pool exact", async
     assert.equal(relabelled.length, 2);
     assert.deepEqual(await poolOf(r.racer, "iad"), { free: 0, claimed: 3, total: 3 });
   });
+});
+
+/**
+ * Wraps `inner` so the `nth` listing of a resource's held slots waits for `gate`: the
+ * moment between a DELETE's commit and its lease loss, held open.
+ */
+function pauseSlotListing(inner: Deno.Kv, nth: number, gate: Promise<void>): Deno.Kv {
+  let listings = 0;
+  return new Proxy(inner, {
+    get(target, prop) {
+      if (prop === "list") {
+        return (selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
+          const prefix = "prefix" in selector ? selector.prefix : [];
+          if (prefix[2] !== "slot" || ++listings !== nth) return target.list(selector, options);
+          return (async function* () {
+            await gate;
+            yield* target.list(selector, options);
+          })();
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
+Deno.test("a DELETE's lease loss never reaches a claim made after it, on the resource registered again", async (t) => {
+  await t.step(
+    "over HTTP, with the re-registration and claim between the DELETE's commit and its lease loss",
+    async () => {
+      await using racer = await makeApp();
+      await seedRegion(racer, "iad", 0);
+      assert.equal((await putResource(racer, "r1", { slots: 2 })).status, 201);
+      const old = await claim(racer, "iad", { holder: "old" });
+      let open!: () => void;
+      const gate = new Promise<void>((resolve) => open = resolve);
+      // The DELETE's first listing reads the held slots it checks; its second is the lease loss.
+      await using deleter = await makeApp({
+        kv: pauseSlotListing(racer.kv, 2, gate),
+        clock: racer.clock,
+      });
+      const deleting = deleter.request("DELETE", "/v1/regions/iad/resources/r1", {
+        token: TOKENS.agent,
+      });
+      while ((await racer.request("GET", "/v1/regions/iad/resources/r1")).status !== 404) {
+        await new Promise((resolve) => setTimeout(resolve, 1));
+      }
+      // Its other slot is free again at once; the old lease's slot stays held until it is lost.
+      assert.equal((await putResource(racer, "r1", { slots: 2 })).status, 201, "registered again");
+      const fresh = await claim(racer, "iad", { holder: "new" });
+      assert.equal(fresh.status, 201);
+      open();
+      assert.equal((await deleting).status, 200);
+      assert.equal((await getClaim(racer, old.body.id)).state, "lost", "the DELETE's own lease");
+      const after = await getClaim(racer, fresh.body.id);
+      assert.deepEqual(
+        [after.state, after.reason],
+        ["active", null],
+        "the later claim is untouched",
+      );
+    },
+  );
+
+  await t.step(
+    "loseLeases() run late (as the status path's after-commit step may) spares slots taken after the change",
+    async () => {
+      await using app = await makeApp();
+      await seedRegion(app, "iad", 0);
+      await putResource(app, "r1", { slots: 2 });
+      const before = await claim(app, "iad", { holder: "before" });
+      const gone = await putResource(app, "r1", { slots: 2, state: "gone" });
+      assert.match(gone.body.consistencyToken, /^[0-9a-f]{20}$/);
+      assert.equal((await getClaim(app, before.body.id)).state, "lost");
+      await putResource(app, "r1", { slots: 2, state: "ready" });
+      const later = await claim(app, "iad", { holder: "later" });
+      const lost = await loseLeases(
+        app.kv,
+        app.clock,
+        "iad",
+        "r1",
+        "resource gone",
+        gone.body.consistencyToken,
+      );
+      assert.equal(lost, 0);
+      assert.equal((await getClaim(app, later.body.id)).state, "active");
+    },
+  );
 });
