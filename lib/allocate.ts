@@ -17,20 +17,12 @@ import { type FreeSlot, type HeldSlot, labelsMatch } from "./pool.ts";
 import type { ClaimGrant, ClaimInput } from "./schemas.ts";
 import { readSweeper, stageSweeper } from "./sweeper.ts";
 import { inSpan, instruments } from "./telemetry.ts";
+import { grantVersionstamp, IDEMPOTENCY_GRACE_MS, type IdempotencyRecord } from "./idempotency.ts";
 
 /** Conflicting commits a lone claim survives before answering 503 (each retry reads afresh). */
 const MAX_CLAIM_ATTEMPTS = 32;
 /** Free entries read per attempt; the claim picks one at random so racers spread out. */
 const CANDIDATES_PER_ATTEMPT = 8;
-/** Idempotency keys outlive the lease they produced by this much. */
-const IDEMPOTENCY_GRACE_MS = 24 * 3600 * 1000;
-
-/** What an idempotency key remembers: the request's digest and the first answer. */
-interface IdempotencyRecord {
-  bodyHash: string;
-  grant: GrantDraft;
-  commitIndex: number;
-}
 
 /** A grant before its commit gives it tokens. */
 export type GrantDraft = Omit<ClaimGrant, "fencingToken" | "consistencyToken">;
@@ -234,6 +226,12 @@ export function stageClaim(
     commitIndex,
     fencingToken: null,
   };
+  if (claim.idemKey && claim.request.idempotencyKey !== undefined) {
+    record.idempotency = {
+      key: claim.request.idempotencyKey,
+      expiresAt: now + leaseMs + IDEMPOTENCY_GRACE_MS,
+    };
+  }
   const slotKey = keys.slot(servedBy, resource, slot);
   op.check(free, { key: slotKey, versionstamp: null });
   op.set(slotKey, { claimId: record.id } satisfies HeldSlot);
@@ -286,10 +284,10 @@ function replay(entry: Deno.KvEntry<IdempotencyRecord>, bodyHash: string): Claim
       [{ field: "Idempotency-Key", message: "reused with a different body" }],
     );
   }
-  // The idempotency record was written in the claim's own commit: same versionstamp.
+  // The idempotency record was written in the claim's own commit (or says which it was).
   const { grant, commitIndex } = entry.value;
   return {
-    grant: withTokens(grant, entry.versionstamp, commitIndex),
+    grant: withTokens(grant, grantVersionstamp(entry), commitIndex),
     replayed: true,
     groupSize: 0,
   };

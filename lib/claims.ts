@@ -15,6 +15,12 @@ import {
   type LeaseEnd,
   type LeaseEnder,
 } from "./leases.ts";
+import {
+  idempotencyKeyOf,
+  type IdempotencyRecord,
+  needsKeyRefresh,
+  stageKeyRefresh,
+} from "./idempotency.ts";
 import type { ResourceSpec } from "./pool.ts";
 import { getRegionConfig } from "./regions.ts";
 import type { Claim, ClaimState, RegionConfig } from "./schemas.ts";
@@ -102,14 +108,8 @@ export function renewReadKeys(
   ];
 }
 
-/**
- * Adds a renew to an atomic: a check on the claim as read, the record with its new
- * expiry (clamped to the region's lease.maxMs), its expiry-index entry moved. The commit
- * must also stage the serving region's sweeper, once however many renews it carries,
- * and mark the write.
- */
-export function stageRenew(
-  op: AtomicWriter,
+/** The claim as a renew leaves it: its new expiry, clamped to the region's lease.maxMs. */
+export function renewedRecord(
   clock: Clock,
   entry: Deno.KvEntry<ClaimRecord>,
   config: RegionConfig | null,
@@ -118,20 +118,35 @@ export function stageRenew(
   const record = entry.value;
   const maxMs = config?.lease.maxMs ?? record.leaseMs;
   const nextLeaseMs = Math.min(leaseMs ?? record.leaseMs, maxMs);
-  const renewed: ClaimRecord = {
+  return {
     ...record,
     leaseMs: nextLeaseMs,
     expiresAt: clock.now() + nextLeaseMs,
     fencingToken: fencingTokenOf(entry),
   };
+}
+
+/**
+ * Adds a renew to an atomic: a check on the claim as read, the `renewed` record, its
+ * expiry-index entry moved. The commit must also stage the serving region's sweeper,
+ * once however many renews it carries, and mark the write.
+ */
+export function stageRenew(
+  op: AtomicWriter,
+  entry: Deno.KvEntry<ClaimRecord>,
+  renewed: ClaimRecord,
+): void {
+  const record = entry.value;
   op.check(entry);
   op.set(entry.key, renewed);
   op.delete(keys.lease(record.servedBy, record.expiresAt, record.id));
   op.set(keys.lease(record.servedBy, renewed.expiresAt, record.id), null);
-  return renewed;
 }
 
-/** Renews one lease with its own CAS loop; also what a renew in a failed group falls back to. */
+/**
+ * Renews one lease with its own CAS loop; also what a renew in a failed group falls back
+ * to, and what renews its Idempotency-Key with it when the lease nears the key's expiry.
+ */
 export async function renewAlone(
   kv: Deno.Kv,
   clock: Clock,
@@ -150,7 +165,13 @@ export async function renewAlone(
       await loseToGoneResource(kv, clock, record);
     }
     const op = kv.atomic();
-    const renewed = stageRenew(op, clock, entry, config.value, job.leaseMs);
+    let renewed = renewedRecord(clock, entry, config.value, job.leaseMs);
+    const idemKey = idempotencyKeyOf(record);
+    if (idemKey !== null && needsKeyRefresh(record, renewed.expiresAt)) {
+      const idem = await kv.get<IdempotencyRecord>(idemKey);
+      renewed = stageKeyRefresh(op, clock, idem, renewed);
+    }
+    stageRenew(op, entry, renewed);
     stageSweeper(
       op,
       clock,

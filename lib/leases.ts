@@ -33,6 +33,12 @@ export interface ClaimRecord {
   commitIndex: number;
   /** Filled in on the first rewrite; until then the entry's own versionstamp is the token. */
   fencingToken: string | null;
+  /**
+   * The claim's Idempotency-Key and when its record expires (clock ms), so a renew that
+   * carries the lease near that moment writes the key again (idempotency.ts). Absent
+   * without a key.
+   */
+  idempotency?: { key: string; expiresAt: number };
 }
 
 /** The fencing token: the claim commit's versionstamp plus the claim's index in that commit. */

@@ -2,8 +2,9 @@
  * Group commit for renews: renews that arrive while a commit is in flight go out
  * together, each with its own check on the claim it read, sharing one sweeper check
  * and one write mark per serving region. A renew the group cannot settle on its own
- * reads (a lease past expiry, a resource gone), and every renew of a group that lost a
- * race, goes through renewAlone, which re-reads and settles it.
+ * reads (a lease past expiry, a resource gone, an Idempotency-Key to write again), and
+ * every renew of a group that lost a race, goes through renewAlone, which re-reads and
+ * settles it.
  */
 import { ATOMIC_LIMITS } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
@@ -11,11 +12,13 @@ import {
   guardRenew,
   renewAlone,
   type Renewed,
+  renewedRecord,
   type Renewer,
   type RenewJob,
   renewReadKeys,
   stageRenew,
 } from "./claims.ts";
+import { needsKeyRefresh } from "./idempotency.ts";
 import { CommitQueue, type Pending } from "./commit_queue.ts";
 import { CommitEffects, getAll } from "./kv.ts";
 import { log } from "./log.ts";
@@ -120,7 +123,14 @@ export class GroupRenewer implements Renewer {
         continue;
       }
       const config = read<RegionConfig>(configKey).value;
-      const renewed = stageRenew(op, this.clock, entry, config, waiting.job.renew.leaseMs);
+      const renewed = renewedRecord(this.clock, entry, config, waiting.job.renew.leaseMs);
+      // A renew that must also write its Idempotency-Key again (about once a day of
+      // renewals) reads that key on the lone path.
+      if (needsKeyRefresh(entry.value, renewed.expiresAt)) {
+        alone.push(waiting);
+        continue;
+      }
+      stageRenew(op, entry, renewed);
       effects.touch(renewed.servedBy);
       staged.push({ waiting, key: entry.key, renewed });
     }

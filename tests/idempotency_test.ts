@@ -6,6 +6,7 @@ import {
   makeApp,
   poolOf,
   release,
+  renew,
   seedRegion,
   snapshotKv,
   TOKENS,
@@ -128,4 +129,94 @@ Deno.test("Idempotency-Keys of different callers are independent", async () => {
   });
   assertProblem(clash, 422, "Idempotency-Key");
   assert.deepEqual(await poolOf(t, "iad"), { free: 1, claimed: 2, total: 3 });
+});
+
+/** Wraps `inner` so every idempotency record an atomic writes is recorded with its expireIn. */
+function recordKeyWrites(inner: Deno.Kv) {
+  const writes: Array<{ key: Deno.KvKey; expireIn: number | undefined }> = [];
+  const kv = new Proxy(inner, {
+    get(target, prop) {
+      if (prop === "atomic") {
+        return () => {
+          const op = target.atomic();
+          const set = op.set.bind(op);
+          op.set = (key, value, options) => {
+            if (key[2] === "idem") writes.push({ key, expireIn: options?.expireIn });
+            return set(key, value, options);
+          };
+          return op;
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  return { kv, writes };
+}
+
+Deno.test("an Idempotency-Key is remembered as long as its lease, renewed for days", async (t) => {
+  await using raw = await makeApp();
+  const { kv, writes } = recordKeyWrites(raw.kv);
+  await using app = await makeApp({ kv, clock: raw.clock });
+  const hour = 3_600_000;
+  const day = 24 * hour;
+  await seedRegion(app, "iad", 2, { config: { lease: { defaultMs: hour, maxMs: hour } } });
+  const body = { holder: "long-job" };
+  const first = await claim(app, "iad", body, key("job-days"));
+  assert.equal(first.status, 201);
+  assert.deepEqual(writes.map((w) => w.expireIn), [hour + day], "the key outlives the lease a day");
+  const claimKey = ["r", "iad", "claim", first.body.id];
+  const keyExpiry = async () =>
+    (await raw.kv.get<{ idempotency?: { expiresAt: number } }>(claimKey)).value?.idempotency
+      ?.expiresAt;
+  const started = app.clock.now();
+  assert.equal(await keyExpiry(), started + hour + day);
+
+  await t.step("renewals within the key's life leave it alone, on the group path", async () => {
+    for (let i = 0; i < 27; i++) {
+      app.clock.advance(50 * 60_000);
+      assert.equal((await renew(app, first.body.id, first.body.secret)).status, 200);
+    }
+    assert.equal(writes.length, 1);
+    const stats = await app.request("GET", "/v1/stats");
+    assert.equal(stats.body.renews.alone, 0);
+  });
+
+  await t.step(
+    "the renew that carries the lease within an hour of the key's expiry writes it again",
+    async () => {
+      app.clock.advance(50 * 60_000); // 23 h 20 min in: the lease would end 40 min before the key
+      const renewed = await renew(app, first.body.id, first.body.secret);
+      assert.equal(renewed.status, 200);
+      assert.equal(writes.length, 2);
+      assert.equal(writes[1].expireIn, hour + day, "a day after the renewed lease");
+      assert.equal(await keyExpiry(), app.clock.now() + hour + day);
+      assert.equal(renewed.body.fencingToken, first.body.fencingToken);
+      const stats = await app.request("GET", "/v1/stats");
+      assert.equal(stats.body.renews.alone, 1, "that renew read the key on the lone path");
+    },
+  );
+
+  await t.step(
+    "a retry with the key still replays the first answer, tokens and secret included",
+    async () => {
+      const again = await claim(app, "iad", body, key("job-days"));
+      assert.equal(again.status, 201);
+      assert.equal(again.headers.get("idempotent-replayed"), "true");
+      for (const field of ["id", "secret", "fencingToken", "consistencyToken", "slot"]) {
+        assert.equal(again.body[field], first.body[field], field);
+      }
+      assert.deepEqual(await poolOf(app, "iad"), { free: 1, claimed: 1, total: 2 });
+    },
+  );
+
+  await t.step("a key record already gone is forgotten; the renew still succeeds", async () => {
+    await raw.kv.delete(writes[1].key);
+    for (let i = 0; i < 28; i++) {
+      app.clock.advance(50 * 60_000);
+      assert.equal((await renew(app, first.body.id, first.body.secret)).status, 200);
+    }
+    assert.equal(await keyExpiry(), undefined, "the claim no longer names a key");
+    assert.equal(writes.length, 2, "nothing left to write again");
+  });
 });
