@@ -120,7 +120,10 @@ export const commonProblems = {
 
 /** The problem responses of routes that read a JSON body. */
 export const bodyProblems = {
-  413: problem("The body is over the size limit (`urn:allot:problem:too-large`)", 413),
+  413: problem(
+    "The body is over the size limit, or a status batch is too large to store in one commit (`urn:allot:problem:too-large`)",
+    413,
+  ),
   415: problem(
     "The body is not `application/json` (`urn:allot:problem:unsupported-media-type`)",
     415,
