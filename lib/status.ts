@@ -114,9 +114,10 @@ export async function ingestStatus(
 
 function batchTooLarge(region: string, updates: number, bytes: number): TooLargeError {
   return new TooLargeError(
-    `Cannot accept status for region "${region}": ${updates} updates take up to ${bytes} bytes ` +
-      `once stored (non-ASCII text counts two or three bytes a character), over the ` +
-      `${ATOMIC_LIMITS.bytes} one request may carry; send them in smaller batches`,
+    `Cannot accept status for region "${region}": ${updates} updates are too large to store ` +
+      `in one commit (about ${bytes} bytes as Deno KV counts them, where text with characters ` +
+      `above U+00FF takes two bytes a character; at most ${ATOMIC_LIMITS.bytes}); send them in ` +
+      `smaller batches`,
   );
 }
 

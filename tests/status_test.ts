@@ -2,11 +2,19 @@ import assert from "node:assert/strict";
 import { StatusApplier } from "../lib/applier.ts";
 import { handleQueueMessage, type StatusBatchMessage } from "../lib/queue.ts";
 import { ingestStatus } from "../lib/status.ts";
-import { encodedSize } from "../lib/atomic.ts";
+import { AtomicPlan, encodedSize } from "../lib/atomic.ts";
 import { TooLargeError } from "../lib/errors.ts";
 import type { StatusUpdate } from "../lib/schemas.ts";
 import { keys } from "../lib/keys.ts";
-import { claim, interceptCommits, makeApp, snapshotKv, type TestApp, TOKENS } from "./_helpers.ts";
+import {
+  assertProblem,
+  claim,
+  interceptCommits,
+  makeApp,
+  snapshotKv,
+  type TestApp,
+  TOKENS,
+} from "./_helpers.ts";
 
 /** The observable state of a region: its resources (minus timestamps) and pool figures. */
 async function observe(t: TestApp, region: string) {
@@ -436,12 +444,37 @@ const WIDE_LABELS = Object.fromEntries(
 );
 
 Deno.test("status in non-Latin-1 text is sized as Deno KV counts bytes", async (t) => {
-  await t.step("encodedSize() doubles JSON's count for text V8 stores two bytes wide", () => {
+  await t.step("encodedSize() counts text V8 stores two bytes wide, and only that text", () => {
     assert.equal(encodedSize("ascii"), 7);
     assert.equal(encodedSize("é".repeat(10)), 12, "Latin-1 stays one byte a character");
-    assert.equal(encodedSize("漢".repeat(10)), 24);
     assert.equal(encodedSize({ n: 1n }), JSON.stringify({ n: "x".repeat(20) }).length);
+    assert.ok(encodedSize("漢".repeat(100)) >= 200);
+    const lone = "\uD800" + "a".repeat(255); // JSON escapes it as ASCII; V8 stores it wide
+    assert.ok(encodedSize({ s: lone }) >= 512, String(encodedSize({ s: lone })));
+    // One wide character widens its own string, not the update's other strings.
+    const update = { resource: "r".repeat(100), labels: { a: "v".repeat(300), city: "Łódź" } };
+    const size = encodedSize(update);
+    assert.ok(size < 1.2 * JSON.stringify(update).length, `${size}`);
   });
+
+  await t.step(
+    "a batch at the body limit with a few wide characters per update is accepted",
+    async () => {
+      await using app = await makeApp();
+      await app.request("PUT", "/v1/regions/iad", { body: {} });
+      const labels = Object.fromEntries(
+        [["city", "Łódź"], ...Array.from({ length: 6 }, (_, i) => [`k${i}`, "v".repeat(50)])],
+      );
+      const updates = Array.from({ length: 1000 }, (_, i): StatusUpdate => ({
+        resource: `s${i}`,
+        seq: 1,
+        state: "ready",
+        labels,
+      }));
+      const { accepted } = await ingestStatus(app.kv, app.clock, "iad", updates);
+      assert.equal(accepted, 1000);
+    },
+  );
 
   await t.step("a valid batch of CJK labels is accepted (202) and applied, not a 500", async () => {
     await using app = await makeApp();
@@ -502,6 +535,42 @@ Deno.test("status in non-Latin-1 text is sized as Deno KV counts bytes", async (
         (error: unknown) => error instanceof TooLargeError && /smaller batches/.test(error.message),
       );
       assert.deepEqual(await snapshotKv(app.kv), before);
+    },
+  );
+
+  await t.step("a size refusal at ingest's commit is a 413 too, and stores nothing", async () => {
+    await using raw = await makeApp();
+    await raw.request("PUT", "/v1/regions/iad", { body: {} });
+    const intercepted = interceptCommits(raw.kv);
+    await using app = await makeApp({ kv: intercepted.kv, clock: raw.clock });
+    const before = await snapshotKv(raw.kv);
+    intercepted.arm(() => {
+      throw new TypeError("Total mutation size too large (max 819200 bytes)");
+    });
+    const res = await app.request("POST", "/v1/regions/iad/status", {
+      token: TOKENS.agent,
+      body: { updates: [{ resource: "a", seq: 1, state: "ready" }] },
+    });
+    assertProblem(res, 413);
+    assert.deepEqual(await snapshotKv(raw.kv), before);
+  });
+
+  await t.step(
+    "a plan counts written keys twice toward the total and apart, as Deno KV does",
+    () => {
+      const plan = (sets: number) => {
+        const p = new AtomicPlan();
+        for (let i = 0; i < sets; i++) p.set(["k".repeat(1000), i], 1);
+        return p;
+      };
+      assert.ok(plan(70).fits());
+      assert.ok(!plan(85).fits(), "over the 80 KiB of keys one commit may write");
+      const deletes = new AtomicPlan();
+      for (let i = 0; i < 85; i++) deletes.delete(["k".repeat(1000), i]);
+      assert.ok(deletes.fits(), "deleted keys do not count toward it");
+      const big = new AtomicPlan();
+      for (let i = 0; i < 40; i++) big.set(["k".repeat(1990), i], "v".repeat(16_400));
+      assert.ok(!big.fits(), "40 × (2 × 2 KB key + 16 KB value) is over the total");
     },
   );
 });
