@@ -199,7 +199,7 @@ export class StatusApplier {
         if (plan.mutations === 0) return null;
         await this.#faults.beforeCommit?.(planned.regions);
         const res = await plan.commit(this.kv).catch((error): typeof SIZE_REFUSED => {
-          // The plan's byte count is an upper bound; should Deno KV still refuse the size,
+          // The plan's byte count is an estimate; should Deno KV still refuse the size,
           // split the group like any overflow rather than fail every message in it.
           if (isSizeLimitError(error)) return SIZE_REFUSED;
           throw error;

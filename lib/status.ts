@@ -34,11 +34,17 @@ export const MAX_PENDING_UPDATES = 100_000;
  */
 export const STATUS_BACKOFF_MS = [100, 1000, 5000, 15_000, 30_000];
 
-/** Splits updates into messages bounded by count and bytes. */
-export function chunkUpdates(updates: readonly StatusUpdate[]): StatusUpdate[][] {
+/**
+ * Splits updates into messages bounded by count and bytes; `bytes` is the whole batch's
+ * size as encodedSize counts it.
+ */
+function chunkUpdates(
+  updates: readonly StatusUpdate[],
+): { chunks: StatusUpdate[][]; bytes: number } {
   const chunks: StatusUpdate[][] = [];
   let current: StatusUpdate[] = [];
   let bytes = 0;
+  let total = 0;
   for (const update of updates) {
     const size = encodedSize(update);
     if (
@@ -50,9 +56,10 @@ export function chunkUpdates(updates: readonly StatusUpdate[]): StatusUpdate[][]
     }
     current.push(update);
     bytes += size;
+    total += size;
   }
   if (current.length > 0) chunks.push(current);
-  return chunks;
+  return { chunks, bytes: total };
 }
 
 /**
@@ -81,10 +88,10 @@ export async function ingestStatus(
       2,
     );
   }
-  const bytes = updates.reduce((n, update) => n + encodedSize(update), 0);
+  const { chunks, bytes } = chunkUpdates(updates);
   if (bytes > ATOMIC_LIMITS.bytes) throw batchTooLarge(region, updates.length, bytes);
   const enqueuedAt = clock.now();
-  const messages = chunkUpdates(updates).map((chunk): StatusBatchMessage => ({
+  const messages = chunks.map((chunk): StatusBatchMessage => ({
     type: "status.batch",
     id: newId(),
     region,
@@ -105,7 +112,7 @@ export async function ingestStatus(
   addCounter(op, region, "enqueued", updates.length);
   markWrite(op, region);
   const res = await op.commit().catch((error) => {
-    // The estimate is an upper bound, so this is a backstop: a 413, never a 500.
+    // The estimate should have caught it; this is the backstop: a 413, never a 500.
     throw isSizeLimitError(error) ? batchTooLarge(region, updates.length, bytes) : error;
   });
   if (!res.ok) throw new UnavailableError(`Cannot accept status for region "${region}": retry`);
