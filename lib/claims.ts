@@ -249,6 +249,11 @@ export async function revokeClaim(
 export interface ClaimQuery {
   holder?: string;
   state?: ClaimState;
+  /**
+   * Only claims asked for in these regions, wherever they were served: what a
+   * region-scoped token may see, as for a single claim's read. Null or absent: all.
+   */
+  askedIn?: ReadonlySet<string> | null;
   cursor?: string;
   limit: number;
 }
@@ -279,7 +284,8 @@ export async function listClaims(
       const record = entry.value;
       if (
         (query.holder === undefined || record.holder === query.holder) &&
-        (query.state === undefined || record.state === query.state)
+        (query.state === undefined || record.state === query.state) &&
+        (!query.askedIn || query.askedIn.has(record.region))
       ) {
         items.push(claimView(entry));
         if (items.length >= query.limit) {

@@ -210,7 +210,7 @@ const listRoute = createRoute({
   operationId: "listClaims",
   summary: "The claims served by a region's pool (admin, client); never a secret",
   description:
-    "**Roles:** admin, client (region-scoped tokens: their regions).\n\nWho holds what: filter by `holder` and `state`, page with `cursor`. Honours `Allot-Consistency-Token` (read-your-writes).",
+    "**Roles:** admin, client (region-scoped tokens: their regions, and among the claims there those asked for in their regions, as for `GET /v1/claims/{id}`).\n\nWho holds what: filter by `holder` and `state`, page with `cursor`. Honours `Allot-Consistency-Token` (read-your-writes).",
   security: bearerSecurity,
   request: {
     params: RegionParams,
@@ -317,14 +317,15 @@ export function claimRoutes({ kv, clock, allocator, ender, renewer }: RouteDeps)
     })
     .openapi(listRoute, async (c) => {
       const { region } = c.req.valid("param");
-      caller(c, ["admin", "client"], region);
+      const principal = caller(c, ["admin", "client"], region);
       const { holder, state, cursor, limit } = c.req.valid("query");
+      const askedIn = principal.regions;
       const token = c.req.valid("header")["allot-consistency-token"];
       const { value, consistency } = await readYourWrites(
         kv,
         region,
         token,
-        (level) => listClaims(kv, region, { holder, state, cursor, limit }, level),
+        (level) => listClaims(kv, region, { holder, state, cursor, limit, askedIn }, level),
       );
       c.header("Allot-Consistency", consistency);
       return c.json(value, 200);

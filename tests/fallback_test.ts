@@ -245,3 +245,27 @@ Deno.test("a consumer delayed for one region (fault seam) drives it to fallback 
   kv.close();
   await listening;
 });
+
+Deno.test("a region-scoped token lists only the claims it may read, also of a pool serving another region", async () => {
+  await using app = await makeApp();
+  await twoRegions(app);
+  const own = await app.request("POST", "/v1/regions/fra/claims", {
+    token: TOKENS.clientFra,
+    body: { holder: "fra-holder" },
+  });
+  assert.equal(own.status, 201);
+  await stall(app, "iad");
+  app.clock.advance(LAG.enterMs + 1);
+  const borrowed = await claim(app, "iad", { holder: "iad-holder" });
+  assert.equal(borrowed.body.servedBy, "fra", "iad in fallback is served by fra's pool");
+
+  const listed = async (token: string) =>
+    (await app.request("GET", "/v1/regions/fra/claims", { token })).body.items
+      .map((c: { holder: string }) => c.holder).sort();
+  assert.deepEqual(await listed(TOKENS.client), ["fra-holder", "iad-holder"]);
+  assert.deepEqual(await listed(TOKENS.clientFra), ["fra-holder"], "not a claim asked in iad");
+  const read = await app.request("GET", `/v1/claims/${borrowed.body.id}`, {
+    token: TOKENS.clientFra,
+  });
+  assert.equal(read.status, 403, "which it may not read either");
+});
