@@ -66,7 +66,11 @@ export async function putResource(
   };
 }
 
-/** Removes a resource; its live leases become `lost`. 404 if it does not exist. */
+/**
+ * Removes a resource; its live leases become `lost`. 404 if it does not exist, after ending
+ * the leases still held on it: a DELETE interrupted between its commit and its lease loss
+ * (a crash) is finished by its retry.
+ */
 export async function deleteResource(
   kv: Deno.Kv,
   clock: Clock,
@@ -75,10 +79,12 @@ export async function deleteResource(
 ): Promise<{ consistencyToken: string }> {
   await getRegionConfig(kv, region);
   const { before, consistencyToken } = await changeSpec(kv, region, id, null);
+  if (consistencyToken !== "") {
+    await loseLeases(kv, clock, region, id, "resource deleted", consistencyToken);
+  }
   if (before === null) {
     throw new NotFoundError(`Resource "${id}" does not exist in region "${region}"`);
   }
-  await loseLeases(kv, clock, region, id, "resource deleted", consistencyToken);
   return { consistencyToken };
 }
 
@@ -94,7 +100,12 @@ async function changeSpec(
       readHeldSlots(kv, region, id),
     ]);
     if (before.value === null && after === null) {
-      return { before: null, held: 0, consistencyToken: "" };
+      if (held.size === 0) return { before: null, held: 0, consistencyToken: "" };
+      // Slots still held on a resource already removed: a commit that sees it still absent
+      // dates them, so the caller ends those leases and none taken after a new registration.
+      const res = await kv.atomic().check(before).commit();
+      if (res.ok) return { before: null, held: held.size, consistencyToken: res.versionstamp };
+      continue;
     }
     const op = kv.atomic();
     stageSpecChange(op, region, before, after, held);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { loseLeases } from "../lib/resources.ts";
+import { deleteResource, loseLeases } from "../lib/resources.ts";
 import {
   assertProblem,
   claim,
@@ -375,4 +375,39 @@ Deno.test("a DELETE's lease loss never reaches a claim made after it, on the res
       assert.equal((await getClaim(app, later.body.id)).state, "active");
     },
   );
+});
+
+Deno.test("a DELETE interrupted before its lease loss is finished by its retry, which answers 404", async () => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 0);
+  await putResource(app, "r1", { slots: 1 });
+  const held = await claim(app, "iad", { holder: "h" });
+  // The first DELETE commits, then "crashes" on the listing its lease loss starts with.
+  let slotListings = 0;
+  const crashing = new Proxy(app.kv, {
+    get(target, prop) {
+      if (prop === "list") {
+        return (selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
+          const prefix = "prefix" in selector ? selector.prefix : [];
+          if (prefix[2] === "slot" && ++slotListings === 2) {
+            throw new Error("injected: crashed before the lease loss");
+          }
+          return target.list(selector, options);
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  await assert.rejects(deleteResource(crashing, app.clock, "iad", "r1"), /injected/);
+  assert.equal((await getClaim(app, held.body.id)).state, "active", "the crash left it held");
+
+  const retry = await app.request("DELETE", "/v1/regions/iad/resources/r1", {
+    token: TOKENS.agent,
+  });
+  assertProblem(retry, 404);
+  const after = await getClaim(app, held.body.id);
+  assert.deepEqual([after.state, after.reason], ["lost", "resource deleted"]);
+  assertProblem(await release(app, held.body.id, held.body.secret), 409);
+  assert.deepEqual(await poolOf(app, "iad"), { free: 0, claimed: 0, total: 0 });
 });
