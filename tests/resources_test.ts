@@ -291,10 +291,11 @@ Deno.test("spec changes racing lease ends and claims keep the pool exact", async
 });
 
 /**
- * Wraps `inner` so the `nth` listing of a resource's held slots waits for `gate`: the
- * moment between a DELETE's commit and its lease loss, held open.
+ * Wraps `inner` so the `nth` listing of a resource's held slots first awaits `before`: the
+ * moment between a DELETE's commit and its lease loss, held open (or cut short, when
+ * `before` throws).
  */
-function pauseSlotListing(inner: Deno.Kv, nth: number, gate: Promise<void>): Deno.Kv {
+function onSlotListing(inner: Deno.Kv, nth: number, before: () => Promise<void>): Deno.Kv {
   let listings = 0;
   return new Proxy(inner, {
     get(target, prop) {
@@ -303,7 +304,7 @@ function pauseSlotListing(inner: Deno.Kv, nth: number, gate: Promise<void>): Den
           const prefix = "prefix" in selector ? selector.prefix : [];
           if (prefix[2] !== "slot" || ++listings !== nth) return target.list(selector, options);
           return (async function* () {
-            await gate;
+            await before();
             yield* target.list(selector, options);
           })();
         };
@@ -326,7 +327,7 @@ Deno.test("a DELETE's lease loss never reaches a claim made after it, on the res
       const gate = new Promise<void>((resolve) => open = resolve);
       // The DELETE's first listing reads the held slots it checks; its second is the lease loss.
       await using deleter = await makeApp({
-        kv: pauseSlotListing(racer.kv, 2, gate),
+        kv: onSlotListing(racer.kv, 2, () => gate),
         clock: racer.clock,
       });
       const deleting = deleter.request("DELETE", "/v1/regions/iad/resources/r1", {
@@ -383,21 +384,8 @@ Deno.test("a DELETE interrupted before its lease loss is finished by its retry, 
   await putResource(app, "r1", { slots: 1 });
   const held = await claim(app, "iad", { holder: "h" });
   // The first DELETE commits, then "crashes" on the listing its lease loss starts with.
-  let slotListings = 0;
-  const crashing = new Proxy(app.kv, {
-    get(target, prop) {
-      if (prop === "list") {
-        return (selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
-          const prefix = "prefix" in selector ? selector.prefix : [];
-          if (prefix[2] === "slot" && ++slotListings === 2) {
-            throw new Error("injected: crashed before the lease loss");
-          }
-          return target.list(selector, options);
-        };
-      }
-      const value = Reflect.get(target, prop, target);
-      return typeof value === "function" ? value.bind(target) : value;
-    },
+  const crashing = onSlotListing(app.kv, 2, () => {
+    throw new Error("injected: crashed before the lease loss");
   });
   await assert.rejects(deleteResource(crashing, app.clock, "iad", "r1"), /injected/);
   assert.equal((await getClaim(app, held.body.id)).state, "active", "the crash left it held");
