@@ -49,7 +49,10 @@ export const MAX_QUEUED_RENEWS = 2048;
 export interface RenewerStats {
   commits: number;
   renewed: number;
-  /** Renews that went through renewAlone (past expiry, resource gone, or a failed group). */
+  /**
+   * Renews that went through renewAlone: past expiry, resource gone, an Idempotency-Key to
+   * write again, or a failed group.
+   */
   alone: number;
 }
 

@@ -22,7 +22,8 @@ const Stats = z.object({
     commits: z.number().int(),
     renewed: z.number().int(),
     alone: z.number().int().openapi({
-      description: "Renews settled outside a group (past expiry, resource gone, a failed group).",
+      description:
+        "Renews settled outside a group (past expiry, resource gone, an Idempotency-Key to write again, a failed group).",
     }),
   }),
   status: z.object({
