@@ -1,6 +1,7 @@
 /** /v1/regions: configuration (admin) and health (any role). */
 import { createRoute, z } from "@hono/zod-openapi";
 import { describeRegion, listRegionConfigs, putRegion } from "../lib/regions.ts";
+import { authorize } from "../lib/auth.ts";
 import { ConsistencyToken, RegionInput, RegionName, RegionView } from "../lib/schemas.ts";
 import { regionExample, regionWrittenExample } from "./_examples.ts";
 import {
@@ -22,7 +23,7 @@ const putRoute = createRoute({
   operationId: "putRegion",
   summary: "Create or replace a region's configuration (admin)",
   description:
-    "**Role:** admin (a region-scoped admin token only for its regions).\n\nEvery field is optional; omitted fields take their defaults (a full replace): `backup` null, `lag` `{enterMs: 2000, exitMs: 500}`, `lease` `{defaultMs: 60000, maxMs: 3600000}`. `exitMs < enterMs` and `defaultMs <= maxMs`; the backup must be another existing region.",
+    "**Role:** admin (a region-scoped admin token only for its regions).\n\nEvery field is optional; omitted fields take their defaults (a full replace): `backup` null, `lag` `{enterMs: 2000, exitMs: 500}`, `lease` `{defaultMs: 60000, maxMs: 3600000}`. `exitMs < enterMs` and `defaultMs <= maxMs`; the backup must be another existing region (for a region-scoped admin, one of its own regions: else 403).",
   security: bearerSecurity,
   request: {
     params: RegionParams,
@@ -97,8 +98,11 @@ export function regionRoutes({ kv, clock }: RouteDeps) {
   return newRouter()
     .openapi(putRoute, async (c) => {
       const { region } = c.req.valid("param");
-      caller(c, ["admin"], region);
+      const principal = caller(c, ["admin"], region);
       const input = RegionInput.parse(c.req.valid("json"));
+      // A backup serves this region's claims from its pool: a scoped admin may only name
+      // one of its own regions (which also keeps other regions' existence hidden from it).
+      if (input.backup !== null) authorize(principal, ["admin"], input.backup);
       const { created, consistencyToken } = await putRegion(kv, clock, region, input);
       const view = { ...await describeRegion(kv, clock, region), consistencyToken };
       return c.json(view, created ? 201 : 200);

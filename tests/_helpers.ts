@@ -24,6 +24,7 @@ export const TOKENS = {
   client: "test-client-token-00001",
   agentFra: "test-agent-fra-token-01",
   clientFra: "test-client-fra-token-1",
+  adminFra: "test-admin-fra-token-01",
   /** A second, unscoped client: a different caller for idempotency scoping. */
   client2: "test-client-token-00002",
 } as const;
@@ -34,6 +35,7 @@ export const TOKEN_SPECS: TokenSpec[] = [
   { token: TOKENS.client, role: "client" },
   { token: TOKENS.agentFra, role: "agent", regions: ["fra"] },
   { token: TOKENS.clientFra, role: "client", regions: ["fra"] },
+  { token: TOKENS.adminFra, role: "admin", regions: ["fra"] },
   { token: TOKENS.client2, role: "client" },
 ];
 

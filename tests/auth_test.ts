@@ -290,6 +290,26 @@ Deno.test("region-scoped tokens see and act in their own regions only", async (t
     assertProblem(await as(TOKENS.agentFra, "PUT", "/v1/regions/fra", {}), 403);
   });
 
+  await t.step(
+    "a fra admin configures fra, but cannot make another region its backup",
+    async () => {
+      assert.equal((await as(TOKENS.adminFra, "PUT", "/v1/regions/fra", {})).status, 200);
+      assertProblem(await as(TOKENS.adminFra, "GET", "/v1/regions/iad"), 403);
+      // Its claims in fallback would take iad's slots, a pool it may not see or configure;
+      // and a 403 whether or not the region exists tells it nothing about other regions.
+      for (const backup of ["iad", "nowhere"]) {
+        assertProblem(await as(TOKENS.adminFra, "PUT", "/v1/regions/fra", { backup }), 403);
+      }
+      const fra = await as(TOKENS.admin, "GET", "/v1/regions/fra");
+      assert.equal(fra.body.backup, null, "the refused PUT changed nothing");
+      assert.equal(
+        (await as(TOKENS.admin, "PUT", "/v1/regions/fra", { backup: "iad" })).status,
+        200,
+        "an unscoped admin may",
+      );
+    },
+  );
+
   await t.step("a fra client claims in fra and manages its claim", async () => {
     const granted = await as(TOKENS.clientFra, "POST", "/v1/regions/fra/claims", { holder: "h" });
     assert.equal(granted.status, 201);
