@@ -12,7 +12,13 @@ import { AllotError, NoCapacityError, UnavailableError, ValidationError } from "
 import { type ClaimRoute, routeClaim } from "./fallback.ts";
 import { keys } from "./keys.ts";
 import { CommitEffects } from "./kv.ts";
-import { type ClaimRecord, describeClaim, soonestLeaseExpiry, sweepExpired } from "./leases.ts";
+import {
+  type ClaimRecord,
+  describeClaim,
+  grantedLeaseMs,
+  soonestLeaseExpiry,
+  sweepExpired,
+} from "./leases.ts";
 import { type FreeSlot, type HeldSlot, labelsMatch } from "./pool.ts";
 import type { ClaimGrant, ClaimInput } from "./schemas.ts";
 import { readSweeper, stageSweeper } from "./sweeper.ts";
@@ -205,7 +211,7 @@ export function stageClaim(
   const { region, input, caller } = claim.request;
   const [resource, slot] = free.key.slice(-2) as [string, number];
   const { config } = route;
-  const leaseMs = Math.min(input.leaseMs ?? config.lease.defaultMs, config.lease.maxMs);
+  const leaseMs = grantedLeaseMs(input.leaseMs, config.lease.defaultMs, config.lease.maxMs);
   const now = clock.now();
   const secret = encodeBase64Url(crypto.getRandomValues(new Uint8Array(32)));
   const record: ClaimRecord = {

@@ -12,6 +12,7 @@ import {
   expireIfDue,
   fencingTokenOf,
   getClaimEntry,
+  grantedLeaseMs,
   type LeaseEnd,
   type LeaseEnder,
 } from "./leases.ts";
@@ -116,8 +117,11 @@ export function renewedRecord(
   leaseMs: number | undefined,
 ): ClaimRecord {
   const record = entry.value;
-  const maxMs = config?.lease.maxMs ?? record.leaseMs;
-  const nextLeaseMs = Math.min(leaseMs ?? record.leaseMs, maxMs);
+  const nextLeaseMs = grantedLeaseMs(
+    leaseMs,
+    record.leaseMs,
+    config?.lease.maxMs ?? record.leaseMs,
+  );
   return {
     ...record,
     leaseMs: nextLeaseMs,

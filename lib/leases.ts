@@ -7,6 +7,17 @@ import { CommitEffects } from "./kv.ts";
 import { type FreeSlot, type HeldSlot, isClaimable, type ResourceSpec } from "./pool.ts";
 import type { Claim, ClaimState } from "./schemas.ts";
 
+/**
+ * The longest lease granted, whatever a region allows (its limits may be any positive
+ * integers): keeps every expiry a valid date, and far from Number's precision limit.
+ */
+export const LEASE_CEILING_MS = 10 * 365 * 24 * 3600 * 1000;
+
+/** The lease a claim or renew gets: what it asked for, else `usual`, clamped to `maxMs`. */
+export function grantedLeaseMs(asked: number | undefined, usual: number, maxMs: number): number {
+  return Math.min(asked ?? usual, maxMs, LEASE_CEILING_MS);
+}
+
 /** How long an ended claim stays readable (the SPEC asks for at least one hour). */
 export const ENDED_CLAIM_RETENTION_MS = 2 * 3600 * 1000;
 

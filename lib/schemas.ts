@@ -40,7 +40,8 @@ export type Labels = z.infer<typeof Labels>;
 export const ResourceState = z.enum(["ready", "draining", "gone"]);
 export type ResourceState = z.infer<typeof ResourceState>;
 
-const PositiveMs = z.number().int().positive().max(30 * 24 * 3600 * 1000);
+/** Any positive (safe) integer: leases longer than a region allows are clamped, not refused. */
+const PositiveMs = z.number().int().positive();
 
 export const RegionInput = z.strictObject({
   backup: RegionName.nullable().default(null).openapi({

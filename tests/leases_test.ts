@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { sweepExpired } from "../lib/leases.ts";
+import { LEASE_CEILING_MS, sweepExpired } from "../lib/leases.ts";
 import { handleQueueMessage } from "../lib/queue.ts";
 import {
   assertProblem,
@@ -27,7 +27,7 @@ async function oneSlotRegion(t: TestApp, lease = { defaultMs: 1000, maxMs: 5000 
 
 Deno.test("lease lengths are clamped to the region's lease.maxMs and tell the truth", async (t) => {
   await using app = await makeApp();
-  await seedRegion(app, "iad", 3, { config: { lease: { defaultMs: 1000, maxMs: 5000 } } });
+  await seedRegion(app, "iad", 5, { config: { lease: { defaultMs: 1000, maxMs: 5000 } } });
   const now = app.clock.now();
 
   await t.step("leaseMs above maxMs is clamped, not refused", async () => {
@@ -56,6 +56,37 @@ Deno.test("lease lengths are clamped to the region's lease.maxMs and tell the tr
     const read = await getClaim(app, res.body.id);
     assert.equal(read.leaseExpiresAt, iso(now + 700 + 5000));
   });
+
+  await t.step("any positive leaseMs is clamped, however large, on claim and renew", async () => {
+    for (const leaseMs of [31 * 24 * 3600 * 1000, Number.MAX_SAFE_INTEGER]) {
+      const res = await claim(app, "iad", { holder: "h", leaseMs });
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      assert.equal(res.body.leaseMs, 5000);
+      const renewed = await renew(app, res.body.id, res.body.secret, { leaseMs });
+      assert.equal(renewed.status, 200, JSON.stringify(renewed.body));
+      assert.equal(renewed.body.leaseMs, 5000);
+      assert.equal((await release(app, res.body.id, res.body.secret)).status, 204);
+    }
+  });
+
+  await t.step(
+    "a region may allow any positive lease; a lease stops at LEASE_CEILING_MS",
+    async () => {
+      const huge = { defaultMs: Number.MAX_SAFE_INTEGER, maxMs: Number.MAX_SAFE_INTEGER };
+      const put = await app.request("PUT", "/v1/regions/iad", { body: { lease: huge } });
+      assert.equal(put.status, 200, JSON.stringify(put.body));
+      assert.deepEqual(put.body.lease, huge);
+      const res = await claim(app, "iad", { holder: "h" });
+      assert.equal(res.status, 201, JSON.stringify(res.body));
+      assert.equal(res.body.leaseMs, LEASE_CEILING_MS);
+      assert.equal(res.body.leaseExpiresAt, iso(now + 700 + LEASE_CEILING_MS));
+      const renewed = await renew(app, res.body.id, res.body.secret, {
+        leaseMs: Number.MAX_SAFE_INTEGER,
+      });
+      assert.equal(renewed.status, 200, JSON.stringify(renewed.body));
+      assert.equal(renewed.body.leaseExpiresAt, iso(now + 700 + LEASE_CEILING_MS));
+    },
+  );
 });
 
 Deno.test("an expired lease is taken over with a larger fencing token and its holder gets 409", async () => {
