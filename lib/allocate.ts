@@ -152,8 +152,11 @@ async function allocateFrom(
     ]);
     if (candidates.length === 0) {
       if (!swept) {
+        // Read again whatever the sweep ended: another isolate may have swept these very
+        // leases a moment before, and their slots are free all the same.
         swept = true;
-        if (await sweepExpired(kv, clock, servedBy) > 0) continue;
+        await sweepExpired(kv, clock, servedBy);
+        continue;
       }
       // A duplicate of a request that just took the last slot gets that claim, not a 503.
       const raced = await replayIfKnown(kv, claim);

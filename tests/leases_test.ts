@@ -4,6 +4,7 @@ import { handleQueueMessage } from "../lib/queue.ts";
 import {
   assertProblem,
   claim,
+  FakeClock,
   getClaim,
   leaseQueueDeps,
   makeApp,
@@ -218,4 +219,19 @@ Deno.test("lease.expire queue messages expire due leases only, and are idempoten
       "stale",
     );
   });
+});
+
+Deno.test("a claim that finds no candidate reads again after its catch-up sweep, even when another isolate swept first", async () => {
+  const clock = new FakeClock();
+  await using a = await makeApp({ clock });
+  await using b = await makeApp({ kv: a.kv, clock }); // a second isolate over the same KV
+  await seedRegion(a, "iad", 8, { config: { lease: { defaultMs: 1000, maxMs: 5000 } } });
+  for (let i = 0; i < 8; i++) assert.equal((await claim(a, "iad")).status, 201);
+  clock.advance(1001); // every lease past expiry, before the sweep chain's next tick
+  // Each claim's own sweep may find the leases already ended by the other's: the slots are
+  // free all the same, so both are granted.
+  const answers = await Promise.all([claim(a, "iad"), claim(b, "iad")]);
+  assert.deepEqual(answers.map((r) => r.status), [201, 201], JSON.stringify(answers[1].body));
+  assert.notEqual(answers[0].body.resource, answers[1].body.resource);
+  assert.deepEqual(await poolOf(a, "iad"), { total: 8, free: 6, claimed: 2 });
 });
