@@ -7,6 +7,7 @@ import { ATOMIC_LIMITS } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { CommitQueue, type Pending } from "./commit_queue.ts";
 import { CommitEffects, getAll } from "./kv.ts";
+import { log } from "./log.ts";
 import {
   claimKeyOf,
   claimNotFound,
@@ -123,7 +124,15 @@ export class GroupEnder implements LeaseEnder {
     });
     if (staged.length === 0) return;
     effects.flush(op);
-    const res = await op.commit();
+    // A commit that throws (not one that fails its checks) is a bug worth seeing; its lease
+    // ends still get answers, from the lone path, as a failed group's do.
+    const res = await op.commit().catch((error) => {
+      log("warn", "a lease-end group's commit threw; its lease ends retry alone", {
+        ends: staged.length,
+        error: String(error),
+      });
+      return { ok: false as const };
+    });
     if (res.ok) {
       this.stats.commits++;
       this.stats.ended += staged.length;

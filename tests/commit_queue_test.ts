@@ -1,6 +1,14 @@
 import assert from "node:assert/strict";
 import { CommitQueue, type Pending } from "../lib/commit_queue.ts";
-import { claim, makeApp, release, seedRegion } from "./_helpers.ts";
+import {
+  claim,
+  getClaim,
+  interceptCommits,
+  makeApp,
+  poolOf,
+  release,
+  seedRegion,
+} from "./_helpers.ts";
 
 Deno.test("CommitQueue runs one group at a time and settles every job", async () => {
   let running = 0;
@@ -83,4 +91,25 @@ Deno.test("one claim released many times at once, among other releases, ends onc
   assert.ok(results.slice(20).every((r) => r.status === 204), "the other releases all succeed");
   const health = (await t.request("GET", "/v1/regions/iad")).body;
   assert.deepEqual([health.free, health.claimed], [40, 0]);
+});
+
+Deno.test("a release group whose commit throws answers each release from the lone path, never 500", async () => {
+  const inner = await Deno.openKv(":memory:");
+  const commits = interceptCommits(inner);
+  await using t = await makeApp({ kv: commits.kv });
+  await seedRegion(t, "iad", 5);
+  const grants = [];
+  for (let i = 0; i < 5; i++) grants.push((await claim(t, "iad", { holder: `h${i}` })).body);
+  // The first release commits alone (an idle isolate); the four queued behind it form one
+  // group, whose commit (the next one) throws.
+  commits.arm(() => {
+    commits.arm(() => Promise.reject(new TypeError("a transient KV failure")));
+    return Promise.resolve();
+  });
+  const answers = await Promise.all(grants.map((g) => release(t, g.id, g.secret)));
+  assert.deepEqual(answers.map((r) => r.status), [204, 204, 204, 204, 204]);
+  assert.ok(commits.fired(), "the group's commit threw");
+  for (const g of grants) assert.equal((await getClaim(t, g.id)).state, "released");
+  assert.deepEqual(await poolOf(t, "iad"), { total: 5, free: 5, claimed: 0 });
+  inner.close();
 });
