@@ -9,6 +9,7 @@ import {
   type ClaimRecord,
   claimView,
   endLease,
+  endLiveLease,
   expireIfDue,
   fencingTokenOf,
   getClaimEntry,
@@ -210,38 +211,26 @@ export async function releaseClaim(
   request: { secret: string | undefined; access: ClaimAccess },
   ender?: LeaseEnder,
 ): Promise<{ consistencyToken: string }> {
-  const guard = secretGuard(request.secret, request.access);
   const end: LeaseEnd = {
     state: "released",
     reason: null,
-    guard: (record) => {
-      guard(record);
-      if (record.state === "active" && record.expiresAt <= clock.now()) throw new PastExpiry();
-    },
+    guard: secretGuard(request.secret, request.access),
   };
-  try {
-    const { consistencyToken } = ender
-      ? await ender.end(claimId, end)
-      : await endLease(kv, clock, claimId, end);
-    return { consistencyToken };
-  } catch (error) {
-    if (!(error instanceof PastExpiry)) throw error;
-    await expireIfDue(kv, clock, claimId);
-    throw new LeaseLostError(`Claim "${claimId}" is no longer active: its lease expired`);
-  }
+  const { consistencyToken } = await endLiveLease(kv, clock, claimId, end, ender);
+  return { consistencyToken };
 }
 
-/** A release that came after the lease's expiry: the lease is expired, not released. */
-class PastExpiry extends Error {}
-
-/** Ends a live lease now on an operator's word; the claim keeps the reason. */
+/**
+ * Ends a live lease now on an operator's word; the claim keeps the reason. A lease past
+ * its expiry is expired instead, and the answer is 409.
+ */
 export async function revokeClaim(
   kv: Deno.Kv,
   clock: Clock,
   claimId: string,
   request: { reason: string; access: ClaimAccess },
 ): Promise<{ claim: Claim; consistencyToken: string }> {
-  const { entry, consistencyToken } = await endLease(kv, clock, claimId, {
+  const { entry, consistencyToken } = await endLiveLease(kv, clock, claimId, {
     state: "lost",
     reason: `revoked: ${request.reason}`,
     guard: request.access,

@@ -275,6 +275,38 @@ export async function expireIfDue(
 
 class NotDue extends Error {}
 
+/** A lease found past its expiry by a call that would have ended it some other way. */
+class PastExpiry extends Error {}
+
+/**
+ * Ends a live lease as `end` says (through `ender` when given), unless the lease is past
+ * its expiry: then it ended by expiring, which is recorded, and the caller gets 409 as
+ * for any lease that already ended. Release, revoke and a resource's removal end leases
+ * this way, so none of them rewrites an expiry as something else.
+ */
+export async function endLiveLease(
+  kv: Deno.Kv,
+  clock: Clock,
+  claimId: string,
+  end: LeaseEnd,
+  ender?: LeaseEnder,
+): Promise<LeaseEnded> {
+  const live: LeaseEnd = {
+    ...end,
+    guard: (record) => {
+      end.guard?.(record);
+      if (record.state === "active" && record.expiresAt <= clock.now()) throw new PastExpiry();
+    },
+  };
+  try {
+    return ender ? await ender.end(claimId, live) : await endLease(kv, clock, claimId, live);
+  } catch (error) {
+    if (!(error instanceof PastExpiry)) throw error;
+    await expireIfDue(kv, clock, claimId);
+    throw new LeaseLostError(`Claim "${claimId}" is no longer active: its lease expired`);
+  }
+}
+
 /**
  * Expires up to `limit` leases of a region whose expiry has passed: all at once through
  * `ender` (so they share commits), one by one without it. The region's sweep chain

@@ -3,7 +3,7 @@ import type { Clock } from "./clock.ts";
 import { LeaseLostError, NotFoundError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
 import { bumpResourcesVersion, cursorError, markWrite } from "./kv.ts";
-import { endLease } from "./leases.ts";
+import { endLiveLease } from "./leases.ts";
 import { readHeldSlots, type ResourceSpec, stageSpecChange } from "./pool.ts";
 import { getRegionConfig } from "./regions.ts";
 import type { Resource, ResourceInput } from "./schemas.ts";
@@ -140,7 +140,8 @@ export async function loseLeases(
   for (const held of (await readHeldSlots(kv, region, id)).values()) {
     if (held.versionstamp > changedAt) continue;
     try {
-      await endLease(kv, clock, held.value.claimId, { state: "lost", reason });
+      // A lease already past its expiry is expired, not lost (and not counted).
+      await endLiveLease(kv, clock, held.value.claimId, { state: "lost", reason });
       lost++;
     } catch (error) {
       if (!(error instanceof LeaseLostError || error instanceof NotFoundError)) throw error;

@@ -180,7 +180,7 @@ const revokeRoute = createRoute({
   operationId: "revokeClaim",
   summary: "End a live lease now (admin); its holder gets 409 afterwards",
   description:
-    "**Role:** admin (region-scoped tokens: claims asked for in their regions).\n\nThe claim ends in state `lost` with the `reason` (prefixed `revoked: `); its slot is free at once.",
+    "**Role:** admin (region-scoped tokens: claims asked for in their regions).\n\nThe claim ends in state `lost` with the `reason` (prefixed `revoked: `); its slot is free at once. A lease already past its expiry is recorded `expired` instead, and the answer is 409.",
   security: bearerSecurity,
   request: {
     params: ClaimParams,

@@ -184,3 +184,16 @@ Deno.test("revoke ends a live lease with its reason, frees the slot, and only ad
     assertProblem(unknown, 404);
   });
 });
+
+Deno.test("revoking a lease already past its expiry answers 409 and records it expired", async () => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 1);
+  const late = await claim(app, "iad", { holder: "late", leaseMs: 1000 });
+  assert.equal(late.status, 201);
+  app.clock.advance(1000); // expired; the sweep has not run yet
+  assertProblem(await revokeAs(app, late.body.id, TOKENS.admin), 409);
+  const read = await getClaim(app, late.body.id);
+  assert.equal(read.state, "expired");
+  assert.equal(read.reason, "lease expired");
+  assert.deepEqual(await poolOf(app, "iad"), { free: 1, claimed: 0, total: 1 });
+});

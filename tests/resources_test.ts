@@ -149,6 +149,18 @@ Deno.test("gone and DELETE make live leases lost", async (t) => {
     assert.deepEqual(await poolOf(app, "iad"), { free: 2, claimed: 0, total: 2 });
     const rest = await claimAll(app, "iad");
     assert.ok(rest.every((g) => g.resource !== id));
+    for (const g of rest) await release(app, g.id, g.secret);
+  });
+
+  await t.step("a lease already past its expiry is expired, not lost", async () => {
+    const a = await claim(app, "iad", { holder: "a", leaseMs: 1000 });
+    app.clock.advance(1000); // expired; the sweep has not run yet
+    const gone = await putResource(app, a.body.resource, { slots: 2, state: "gone" });
+    assert.equal(gone.status, 200);
+    const read = await getClaim(app, a.body.id);
+    assert.equal(read.state, "expired");
+    assert.equal(read.reason, "lease expired");
+    assert.deepEqual(await poolOf(app, "iad"), { free: 0, claimed: 0, total: 0 });
   });
 });
 
