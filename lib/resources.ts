@@ -53,9 +53,12 @@ export async function putResource(
 ): Promise<{ resource: Resource; created: boolean; consistencyToken: string }> {
   await getRegionConfig(kv, region);
   const spec: ResourceSpec = { id, ...input, updatedAt: clock.now() };
-  const { before, held, consistencyToken } = await changeSpec(kv, region, id, spec);
+  const change = await changeSpec(kv, region, id, spec);
+  const { before, held } = change;
+  let { consistencyToken } = change;
   if (spec.state === "gone") {
-    await loseLeases(kv, clock, region, id, "resource gone", consistencyToken);
+    const loss = await loseLeases(kv, clock, region, id, "resource gone", consistencyToken);
+    consistencyToken = loss.lastCommit ?? consistencyToken;
   }
   const telemetry = await kv.get<Telemetry>(keys.telemetry(region, id));
   const claimed = spec.state === "gone" ? 0 : held;
@@ -78,9 +81,12 @@ export async function deleteResource(
   id: string,
 ): Promise<{ consistencyToken: string }> {
   await getRegionConfig(kv, region);
-  const { before, consistencyToken } = await changeSpec(kv, region, id, null);
+  const change = await changeSpec(kv, region, id, null);
+  const { before } = change;
+  let { consistencyToken } = change;
   if (consistencyToken !== "") {
-    await loseLeases(kv, clock, region, id, "resource deleted", consistencyToken);
+    const loss = await loseLeases(kv, clock, region, id, "resource deleted", consistencyToken);
+    consistencyToken = loss.lastCommit ?? consistencyToken;
   }
   if (before === null) {
     throw new NotFoundError(`Resource "${id}" does not exist in region "${region}"`);
@@ -126,7 +132,9 @@ async function changeSpec(
  * Marks `lost` every live lease on a resource that was held when the change that took the
  * resource away committed (versionstamp `changedAt`), one commit each (a crash leaves renew
  * to finish it). A slot taken after that commit belongs to a resource registered again
- * since, and its lease is not this change's to end.
+ * since, and its lease is not this change's to end. Returns how many it ended and its
+ * last commit's versionstamp (null: none), which the change's consistency token must
+ * reach so that a read presenting it sees those leases ended.
  */
 export async function loseLeases(
   kv: Deno.Kv,
@@ -135,19 +143,24 @@ export async function loseLeases(
   id: string,
   reason: string,
   changedAt: string,
-): Promise<number> {
+): Promise<{ lost: number; lastCommit: string | null }> {
   let lost = 0;
+  let lastCommit: string | null = null;
   for (const held of (await readHeldSlots(kv, region, id)).values()) {
     if (held.versionstamp > changedAt) continue;
     try {
       // A lease already past its expiry is expired, not lost (and not counted).
-      await endLiveLease(kv, clock, held.value.claimId, { state: "lost", reason });
+      const { consistencyToken } = await endLiveLease(kv, clock, held.value.claimId, {
+        state: "lost",
+        reason,
+      });
+      lastCommit = consistencyToken;
       lost++;
     } catch (error) {
       if (!(error instanceof LeaseLostError || error instanceof NotFoundError)) throw error;
     }
   }
-  return lost;
+  return { lost, lastCommit };
 }
 
 /** One resource as read back, or 404. */

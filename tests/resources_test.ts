@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { deleteResource, loseLeases } from "../lib/resources.ts";
+import { keys } from "../lib/keys.ts";
 import {
   assertProblem,
   claim,
@@ -384,8 +385,35 @@ Deno.test("a DELETE's lease loss never reaches a claim made after it, on the res
         "resource gone",
         gone.body.consistencyToken,
       );
-      assert.equal(lost, 0);
+      assert.deepEqual(lost, { lost: 0, lastCommit: null });
       assert.equal((await getClaim(app, later.body.id)).state, "active");
+    },
+  );
+
+  await t.step(
+    "the consistency token of a DELETE or a PUT gone covers the leases it ended",
+    async () => {
+      await using app = await makeApp();
+      await seedRegion(app, "iad", 0);
+      for (const remove of ["gone", "delete"]) {
+        await putResource(app, "r1", { slots: 3 });
+        const held = await Promise.all(
+          [1, 2, 3].map((i) => claim(app, "iad", { holder: `h${i}` })),
+        );
+        const res = remove === "gone"
+          ? await putResource(app, "r1", { slots: 3, state: "gone" })
+          : await app.request("DELETE", "/v1/regions/iad/resources/r1");
+        assert.equal(res.status, 200, JSON.stringify(res.body));
+        // A replica caught up to the token has every lease loss: their commits are not newer.
+        for (const h of held) {
+          const stored = await app.kv.get(keys.claim("iad", h.body.id));
+          assert.equal((stored.value as { state: string }).state, "lost");
+          assert.ok(
+            stored.versionstamp! <= res.body.consistencyToken,
+            `${remove}: the lease loss ${stored.versionstamp} is newer than the token ${res.body.consistencyToken}`,
+          );
+        }
+      }
     },
   );
 });
