@@ -9,7 +9,7 @@ import { ATOMIC_LIMITS, AtomicPlan, isSizeLimitError } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { evaluateMode } from "./fallback.ts";
 import type { StatusBatchMessage } from "./queue.ts";
-import { loseLeases } from "./resources.ts";
+import { finishLeaseLoss } from "./resources.ts";
 import { log } from "./log.ts";
 import { planApply } from "./status.ts";
 import { ResourceCache } from "./resource_cache.ts";
@@ -268,8 +268,8 @@ export class StatusApplier {
     committedAt: string,
   ): Promise<void> {
     for (const { region, id } of gone) {
-      await loseLeases(this.kv, this.clock, region, id, "resource gone", committedAt)
-        .catch(logFailure);
+      // A failure leaves the recorded loss to the region's sweep chain.
+      await finishLeaseLoss(this.kv, this.clock, region, id, committedAt).catch(logFailure);
     }
     for (const region of regions) {
       await evaluateMode(this.kv, this.clock, region).catch(logFailure);

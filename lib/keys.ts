@@ -82,6 +82,14 @@ export const keys = {
   /** The chain's heartbeat (SweeperBeat): rewritten by each sweep, checked by no one. */
   sweeperBeat: (region: string) => regionKey(region, "sweepbeat"),
 
+  /**
+   * A resource's removal (gone or deleted) whose leases may not all be ended yet
+   * (LeaseLoss): written in the commit that removed it, so its versionstamp dates the
+   * removal; deleted once those leases are lost.
+   */
+  leaseLoss: (region: string, id: string) => regionKey(region, "loss", id),
+  leaseLosses: (region: string) => regionKey(region, "loss"),
+
   /** Idempotency record, scoped to the caller and the region asked for. */
   idempotency: (region: string, caller: string, key: string) =>
     regionKey(region, "idem", caller, key),

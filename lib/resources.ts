@@ -4,6 +4,7 @@ import { LeaseLostError, NotFoundError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
 import { bumpResourcesVersion, cursorError, markWrite } from "./kv.ts";
 import { endLiveLease } from "./leases.ts";
+import type { AtomicWriter } from "./atomic.ts";
 import { readHeldSlots, type ResourceSpec, stageSpecChange } from "./pool.ts";
 import { getRegionConfig } from "./regions.ts";
 import type { Resource, ResourceInput } from "./schemas.ts";
@@ -53,11 +54,12 @@ export async function putResource(
 ): Promise<{ resource: Resource; created: boolean; consistencyToken: string }> {
   await getRegionConfig(kv, region);
   const spec: ResourceSpec = { id, ...input, updatedAt: clock.now() };
-  const change = await changeSpec(kv, region, id, spec);
+  const gone = spec.state === "gone" ? "resource gone" : null;
+  const change = await changeSpec(kv, region, id, spec, gone);
   const { before, held } = change;
   let { consistencyToken } = change;
-  if (spec.state === "gone") {
-    const loss = await loseLeases(kv, clock, region, id, "resource gone", consistencyToken);
+  if (gone !== null) {
+    const loss = await finishLeaseLoss(kv, clock, region, id, consistencyToken);
     consistencyToken = loss.lastCommit ?? consistencyToken;
   }
   const telemetry = await kv.get<Telemetry>(keys.telemetry(region, id));
@@ -81,11 +83,11 @@ export async function deleteResource(
   id: string,
 ): Promise<{ consistencyToken: string }> {
   await getRegionConfig(kv, region);
-  const change = await changeSpec(kv, region, id, null);
+  const change = await changeSpec(kv, region, id, null, "resource deleted");
   const { before } = change;
   let { consistencyToken } = change;
   if (consistencyToken !== "") {
-    const loss = await loseLeases(kv, clock, region, id, "resource deleted", consistencyToken);
+    const loss = await finishLeaseLoss(kv, clock, region, id, consistencyToken);
     consistencyToken = loss.lastCommit ?? consistencyToken;
   }
   if (before === null) {
@@ -94,11 +96,16 @@ export async function deleteResource(
   return { consistencyToken };
 }
 
+/**
+ * Commits a spec change; `loss` (a reason) when it takes the resource away, which records
+ * the lease loss in the same commit.
+ */
 async function changeSpec(
   kv: Deno.Kv,
   region: string,
   id: string,
   after: ResourceSpec | null,
+  loss: string | null,
 ): Promise<{ before: ResourceSpec | null; held: number; consistencyToken: string }> {
   for (let attempt = 0; attempt < 20; attempt++) {
     const [before, held] = await Promise.all([
@@ -109,13 +116,16 @@ async function changeSpec(
       if (held.size === 0) return { before: null, held: 0, consistencyToken: "" };
       // Slots still held on a resource already removed: a commit that sees it still absent
       // dates them, so the caller ends those leases and none taken after a new registration.
-      const res = await kv.atomic().check(before).commit();
+      const op = kv.atomic().check(before);
+      stageLeaseLoss(op, region, id, loss ?? "resource deleted");
+      const res = await op.commit();
       if (res.ok) return { before: null, held: held.size, consistencyToken: res.versionstamp };
       continue;
     }
     const op = kv.atomic();
     stageSpecChange(op, region, before, after, held);
     if (after === null) op.delete(keys.telemetry(region, id));
+    if (loss !== null) stageLeaseLoss(op, region, id, loss);
     bumpResourcesVersion(op, region);
     markWrite(op, region);
     const res = await op.commit();
@@ -128,10 +138,64 @@ async function changeSpec(
   );
 }
 
+/** A resource removal whose leases are still to be lost (keys.leaseLoss). */
+export interface LeaseLoss {
+  reason: string;
+}
+
+/**
+ * Records, in the commit that takes a resource away (state gone, or deleted), that the
+ * leases held on it then are to be lost. The caller loses them right after the commit
+ * (finishLeaseLoss); the record lets the region's sweep chain finish the job when that
+ * step fails or the process dies first (finishLeaseLosses), and its versionstamp dates the
+ * removal, so a lease taken after it is spared.
+ */
+export function stageLeaseLoss(op: AtomicWriter, region: string, id: string, reason: string) {
+  op.set(keys.leaseLoss(region, id), { reason } satisfies LeaseLoss);
+}
+
+/**
+ * Loses the leases of the removal recorded at versionstamp `recordedAt`, then deletes the
+ * record unless a later removal replaced it (that one's finisher covers these leases too).
+ */
+export async function finishLeaseLoss(
+  kv: Deno.Kv,
+  clock: Clock,
+  region: string,
+  id: string,
+  recordedAt: string,
+): Promise<{ lost: number; lastCommit: string | null }> {
+  const record = await kv.get<LeaseLoss>(keys.leaseLoss(region, id));
+  if (record.versionstamp === null || record.versionstamp > recordedAt) {
+    return { lost: 0, lastCommit: null }; // already finished, or replaced by a later removal
+  }
+  const loss = await loseLeases(kv, clock, region, id, record.value.reason, record.versionstamp);
+  await kv.atomic().check(record).delete(record.key).commit();
+  return loss;
+}
+
+/**
+ * Finishes every lease loss the region still records (a removal whose lease loss failed
+ * or was cut short by a crash): each region's sweep chain runs it on every tick, and the
+ * chain runs while the region holds any lease.
+ */
+export async function finishLeaseLosses(
+  kv: Deno.Kv,
+  clock: Clock,
+  region: string,
+): Promise<number> {
+  let finished = 0;
+  for await (const record of kv.list<LeaseLoss>({ prefix: keys.leaseLosses(region) })) {
+    const id = record.key.at(-1) as string;
+    await finishLeaseLoss(kv, clock, region, id, record.versionstamp);
+    finished++;
+  }
+  return finished;
+}
+
 /**
  * Marks `lost` every live lease on a resource that was held when the change that took the
- * resource away committed (versionstamp `changedAt`), one commit each (a crash leaves renew
- * to finish it). A slot taken after that commit belongs to a resource registered again
+ * resource away committed (versionstamp `changedAt`), one commit each. A slot taken after that commit belongs to a resource registered again
  * since, and its lease is not this change's to end. Returns how many it ended and its
  * last commit's versionstamp (null: none), which the change's consistency token must
  * reach so that a read presenting it sees those leases ended.

@@ -14,7 +14,7 @@ import type { PendingMessage } from "./lag.ts";
 import { readHeldSlotsOf, type ResourceSpec, stageSpecChange } from "./pool.ts";
 import type { StatusBatchMessage } from "./queue.ts";
 import { getRegionConfig } from "./regions.ts";
-import type { FieldSeq, Telemetry } from "./resources.ts";
+import { type FieldSeq, stageLeaseLoss, type Telemetry } from "./resources.ts";
 import type { StatusUpdate } from "./schemas.ts";
 
 /**
@@ -134,6 +134,11 @@ export interface Merged {
   telemetry: Telemetry;
   /** Updates that supplied at least one field (the rest were no-ops). */
   used: number;
+  /**
+   * Whether an update newer than the stored state said `gone`, even if a later one brought
+   * the resource back: the leases held until then were on an instance that went away.
+   */
+  wentGone: boolean;
 }
 
 /**
@@ -191,6 +196,7 @@ export function mergeUpdates(
       },
     },
     used: used.size,
+    wentGone: updates.some((u) => u.state === "gone" && u.seq > fieldSeq.state),
   };
 }
 
@@ -210,7 +216,10 @@ export interface PlannedApply {
   /** Messages whose bookkeeping is in this plan. */
   completed: number;
   regions: Set<string>;
-  /** Resources that this plan turns `gone`: their leases are then marked lost. */
+  /**
+   * Resources this plan reports `gone` (wentGone), each with its lease loss recorded in the
+   * plan: their leases are then marked lost.
+   */
   gone: Array<{ region: string; id: string }>;
   /** Tells the cache what the plan read and wrote, once its commit succeeded. */
   committed(versionstamp: string): void;
@@ -330,6 +339,10 @@ export async function planApply(
       after.specVersionstamp = THIS_COMMIT;
       changes.push({ region, before, after: after as CachedResource & { spec: ResourceSpec } });
     }
+    if (merged.wentGone) {
+      stageLeaseLoss(plan, region, id, "resource gone");
+      result.gone.push({ region, id });
+    }
     read.resources.set(id, after);
     result.effective += merged.used;
     result.regions.add(region);
@@ -344,7 +357,6 @@ export async function planApply(
   );
   changes.forEach(({ region, before, after }, i) => {
     stageSpecChange(plan, region, before, after.spec, held[i], !checkEach);
-    if (after.spec.state === "gone") result.gone.push({ region, id: after.spec.id });
   });
   if (bookkeep) {
     for (const { message, pending } of live) {

@@ -22,6 +22,7 @@ import { keys } from "./keys.ts";
 import { log } from "./log.ts";
 import { type LeaseEnder, soonestLeaseExpiry, sweepExpired } from "./leases.ts";
 import type { LeaseSweepMessage } from "./queue.ts";
+import { finishLeaseLosses } from "./resources.ts";
 
 /** Longest gap between two sweeps of a region that holds leases: expiry's worst lateness. */
 export const SWEEP_EVERY_MS = 1000;
@@ -146,6 +147,15 @@ export async function sweepRegion(
   } catch (error) {
     // The chain must outlive a failed pass (a throw here would risk the message's retries).
     log("warn", "lease sweep pass failed; the next tick retries", { region, error: String(error) });
+  }
+  try {
+    // A removal's lease loss cut short (a crash, a failure after its commit) ends here.
+    await finishLeaseLosses(kv, clock, region);
+  } catch (error) {
+    log("warn", "finishing a lease loss failed; the next tick retries", {
+      region,
+      error: String(error),
+    });
   }
   for (let attempt = 0; attempt < 10; attempt++) {
     // `held` is read before the expiry index, so a claim committed after this read

@@ -215,6 +215,55 @@ Deno.test("status updates drive the pool: ready registers, draining keeps leases
   assert.deepEqual([health.body.total, health.body.free, health.body.claimed], [0, 0, 0]);
 });
 
+Deno.test("a gone followed by a ready in the same commit still loses the leases held before it", async (t) => {
+  await using app = await makeApp();
+  await app.request("PUT", "/v1/regions/iad", { body: {} });
+  const applier = new StatusApplier(app.kv, app.clock);
+  const report = reporter(app, applier);
+  await report([{ resource: "x", seq: 1, state: "ready", slots: 2 }]);
+  const leaseLosses = async () => {
+    const left = [];
+    for await (const e of app.kv.list({ prefix: keys.leaseLosses("iad") })) left.push(e.key);
+    return left;
+  };
+
+  await t.step("in one batch: the browser died (seq 2) and came back (seq 3)", async () => {
+    const before = await claim(app, "iad", { holder: "before" });
+    await report([
+      { resource: "x", seq: 3, state: "ready" },
+      { resource: "x", seq: 2, state: "gone" },
+    ]);
+    const read = await app.request("GET", `/v1/claims/${before.body.id}`);
+    assert.deepEqual([read.body.state, read.body.reason], ["lost", "resource gone"]);
+    assert.deepEqual(await leaseLosses(), [], "the recorded loss is finished");
+    const after = await claim(app, "iad", { holder: "after" });
+    assert.equal(after.status, 201, "the resource is ready again");
+    assert.ok(after.body.fencingToken > before.body.fencingToken);
+  });
+
+  await t.step("in two messages applied by one commit", async () => {
+    const before = await claim(app, "iad", { holder: "before" });
+    const gone = await ingestStatus(app.kv, app.clock, "iad", [
+      { resource: "x", seq: 4, state: "gone" },
+    ]);
+    const back = await ingestStatus(app.kv, app.clock, "iad", [
+      { resource: "x", seq: 5, state: "ready" },
+    ]);
+    const messages = [...gone.messages, ...back.messages];
+    assert.deepEqual(await applier.apply(messages), messages.map(() => null));
+    assert.equal((await app.request("GET", `/v1/claims/${before.body.id}`)).body.state, "lost");
+  });
+
+  await t.step("a replay of those updates loses nothing taken since", async () => {
+    const since = await claim(app, "iad", { holder: "since" });
+    await report([
+      { resource: "x", seq: 4, state: "gone" },
+      { resource: "x", seq: 5, state: "ready" },
+    ]);
+    assert.equal((await app.request("GET", `/v1/claims/${since.body.id}`)).body.state, "active");
+  });
+});
+
 Deno.test("POST status validates the batch whole and changes nothing on a 4xx", async (t) => {
   await using app = await makeApp();
   await app.request("PUT", "/v1/regions/iad", { body: {} });

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { GroupEnder } from "../lib/ender.ts";
 import { handleQueueMessage, type LeaseSweepMessage } from "../lib/queue.ts";
+import { keys } from "../lib/keys.ts";
+import { putResource } from "../lib/resources.ts";
 import { CHAIN_LOST_MS, readSweeper, SWEEP_EVERY_MS, sweepRegion } from "../lib/sweeper.ts";
 import {
   claim,
@@ -239,4 +241,41 @@ Deno.test("sweep chains are delivered end to end through kv.listenQueue", async 
   assert.ok(outcomes.includes("ended"), outcomes.join(", "));
   kv.close();
   await listening;
+});
+
+Deno.test("a removal whose lease loss was cut short is finished by the region's sweep chain", async () => {
+  const inner = await Deno.openKv(":memory:");
+  const commits = interceptCommits(inner);
+  await using app = await makeApp({ kv: commits.kv });
+  await seedRegion(app, "iad", 1, { slots: 2 });
+  const before = await claim(app, "iad", { holder: "before", leaseMs: 60_000 });
+  assert.equal(before.status, 201);
+  const { resource } = before.body;
+
+  // The removal commits, then its lease loss fails (as a crash right after the commit
+  // would leave it): the lease stays active for now.
+  commits.arm(() => {
+    commits.arm(() => Promise.reject(new TypeError("the process died here")));
+    return Promise.resolve();
+  });
+  await assert.rejects(
+    putResource(commits.kv, app.clock, "iad", resource, { slots: 2, labels: {}, state: "gone" }),
+    TypeError,
+  );
+  assert.ok(commits.fired());
+  assert.equal((await getClaim(app, before.body.id)).state, "active");
+
+  // Registered again and claimed before anyone renews the old lease.
+  await putResource(app.kv, app.clock, "iad", resource, { slots: 2, labels: {}, state: "ready" });
+  const after = await claim(app, "iad", { holder: "after", leaseMs: 60_000 });
+  assert.equal(after.status, 201);
+
+  assert.equal(await sweepRegion(app.kv, app.clock, await chainMessage(app, "iad")), "swept");
+  const lost = await getClaim(app, before.body.id);
+  assert.deepEqual([lost.state, lost.reason], ["lost", "resource gone"]);
+  assert.equal((await getClaim(app, after.body.id)).state, "active", "a later lease is spared");
+  assert.deepEqual(await poolOf(app, "iad"), { total: 2, free: 1, claimed: 1 });
+  const left = await Array.fromAsync(app.kv.list({ prefix: keys.leaseLosses("iad") }));
+  assert.deepEqual(left, [], "the recorded loss is finished");
+  inner.close();
 });
