@@ -173,16 +173,23 @@ export interface ClaimRoute {
 }
 
 /**
- * Routes a claim: the region's own pool in `primary`; the backup's in `fallback`,
- * unless the backup is lagging or exhausted right now, in which case the less
- * stale of the two serves and the route says why.
+ * Routes a claim: the region's own pool in `primary`; the backup's in `fallback`. When
+ * the backup cannot take it right now (lagging, exhausted, in fallback itself) while
+ * the region is in fallback, or lags past enterMs in primary (the refusal that kept it
+ * there), the less stale of the two serves and the route says why.
  */
 export async function routeClaim(kv: Deno.Kv, clock: Clock, region: string): Promise<ClaimRoute> {
   const { config, mode, lag } = await evaluateMode(kv, clock, region);
-  if (mode.mode === "primary" || config.backup === null) {
+  const primary = mode.mode === "primary";
+  if (config.backup === null || (primary && lag.lagMs <= config.lag.enterMs)) {
     return { config, mode: mode.mode, servedBy: region, lagMs: lag.lagMs, note: null };
   }
   const backup = await backupHealth(kv, clock, config.backup);
+  if (primary && backup.refusal === null) {
+    // The backup became healthy since the evaluation (or its mode change lost a race):
+    // the next evaluation switches; this claim keeps to the stored mode.
+    return { config, mode: "primary", servedBy: region, lagMs: lag.lagMs, note: null };
+  }
   if (backup.refusal === null) {
     return {
       config,
@@ -197,7 +204,7 @@ export async function routeClaim(kv: Deno.Kv, clock: Clock, region: string): Pro
     backup.lag!.lagMs < lag.lagMs;
   return {
     config,
-    mode: "fallback",
+    mode: mode.mode,
     servedBy: backupIsFresher ? config.backup : region,
     lagMs: backupIsFresher ? backup.lag!.lagMs : lag.lagMs,
     note: `fallback refused (${backup.refusal.reason}); served by the least stale region`,

@@ -135,7 +135,8 @@ export const ClaimGrant = Claim.extend({
     description: "Status lag of the serving region when routed: how stale its pool view may be.",
   }),
   note: z.string().nullable().openapi({
-    description: "Set when fallback was refused (backup lagging or exhausted) and why.",
+    description:
+      "Set when fallback was refused (backup lagging, exhausted or in fallback) while the region lagged past lag.enterMs or was in fallback, and why: the least stale pool served.",
   }),
   secret: z.string().openapi({
     description: "Shown once (and on an idempotent replay): required by renew and release.",

@@ -140,6 +140,8 @@ Deno.test("fallback is refused when the backup lags or is exhausted, and the ans
     assert.equal(res.status, 201);
     assert.equal(res.body.servedBy, "iad");
     assert.equal(res.body.lagMs, 3000, "the answer says how stale its pool view was");
+    assert.equal(res.body.mode, "primary");
+    assert.match(res.body.note, /fallback refused \(backup "fra" has no free slot\)/);
   });
   await t.step("backup lagging too: no fallback", async () => {
     await using app = await makeApp();
@@ -148,8 +150,33 @@ Deno.test("fallback is refused when the backup lags or is exhausted, and the ans
     await stall(app, "iad");
     app.clock.advance(3000);
     assert.equal((await health(app, "iad")).mode, "primary");
-    assert.equal((await claim(app, "iad")).body.servedBy, "iad");
+    const res = await claim(app, "iad");
+    assert.equal(res.body.servedBy, "iad", "equally stale: the region's own pool");
+    assert.match(res.body.note, /fallback refused \(backup "fra" lags 3000ms\)/);
   });
+  await t.step(
+    "the less stale pool serves, whether or not the region entered fallback",
+    async () => {
+      // iad lags 10 s, fra 3 s. Whether iad was evaluated while fra was still fresh (so it
+      // entered fallback) or not (it stays primary: fallback was refused), fra serves.
+      for (const looked of [true, false]) {
+        await using app = await makeApp();
+        await twoRegions(app);
+        await stall(app, "iad");
+        app.clock.advance(7000);
+        if (looked) assert.equal((await health(app, "iad")).mode, "fallback");
+        await stall(app, "fra");
+        app.clock.advance(3000);
+        const res = await claim(app, "iad");
+        assert.equal(res.status, 201);
+        assert.deepEqual(
+          [res.body.mode, res.body.servedBy, res.body.lagMs],
+          [looked ? "fallback" : "primary", "fra", 3000],
+        );
+        assert.match(res.body.note, /fallback refused \(backup "fra" lags 3000ms\)/);
+      }
+    },
+  );
   await t.step("in fallback, a backup that runs out hands claims back to the region", async () => {
     await using app = await makeApp();
     await twoRegions(app, 2);
