@@ -4,6 +4,7 @@ import { LeaseLostError, NotFoundError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
 import { bumpResourcesVersion, cursorError, markWrite } from "./kv.ts";
 import { endLiveLease } from "./leases.ts";
+import { log } from "./log.ts";
 import type { AtomicWriter } from "./atomic.ts";
 import { readHeldSlots, type ResourceSpec, stageSpecChange } from "./pool.ts";
 import { getRegionConfig } from "./regions.ts";
@@ -58,7 +59,7 @@ export async function putResource(
   const change = await changeSpec(kv, region, id, spec, gone);
   const { before, held } = change;
   let { consistencyToken } = change;
-  if (gone !== null) {
+  if (change.lossRecorded) {
     const loss = await finishLeaseLoss(kv, clock, region, id, consistencyToken);
     consistencyToken = loss.lastCommit ?? consistencyToken;
   }
@@ -86,7 +87,7 @@ export async function deleteResource(
   const change = await changeSpec(kv, region, id, null, "resource deleted");
   const { before } = change;
   let { consistencyToken } = change;
-  if (consistencyToken !== "") {
+  if (change.lossRecorded) {
     const loss = await finishLeaseLoss(kv, clock, region, id, consistencyToken);
     consistencyToken = loss.lastCommit ?? consistencyToken;
   }
@@ -98,7 +99,8 @@ export async function deleteResource(
 
 /**
  * Commits a spec change; `loss` (a reason) when it takes the resource away, which records
- * the lease loss in the same commit.
+ * the lease loss in the same commit when a lease holds a slot (the commit checks the
+ * slots it read free, so none is taken meanwhile).
  */
 async function changeSpec(
   kv: Deno.Kv,
@@ -106,31 +108,48 @@ async function changeSpec(
   id: string,
   after: ResourceSpec | null,
   loss: string | null,
-): Promise<{ before: ResourceSpec | null; held: number; consistencyToken: string }> {
+): Promise<
+  { before: ResourceSpec | null; held: number; consistencyToken: string; lossRecorded: boolean }
+> {
   for (let attempt = 0; attempt < 20; attempt++) {
     const [before, held] = await Promise.all([
       kv.get<ResourceSpec>(keys.resource(region, id)),
       readHeldSlots(kv, region, id),
     ]);
     if (before.value === null && after === null) {
-      if (held.size === 0) return { before: null, held: 0, consistencyToken: "" };
+      if (held.size === 0) {
+        return { before: null, held: 0, consistencyToken: "", lossRecorded: false };
+      }
       // Slots still held on a resource already removed: a commit that sees it still absent
       // dates them, so the caller ends those leases and none taken after a new registration.
       const op = kv.atomic().check(before);
       stageLeaseLoss(op, region, id, loss ?? "resource deleted");
       const res = await op.commit();
-      if (res.ok) return { before: null, held: held.size, consistencyToken: res.versionstamp };
+      if (res.ok) {
+        return {
+          before: null,
+          held: held.size,
+          consistencyToken: res.versionstamp,
+          lossRecorded: true,
+        };
+      }
       continue;
     }
     const op = kv.atomic();
     stageSpecChange(op, region, before, after, held);
     if (after === null) op.delete(keys.telemetry(region, id));
-    if (loss !== null) stageLeaseLoss(op, region, id, loss);
+    const lossRecorded = loss !== null && held.size > 0;
+    if (lossRecorded) stageLeaseLoss(op, region, id, loss);
     bumpResourcesVersion(op, region);
     markWrite(op, region);
     const res = await op.commit();
     if (res.ok) {
-      return { before: before.value, held: held.size, consistencyToken: res.versionstamp };
+      return {
+        before: before.value,
+        held: held.size,
+        consistencyToken: res.versionstamp,
+        lossRecorded,
+      };
     }
   }
   throw new UnavailableError(
@@ -141,6 +160,11 @@ async function changeSpec(
 /** A resource removal whose leases are still to be lost (keys.leaseLoss). */
 export interface LeaseLoss {
   reason: string;
+  /**
+   * Spare leases taken after this versionstamp, when it is earlier than the record's own:
+   * the resource was reported back (and that report accepted) before the removal was applied.
+   */
+  before?: string;
 }
 
 /**
@@ -150,8 +174,15 @@ export interface LeaseLoss {
  * step fails or the process dies first (finishLeaseLosses), and its versionstamp dates the
  * removal, so a lease taken after it is spared.
  */
-export function stageLeaseLoss(op: AtomicWriter, region: string, id: string, reason: string) {
-  op.set(keys.leaseLoss(region, id), { reason } satisfies LeaseLoss);
+export function stageLeaseLoss(
+  op: AtomicWriter,
+  region: string,
+  id: string,
+  reason: string,
+  before?: string,
+): void {
+  const loss: LeaseLoss = before === undefined ? { reason } : { reason, before };
+  op.set(keys.leaseLoss(region, id), loss);
 }
 
 /**
@@ -169,34 +200,57 @@ export async function finishLeaseLoss(
   if (record.versionstamp === null || record.versionstamp > recordedAt) {
     return { lost: 0, lastCommit: null }; // already finished, or replaced by a later removal
   }
-  const loss = await loseLeases(kv, clock, region, id, record.value.reason, record.versionstamp);
-  await kv.atomic().check(record).delete(record.key).commit();
+  const { reason, before } = record.value;
+  const changedAt = before !== undefined && before < record.versionstamp
+    ? before
+    : record.versionstamp;
+  const loss = await loseLeases(kv, clock, region, id, reason, changedAt);
+  // The leases are lost: a record left by a failed delete is only finished again, harmlessly.
+  await kv.atomic().check(record).delete(record.key).commit().catch((error) => {
+    log("warn", "a finished lease loss record could not be deleted", {
+      region,
+      resource: id,
+      error: String(error),
+    });
+  });
   return loss;
 }
 
 /**
- * Finishes every lease loss the region still records (a removal whose lease loss failed
- * or was cut short by a crash): each region's sweep chain runs it on every tick, and the
- * chain runs while the region holds any lease.
+ * Finishes up to `limit` lease losses the region still records (a removal whose lease
+ * loss failed or was cut short by a crash), each on its own: one that fails is retried
+ * later without holding up the others. Each region's sweep chain runs it on every tick,
+ * and the chain runs while the region holds any lease. Returns how many it finished.
  */
 export async function finishLeaseLosses(
   kv: Deno.Kv,
   clock: Clock,
   region: string,
+  limit = 10,
 ): Promise<number> {
   let finished = 0;
-  for await (const record of kv.list<LeaseLoss>({ prefix: keys.leaseLosses(region) })) {
+  const records = kv.list<LeaseLoss>({ prefix: keys.leaseLosses(region) }, { limit });
+  for await (const record of records) {
     const id = record.key.at(-1) as string;
-    await finishLeaseLoss(kv, clock, region, id, record.versionstamp);
-    finished++;
+    try {
+      await finishLeaseLoss(kv, clock, region, id, record.versionstamp);
+      finished++;
+    } catch (error) {
+      log("warn", "finishing a lease loss failed; the next sweep retries", {
+        region,
+        resource: id,
+        error: String(error),
+      });
+    }
   }
   return finished;
 }
 
 /**
  * Marks `lost` every live lease on a resource that was held when the change that took the
- * resource away committed (versionstamp `changedAt`), one commit each. A slot taken after that commit belongs to a resource registered again
- * since, and its lease is not this change's to end. Returns how many it ended and its
+ * resource away committed (versionstamp `changedAt`), one commit each. A slot taken after
+ * that commit belongs to a resource registered again since, and its lease is not this
+ * change's to end. Returns how many it ended and its
  * last commit's versionstamp (null: none), which the change's consistency token must
  * reach so that a read presenting it sees those leases ended.
  */

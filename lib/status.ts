@@ -139,6 +139,8 @@ export interface Merged {
    * the resource back: the leases held until then were on an instance that went away.
    */
   wentGone: boolean;
+  /** The update the merged state came from (null: the state is unchanged). */
+  stateFrom: StatusUpdate | null;
 }
 
 /**
@@ -197,6 +199,7 @@ export function mergeUpdates(
     },
     used: used.size,
     wentGone: updates.some((u) => u.state === "gone" && u.seq > fieldSeq.state),
+    stateFrom: state,
   };
 }
 
@@ -266,8 +269,11 @@ export async function planApply(
     pending[i].versionstamp === null ? [] : [{ message, pending: pending[i] }]
   );
   const byResource = new Map<string, { region: string; id: string; updates: StatusUpdate[] }>();
-  for (const { message } of live) {
+  // When each update was accepted: the versionstamp of its message's ingest commit.
+  const acceptedAt = new Map<StatusUpdate, string>();
+  for (const { message, pending } of live) {
     for (const update of message.updates) {
+      acceptedAt.set(update, pending.versionstamp!);
       const k = `${message.region}\u0000${update.resource}`;
       const group = byResource.get(k) ??
         { region: message.region, id: update.resource, updates: [] };
@@ -340,7 +346,10 @@ export async function planApply(
       changes.push({ region, before, after: after as CachedResource & { spec: ResourceSpec } });
     }
     if (merged.wentGone) {
-      stageLeaseLoss(plan, region, id, "resource gone");
+      // Back to a live state in the same apply: the leases taken once that report was
+      // accepted are on the instance that came back, and are spared.
+      const back = merged.spec.state === "gone" ? undefined : acceptedAt.get(merged.stateFrom!);
+      stageLeaseLoss(plan, region, id, "resource gone", back);
       result.gone.push({ region, id });
     }
     read.resources.set(id, after);

@@ -152,7 +152,7 @@ export async function sweepRegion(
     // A removal's lease loss cut short (a crash, a failure after its commit) ends here.
     await finishLeaseLosses(kv, clock, region);
   } catch (error) {
-    log("warn", "finishing a lease loss failed; the next tick retries", {
+    log("warn", "reading the lease losses to finish failed; the next tick retries", {
       region,
       error: String(error),
     });

@@ -390,6 +390,21 @@ Deno.test("a DELETE's lease loss never reaches a claim made after it, on the res
     },
   );
 
+  await t.step("a removal with no lease held records no lease loss", async () => {
+    await using app = await makeApp();
+    await seedRegion(app, "iad", 0);
+    const recorded: unknown[] = [];
+    for (const remove of ["gone", "delete"]) {
+      await putResource(app, "r1", { slots: 2 });
+      const res = remove === "gone"
+        ? await putResource(app, "r1", { slots: 2, state: "gone" })
+        : await app.request("DELETE", "/v1/regions/iad/resources/r1");
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      recorded.push(...await Array.fromAsync(app.kv.list({ prefix: keys.leaseLosses("iad") })));
+    }
+    assert.deepEqual(recorded, []);
+  });
+
   await t.step(
     "the consistency token of a DELETE or a PUT gone covers the leases it ended",
     async () => {
@@ -404,6 +419,8 @@ Deno.test("a DELETE's lease loss never reaches a claim made after it, on the res
           ? await putResource(app, "r1", { slots: 3, state: "gone" })
           : await app.request("DELETE", "/v1/regions/iad/resources/r1");
         assert.equal(res.status, 200, JSON.stringify(res.body));
+        const records = await Array.fromAsync(app.kv.list({ prefix: keys.leaseLosses("iad") }));
+        assert.deepEqual(records, [], "the recorded lease loss is finished and deleted");
         // A replica caught up to the token has every lease loss: their commits are not newer.
         for (const h of held) {
           const stored = await app.kv.get(keys.claim("iad", h.body.id));

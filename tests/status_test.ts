@@ -262,6 +262,53 @@ Deno.test("a gone followed by a ready in the same commit still loses the leases 
     ]);
     assert.equal((await app.request("GET", `/v1/claims/${since.body.id}`)).body.state, "active");
   });
+
+  await t.step(
+    "a lease taken after the report that it came back was accepted is spared",
+    async () => {
+      // Only "since" (from the step before) holds x: the free slot goes to the claims below.
+      const gone = await ingestStatus(app.kv, app.clock, "iad", [
+        { resource: "x", seq: 6, state: "gone" },
+      ]);
+      const between = await claim(app, "iad", { holder: "between" });
+      const back = await ingestStatus(app.kv, app.clock, "iad", [
+        { resource: "x", seq: 7, state: "ready" },
+      ]);
+      assert.equal(between.status, 201);
+      // Applied only now: "between" was taken while the instance was down, "since" before.
+      await applier.apply([...gone.messages, ...back.messages]);
+      const state = async (id: string) => (await app.request("GET", `/v1/claims/${id}`)).body.state;
+      assert.equal(await state(between.body.id), "lost");
+      const after = await claim(app, "iad", { holder: "after" });
+      const late = await ingestStatus(app.kv, app.clock, "iad", [
+        { resource: "x", seq: 8, state: "gone" },
+        { resource: "x", seq: 9, state: "ready" },
+      ]);
+      const taken = await claim(app, "iad", { holder: "taken once it was back" });
+      assert.equal(taken.status, 201);
+      await applier.apply(late.messages);
+      assert.equal(await state(after.body.id), "lost", "taken before the report");
+      assert.equal(await state(taken.body.id), "active", "taken after the report was accepted");
+    },
+  );
+});
+
+Deno.test("an old gone and ready applied after a DELETE and a new registration spare the new leases", async () => {
+  await using app = await makeApp();
+  await app.request("PUT", "/v1/regions/iad", { body: {} });
+  const applier = new StatusApplier(app.kv, app.clock);
+  await reporter(app, applier)([{ resource: "x", seq: 1, state: "ready", slots: 1 }]);
+  const flap = await ingestStatus(app.kv, app.clock, "iad", [
+    { resource: "x", seq: 2, state: "gone" },
+    { resource: "x", seq: 3, state: "ready" },
+  ]);
+  assert.equal((await app.request("DELETE", "/v1/regions/iad/resources/x")).status, 200);
+  const again = await app.request("PUT", "/v1/regions/iad/resources/x", { body: { slots: 1 } });
+  assert.equal(again.status, 201);
+  const fresh = await claim(app, "iad", { holder: "fresh" });
+  assert.equal(fresh.status, 201);
+  assert.deepEqual(await applier.apply(flap.messages), [null]);
+  assert.equal((await app.request("GET", `/v1/claims/${fresh.body.id}`)).body.state, "active");
 });
 
 Deno.test("POST status validates the batch whole and changes nothing on a 4xx", async (t) => {
