@@ -250,9 +250,9 @@ export async function finishLeaseLosses(
  * Marks `lost` every live lease on a resource that was held when the change that took the
  * resource away committed (versionstamp `changedAt`), one commit each. A slot taken after
  * that commit belongs to a resource registered again since, and its lease is not this
- * change's to end. Returns how many it ended and its
- * last commit's versionstamp (null: none), which the change's consistency token must
- * reach so that a read presenting it sees those leases ended.
+ * change's to end. Returns how many it ended and its last commit's versionstamp (null:
+ * none), which the change's consistency token must reach so that a read presenting it
+ * sees those leases ended.
  */
 export async function loseLeases(
   kv: Deno.Kv,
