@@ -16,6 +16,7 @@ import {
   grantedLeaseMs,
   type LeaseEnd,
   type LeaseEnder,
+  recordAsOf,
 } from "./leases.ts";
 import {
   idempotencyKeyOf,
@@ -257,6 +258,7 @@ export interface ClaimQuery {
  */
 export async function listClaims(
   kv: Deno.Kv,
+  clock: Clock,
   region: string,
   query: ClaimQuery,
   consistency: Deno.KvConsistencyLevel = "strong",
@@ -271,16 +273,17 @@ export async function listClaims(
   const items: Claim[] = [];
   let scanned = 0;
   let cursor: string | null = null;
+  const now = clock.now();
   try {
     for await (const entry of iter) {
       scanned++;
-      const record = entry.value;
+      const record = recordAsOf(entry.value, now);
       if (
         (query.holder === undefined || record.holder === query.holder) &&
         (query.state === undefined || record.state === query.state) &&
         (!query.askedIn || query.askedIn.has(record.region))
       ) {
-        items.push(claimView(entry));
+        items.push(claimView(entry, now));
         if (items.length >= query.limit) {
           cursor = iter.cursor;
           break;

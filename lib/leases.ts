@@ -58,9 +58,24 @@ export function fencingTokenOf(entry: Deno.KvEntry<ClaimRecord>): string {
     entry.versionstamp + entry.value.commitIndex.toString(16).padStart(4, "0");
 }
 
-/** The public view of a claim: never its secret. */
-export function claimView(entry: Deno.KvEntry<ClaimRecord>): Claim {
-  return { ...describeClaim(entry.value), fencingToken: fencingTokenOf(entry) };
+/**
+ * A claim record as of `now`: a lease past its expiry reads `expired`, ended at its expiry,
+ * also before the sweep (or a renew or release) has recorded it, so no reader is told it
+ * still holds a slot it has lost.
+ */
+export function recordAsOf(record: ClaimRecord, now: number): ClaimRecord {
+  return record.state === "active" && record.expiresAt <= now
+    ? { ...record, state: "expired", endedAt: record.expiresAt, reason: EXPIRED_REASON }
+    : record;
+}
+
+/** The reason an expired claim gives. */
+export const EXPIRED_REASON = "lease expired";
+
+/** The public view of a claim, as of `now` when given (see recordAsOf): never its secret. */
+export function claimView(entry: Deno.KvEntry<ClaimRecord>, now?: number): Claim {
+  const record = now === undefined ? entry.value : recordAsOf(entry.value, now);
+  return { ...describeClaim(record), fencingToken: fencingTokenOf(entry) };
 }
 
 /** The public view of a claim record, before its commit has given it a fencing token. */
@@ -185,7 +200,9 @@ export function stageLeaseEnd(
   const ended: ClaimRecord = {
     ...record,
     state: end.state,
-    endedAt: clock.now(),
+    // An expiry ended the lease at its expiry, whenever the sweep records it (as reads
+    // showed it: recordAsOf).
+    endedAt: end.state === "expired" ? record.expiresAt : clock.now(),
     reason: end.reason,
     fencingToken: fencingTokenOf(claim),
   };
@@ -255,7 +272,7 @@ export async function expireIfDue(
 ): Promise<boolean> {
   const end: LeaseEnd = {
     state: "expired",
-    reason: "lease expired",
+    reason: EXPIRED_REASON,
     guard: (record) => {
       if (record.state === "active" && record.expiresAt > clock.now()) throw new NotDue();
     },

@@ -276,7 +276,7 @@ export function claimRoutes({ kv, clock, allocator, ender, renewer }: RouteDeps)
         kv,
         region,
         token,
-        async (level) => claimView(await getClaimEntry(kv, id, level)),
+        async (level) => claimView(await getClaimEntry(kv, id, level), clock.now()),
       );
       caller(c, ["client", "admin"], value.region);
       c.header("Allot-Consistency", consistency);
@@ -325,7 +325,7 @@ export function claimRoutes({ kv, clock, allocator, ender, renewer }: RouteDeps)
         kv,
         region,
         token,
-        (level) => listClaims(kv, region, { holder, state, cursor, limit, askedIn }, level),
+        (level) => listClaims(kv, clock, region, { holder, state, cursor, limit, askedIn }, level),
       );
       c.header("Allot-Consistency", consistency);
       return c.json(value, 200);

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { sweepExpired } from "../lib/leases.ts";
 import {
   assertProblem,
   claim,
@@ -106,9 +107,12 @@ Deno.test("reading claims never reveals a secret", async (t) => {
 
 Deno.test("the region's claim list filters by state", async () => {
   await using t = await makeApp();
-  await seedRegion(t, "iad", 5, { config: { lease: { defaultMs: 1000, maxMs: 5000 } } });
+  await seedRegion(t, "iad", 6, { config: { lease: { defaultMs: 1000, maxMs: 5000 } } });
   const grants = [];
-  for (let i = 0; i < 5; i++) grants.push((await claim(t, "iad", { holder: `h${i}` })).body);
+  for (let i = 0; i < 6; i++) {
+    const leaseMs = i === 4 ? 5000 : 1000;
+    grants.push((await claim(t, "iad", { holder: `h${i}`, leaseMs })).body);
+  }
   assert.equal((await release(t, grants[0].id, grants[0].secret)).status, 204);
   assert.equal((await release(t, grants[1].id, grants[1].secret)).status, 204);
   const revoked = await t.request("POST", `/v1/claims/${grants[2].id}/revoke`, {
@@ -126,7 +130,8 @@ Deno.test("the region's claim list filters by state", async () => {
       .items.map((c) => c.id).sort();
   assert.deepEqual(await byState("released"), [grants[0].id, grants[1].id].sort());
   assert.deepEqual(await byState("lost"), [grants[2].id]);
-  assert.deepEqual(await byState("expired"), [grants[3].id]);
+  // grants[5] ran out too, though no sweep, renew or release has recorded it yet.
+  assert.deepEqual(await byState("expired"), [grants[3].id, grants[5].id].sort());
   assert.deepEqual(await byState("active"), [grants[4].id]);
   const bad = await t.request("GET", "/v1/regions/iad/claims?state=zombie");
   assertProblem(bad, 400, "state");
@@ -183,6 +188,23 @@ Deno.test("revoke ends a live lease with its reason, frees the slot, and only ad
     const unknown = await revokeAs(app, "iad.01JD3J3ZK6S6M2P1TQ4Z3X9V7A", TOKENS.admin);
     assertProblem(unknown, 404);
   });
+});
+
+Deno.test("a lease past its expiry reads expired, ended at its expiry, before and after the sweep records it", async () => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 1);
+  const granted = await claim(app, "iad", { holder: "h", leaseMs: 1000 });
+  assert.equal(granted.status, 201);
+  app.clock.advance(999);
+  assert.equal((await getClaim(app, granted.body.id)).state, "active");
+  app.clock.advance(4001); // 4 s past its expiry; the sweep has not run
+  const before = await getClaim(app, granted.body.id);
+  assert.deepEqual(
+    [before.state, before.endedAt, before.reason],
+    ["expired", granted.body.leaseExpiresAt, "lease expired"],
+  );
+  assert.equal(await sweepExpired(app.kv, app.clock, "iad"), 1);
+  assert.deepEqual(await getClaim(app, granted.body.id), before, "the sweep records what was read");
 });
 
 Deno.test("revoking a lease already past its expiry answers 409 and records it expired", async () => {
