@@ -4,7 +4,7 @@ import type { AtomicWriter } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { ForbiddenError, LeaseLostError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { cursorError, markWrite } from "./kv.ts";
+import { cursorError, kvCursorOf, markWrite, pageCursor } from "./kv.ts";
 import {
   type ClaimRecord,
   claimView,
@@ -265,8 +265,9 @@ export async function listClaims(
 ): Promise<{ items: Claim[]; cursor: string | null }> {
   await getRegionConfig(kv, region, consistency);
   const scanBudget = query.limit * 10;
+  const listing = `claims/${region}`;
   const iter = kv.list<ClaimRecord>({ prefix: keys.claims(region) }, {
-    cursor: query.cursor,
+    cursor: kvCursorOf(listing, query.cursor),
     limit: scanBudget,
     consistency,
   });
@@ -294,5 +295,5 @@ export async function listClaims(
     throw cursorError(error);
   }
   if (cursor === null && scanned >= scanBudget) cursor = iter.cursor;
-  return { items, cursor: cursor || null };
+  return { items, cursor: cursor ? pageCursor(listing, cursor) : null };
 }

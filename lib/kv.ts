@@ -1,5 +1,6 @@
 /** Small Deno KV helpers shared by lib/ modules. */
 import type { AtomicWriter } from "./atomic.ts";
+import { encodeBase64Url } from "./base64.ts";
 import { BadRequestError } from "./errors.ts";
 import { type CounterName, keys } from "./keys.ts";
 
@@ -65,9 +66,30 @@ export async function listAll<T>(
  */
 export function cursorError(error: unknown): unknown {
   if (!(error instanceof TypeError) || !/cursor|latin1/i.test(error.message)) return error;
+  return foreignCursor();
+}
+
+function foreignCursor(): BadRequestError {
   return new BadRequestError("Invalid query: cursor is not one this listing returned", [
     { field: "cursor", message: "is not one this listing returned" },
   ]);
+}
+
+/**
+ * A page cursor that names its listing (`listing`, e.g. `claims/iad`) before Deno KV's
+ * cursor, which encodes only a key's part past the listed prefix: one from another
+ * region's listing would otherwise be taken for a position in this one.
+ */
+export function pageCursor(listing: string, kvCursor: string): string {
+  return `${encodeBase64Url(new TextEncoder().encode(listing))}.${kvCursor}`;
+}
+
+/** The Deno KV cursor in a page cursor of `listing` (see pageCursor); 400 for another's. */
+export function kvCursorOf(listing: string, cursor: string | undefined): string | undefined {
+  if (cursor === undefined) return undefined;
+  const prefix = pageCursor(listing, "");
+  if (!cursor.startsWith(prefix) || cursor.length === prefix.length) throw foreignCursor();
+  return cursor.slice(prefix.length);
 }
 
 /**

@@ -2,7 +2,7 @@
 import type { Clock } from "./clock.ts";
 import { LeaseLostError, NotFoundError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { bumpResourcesVersion, cursorError, markWrite } from "./kv.ts";
+import { bumpResourcesVersion, cursorError, kvCursorOf, markWrite, pageCursor } from "./kv.ts";
 import { endLiveLease } from "./leases.ts";
 import { log } from "./log.ts";
 import type { AtomicWriter } from "./atomic.ts";
@@ -311,8 +311,9 @@ export async function listResources(
   consistency: Deno.KvConsistencyLevel = "strong",
 ): Promise<{ items: Resource[]; cursor: string | null }> {
   await getRegionConfig(kv, region, consistency);
+  const listing = `resources/${region}`;
   const iter = kv.list<ResourceSpec>({ prefix: keys.resources(region) }, {
-    cursor: page.cursor,
+    cursor: kvCursorOf(listing, page.cursor),
     limit: page.limit,
     consistency,
   });
@@ -341,5 +342,6 @@ export async function listResources(
   const items = specs.map((spec) =>
     resourceView(region, spec, telemetry.get(spec.id) ?? null, claimed.get(spec.id) ?? 0)
   );
-  return { items, cursor: specs.length === page.limit ? iter.cursor || null : null };
+  const more = specs.length === page.limit && iter.cursor !== "";
+  return { items, cursor: more ? pageCursor(listing, iter.cursor) : null };
 }

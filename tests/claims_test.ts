@@ -219,3 +219,29 @@ Deno.test("revoking a lease already past its expiry answers 409 and records it e
   assert.equal(read.reason, "lease expired");
   assert.deepEqual(await poolOf(app, "iad"), { free: 1, claimed: 0, total: 1 });
 });
+
+Deno.test("a page cursor works only on the listing it came from; any other is 400", async () => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 3);
+  await seedRegion(app, "fra", 3);
+  for (const region of ["iad", "fra", "iad", "fra"]) {
+    assert.equal((await claim(app, region, { holder: "h" })).status, 201);
+  }
+  const first = await app.request("GET", "/v1/regions/iad/claims?limit=1");
+  assert.equal(first.status, 200);
+  const cursor = encodeURIComponent(first.body.cursor);
+  const next = await app.request("GET", `/v1/regions/iad/claims?limit=1&cursor=${cursor}`);
+  assert.equal(next.status, 200);
+  assert.equal(next.body.items.length, 1);
+  assert.notEqual(next.body.items[0].id, first.body.items[0].id);
+
+  const resources = await app.request("GET", "/v1/regions/fra/resources?limit=1");
+  const foreign = [
+    `/v1/regions/fra/claims?cursor=${cursor}`, // another region's claims
+    `/v1/regions/iad/resources?cursor=${cursor}`, // another listing of the region
+    `/v1/regions/iad/resources?cursor=${encodeURIComponent(resources.body.cursor)}`,
+    `/v1/regions/iad/claims?cursor=AAAA`, // a bare Deno KV cursor
+    `/v1/regions/iad/claims?cursor=${cursor.split(".")[0]}.`, // this listing, no position
+  ];
+  for (const path of foreign) assertProblem(await app.request("GET", path), 400, "cursor");
+});
