@@ -200,6 +200,7 @@ const revokeRoute = createRoute({
     ...commonProblems,
     ...bodyProblems,
     409: leaseLostProblem,
+    503: unavailableProblem,
   },
 });
 

@@ -11,6 +11,7 @@ import {
   commonProblems,
   newRouter,
   type RouteDeps,
+  unavailableProblem,
 } from "./_shared.ts";
 
 const RegionParams = z.object({ region: RegionName });
@@ -48,6 +49,7 @@ const putRoute = createRoute({
     },
     ...commonProblems,
     ...bodyProblems,
+    503: unavailableProblem,
   },
 });
 

@@ -20,6 +20,7 @@ import {
   newRouter,
   PageQuery,
   type RouteDeps,
+  unavailableProblem,
 } from "./_shared.ts";
 
 const RegionParams = z.object({ region: RegionName });
@@ -59,6 +60,7 @@ const putRoute = createRoute({
     },
     ...commonProblems,
     ...bodyProblems,
+    503: unavailableProblem,
   },
 });
 
@@ -83,6 +85,7 @@ const deleteRoute = createRoute({
       },
     },
     ...commonProblems,
+    503: unavailableProblem,
   },
 });
 
