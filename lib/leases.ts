@@ -58,6 +58,9 @@ export function fencingTokenOf(entry: Deno.KvEntry<ClaimRecord>): string {
     entry.versionstamp + entry.value.commitIndex.toString(16).padStart(4, "0");
 }
 
+/** The reason an expired claim gives. */
+export const EXPIRED_REASON = "lease expired";
+
 /**
  * A claim record as of `now`: a lease past its expiry reads `expired`, ended at its expiry,
  * also before the sweep (or a renew or release) has recorded it, so no reader is told it
@@ -68,9 +71,6 @@ export function recordAsOf(record: ClaimRecord, now: number): ClaimRecord {
     ? { ...record, state: "expired", endedAt: record.expiresAt, reason: EXPIRED_REASON }
     : record;
 }
-
-/** The reason an expired claim gives. */
-export const EXPIRED_REASON = "lease expired";
 
 /** The public view of a claim, as of `now` when given (see recordAsOf): never its secret. */
 export function claimView(entry: Deno.KvEntry<ClaimRecord>, now?: number): Claim {
