@@ -11,6 +11,7 @@ import {
   claim,
   interceptCommits,
   makeApp,
+  seedRegion,
   snapshotKv,
   type TestApp,
   TOKENS,
@@ -391,6 +392,26 @@ Deno.test("a dead-lettered status message stops counting as lag and is reported"
   assert.equal(health.lagMs, 0);
   assert.equal(health.pending, 0);
   assert.equal(health.deadLettered, 1);
+});
+
+Deno.test("a pile of dead-lettered status messages never fails a claim or a region read", async () => {
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 2);
+  // A long consumer outage: 700 accepted batches, each of which exhausted its retries.
+  for (let seq = 1; seq <= 700; seq++) {
+    const { messages } = await ingestStatus(t.kv, t.clock, "iad", [
+      { resource: "res-0000", seq, state: "ready", load: seq },
+    ]);
+    await t.kv.set(keys.deadLetter("iad", messages[0].id), messages[0]);
+  }
+  const first = await claim(t, "iad");
+  assert.equal(first.status, 201, JSON.stringify(first.body));
+  // Each read retires a bounded number of them; a few reads retire them all.
+  let health = (await t.request("GET", "/v1/regions/iad")).body;
+  for (let read = 0; read < 5 && health.pending > 0; read++) {
+    health = (await t.request("GET", "/v1/regions/iad")).body;
+  }
+  assert.deepEqual([health.pending, health.deadLettered, health.lagMs], [0, 700, 0]);
 });
 
 Deno.test("status batches are delivered end to end through kv.listenQueue", async () => {
