@@ -68,12 +68,23 @@ export type QueueOutcome =
 
 /**
  * Handles one delivery. An unparseable message is dropped (logged), never retried
- * forever; a transient failure throws, so the queue redelivers it.
+ * forever, except a status batch this version cannot read (say, one a newer version
+ * wrote): that one throws, so its retries end in its dead letter, which takes it out of
+ * the region's lag; dropped, its pending entry would hold the lag up for ever. A
+ * transient failure throws, so the queue redelivers it.
  */
 export async function handleQueueMessage(deps: QueueDeps, raw: unknown): Promise<QueueOutcome> {
   const parsed = QueueMessage.safeParse(raw);
   if (!parsed.success) {
-    log("error", "dropping malformed queue message", { raw });
+    const type = typeof raw === "object" && raw !== null && "type" in raw
+      ? String(raw.type)
+      : typeof raw;
+    const issue = parsed.error.issues[0];
+    const why = `${issue?.path.join(".") || "message"}: ${issue?.message}`;
+    if (type === "status.batch") {
+      throw new Error(`unreadable status batch (${why}): retried until dead-lettered`);
+    }
+    log("error", "dropping malformed queue message", { type, why });
     return "ignored";
   }
   const message = parsed.data;

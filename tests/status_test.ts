@@ -414,6 +414,27 @@ Deno.test("a pile of dead-lettered status messages never fails a claim or a regi
   assert.deepEqual([health.pending, health.deadLettered, health.lagMs], [0, 700, 0]);
 });
 
+Deno.test("an unreadable status batch is retried until dead-lettered; other unreadable messages are dropped", async () => {
+  await using t = await makeApp();
+  await t.request("PUT", "/v1/regions/iad", { body: {} });
+  const deps = { kv: t.kv, clock: t.clock, applier: new StatusApplier(t.kv, t.clock) };
+  const { messages } = await ingestStatus(t.kv, t.clock, "iad", [
+    { resource: "a", seq: 1, state: "ready" },
+  ]);
+  // As a newer version might write it: a field this version does not know.
+  const newer = { ...messages[0], updates: [{ ...messages[0].updates[0], zone: "b" }] };
+  await assert.rejects(handleQueueMessage(deps, newer), /unreadable status batch/);
+  // Its retries end in its dead letter, which takes it out of the region's lag.
+  t.clock.advance(60_000);
+  await t.kv.set(keys.deadLetter("iad", newer.id), newer);
+  const health = (await t.request("GET", "/v1/regions/iad")).body;
+  assert.deepEqual([health.pending, health.deadLettered, health.lagMs], [0, 1, 0]);
+  // Not allot's (one KV queue may carry other apps' messages): dropped, even unprintable.
+  for (const foreign of [{ type: "other", n: 1n }, 7n, null, "text"]) {
+    assert.equal(await handleQueueMessage(deps, foreign), "ignored");
+  }
+});
+
 Deno.test("status batches are delivered end to end through kv.listenQueue", async () => {
   const kv = await Deno.openKv(":memory:");
   await using t = await makeApp({ kv });
