@@ -9,7 +9,10 @@ export const Role = z.enum(["admin", "agent", "client"]);
 export type Role = z.infer<typeof Role>;
 
 export const TokenSpec = z.strictObject({
-  token: z.string().min(16, "tokens must be at least 16 characters").max(512),
+  token: z.string().min(16, "tokens must be at least 16 characters").max(512).regex(
+    /^[\x21-\x7e]+$/,
+    "tokens are printable ASCII without spaces (they travel as `Bearer <token>`)",
+  ),
   role: Role,
   regions: z.array(RegionName).min(1).optional(),
 });
@@ -31,6 +34,8 @@ const Env = z.object({
       return z.NEVER;
     }
   }).pipe(z.array(TokenSpec)),
+  /** Set by Deno Deploy: there, many isolates serve one KV. */
+  DENO_DEPLOYMENT_ID: z.string().optional(),
 });
 
 /** The settings every deployment needs; see the README's configuration table. */
@@ -56,6 +61,12 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     throw new ConfigError(`Invalid configuration: ${lines.join("; ")}`);
   }
   const tokens = parsed.data.ALLOT_TOKENS;
+  if (tokens.length === 0 && parsed.data.DENO_DEPLOYMENT_ID) {
+    // A generated admin token lives in one process: each isolate would make its own.
+    throw new ConfigError(
+      "Invalid configuration: ALLOT_TOKENS: required on Deno Deploy, where each isolate would generate its own admin token",
+    );
+  }
   const seen = new Set<string>();
   for (const spec of tokens) {
     if (seen.has(spec.token)) {
@@ -68,6 +79,6 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
 
 /** Reads the process environment (only the variables allot uses). */
 export function loadConfigFromEnv(): Config {
-  const names = ["PORT", "ALLOT_KV", "ALLOT_TOKENS"];
+  const names = ["PORT", "ALLOT_KV", "ALLOT_TOKENS", "DENO_DEPLOYMENT_ID"];
   return loadConfig(Object.fromEntries(names.map((name) => [name, Deno.env.get(name)])));
 }

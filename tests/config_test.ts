@@ -65,6 +65,17 @@ Deno.test("loadConfig() refuses bad settings with a message naming the variable"
   await t.step("a token shorter than 16 characters", () => {
     assertRefused(tokens([{ token: "t".repeat(15), role: "admin" }]), "ALLOT_TOKENS");
   });
+  await t.step("a token with a space, or a character past ASCII", () => {
+    assertRefused(
+      tokens([{ token: "correct horse battery staple", role: "admin" }]),
+      "ALLOT_TOKENS",
+    );
+    assertRefused(tokens([{ token: "tokentokentoken\u00e9", role: "admin" }]), "ALLOT_TOKENS");
+  });
+  await t.step("no ALLOT_TOKENS on Deno Deploy", () => {
+    assertRefused({ DENO_DEPLOYMENT_ID: "abc123" }, "ALLOT_TOKENS");
+    assert.equal(loadConfig({ DENO_DEPLOYMENT_ID: "abc123", ...tokens([good]) }).tokens.length, 1);
+  });
   await t.step("a duplicate token", () => {
     assertRefused(tokens([good, { ...good, role: "client" }]), "ALLOT_TOKENS");
   });
