@@ -10,13 +10,14 @@ import {
   claimView,
   endLease,
   endLiveLease,
-  expireIfDue,
   fencingTokenOf,
   getClaimEntry,
   grantedLeaseMs,
+  isPastExpiry,
   type LeaseEnd,
   type LeaseEnder,
   recordAsOf,
+  refuseExpired,
 } from "./leases.ts";
 import {
   idempotencyKeyOf,
@@ -50,10 +51,7 @@ function secretGuard(
 
 /** Throws 409 (after recording the expiry) if the lease has run out. */
 async function refuseIfExpired(kv: Deno.Kv, clock: Clock, record: ClaimRecord): Promise<void> {
-  if (record.state === "active" && record.expiresAt <= clock.now()) {
-    await expireIfDue(kv, clock, record.id);
-    throw new LeaseLostError(`Claim "${record.id}" is no longer active: its lease expired`);
-  }
+  if (isPastExpiry(record, clock.now())) await refuseExpired(kv, clock, record.id);
 }
 
 /** A renew as the routes ask for it: who may renew (secret and scope), and for how long. */

@@ -67,9 +67,20 @@ export const EXPIRED_REASON = "lease expired";
  * still holds a slot it has lost.
  */
 export function recordAsOf(record: ClaimRecord, now: number): ClaimRecord {
-  return record.state === "active" && record.expiresAt <= now
+  return isPastExpiry(record, now)
     ? { ...record, state: "expired", endedAt: record.expiresAt, reason: EXPIRED_REASON }
     : record;
+}
+
+/** Whether a lease still active by its record has run out (its expiry not yet recorded). */
+export function isPastExpiry(record: ClaimRecord, now: number): boolean {
+  return record.state === "active" && record.expiresAt <= now;
+}
+
+/** Records the expiry of a lease that has run out, then refuses the call with 409. */
+export async function refuseExpired(kv: Deno.Kv, clock: Clock, claimId: string): Promise<never> {
+  await expireIfDue(kv, clock, claimId);
+  throw new LeaseLostError(`Claim "${claimId}" is no longer active: its lease expired`);
 }
 
 /** The public view of a claim, as of `now` when given (see recordAsOf): never its secret. */
@@ -312,15 +323,14 @@ export async function endLiveLease(
     ...end,
     guard: (record) => {
       end.guard?.(record);
-      if (record.state === "active" && record.expiresAt <= clock.now()) throw new PastExpiry();
+      if (isPastExpiry(record, clock.now())) throw new PastExpiry();
     },
   };
   try {
     return ender ? await ender.end(claimId, live) : await endLease(kv, clock, claimId, live);
   } catch (error) {
     if (!(error instanceof PastExpiry)) throw error;
-    await expireIfDue(kv, clock, claimId);
-    throw new LeaseLostError(`Claim "${claimId}" is no longer active: its lease expired`);
+    return await refuseExpired(kv, clock, claimId);
   }
 }
 
