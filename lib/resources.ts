@@ -200,6 +200,17 @@ export async function finishLeaseLoss(
   if (record.versionstamp === null || record.versionstamp > recordedAt) {
     return { lost: 0, lastCommit: null }; // already finished, or replaced by a later removal
   }
+  return await loseRecorded(kv, clock, region, id, record);
+}
+
+/** Loses the leases a lease-loss record names, then deletes it (unless it changed since). */
+async function loseRecorded(
+  kv: Deno.Kv,
+  clock: Clock,
+  region: string,
+  id: string,
+  record: Deno.KvEntry<LeaseLoss>,
+): Promise<{ lost: number; lastCommit: string | null }> {
   const { reason, before } = record.value;
   const changedAt = before !== undefined && before < record.versionstamp
     ? before
@@ -233,7 +244,7 @@ export async function finishLeaseLosses(
   for await (const record of records) {
     const id = record.key.at(-1) as string;
     try {
-      await finishLeaseLoss(kv, clock, region, id, record.versionstamp);
+      await loseRecorded(kv, clock, region, id, record); // as listed: no second read
       finished++;
     } catch (error) {
       log("warn", "finishing a lease loss failed; the next sweep retries", {
