@@ -268,12 +268,13 @@ export async function planApply(
   const live = unique.flatMap((message, i) =>
     pending[i].versionstamp === null ? [] : [{ message, pending: pending[i] }]
   );
+  // When an update was accepted: its message's ingest commit. Looked up only for a resource
+  // that went gone and came back (rare), so the common apply pays nothing for it.
+  const acceptedAt = (update: StatusUpdate) =>
+    live.find(({ message }) => message.updates.includes(update))!.pending.versionstamp!;
   const byResource = new Map<string, { region: string; id: string; updates: StatusUpdate[] }>();
-  // When each update was accepted: the versionstamp of its message's ingest commit.
-  const acceptedAt = new Map<StatusUpdate, string>();
-  for (const { message, pending } of live) {
+  for (const { message } of live) {
     for (const update of message.updates) {
-      acceptedAt.set(update, pending.versionstamp!);
       const k = `${message.region}\u0000${update.resource}`;
       const group = byResource.get(k) ??
         { region: message.region, id: update.resource, updates: [] };
@@ -348,7 +349,7 @@ export async function planApply(
     if (merged.wentGone) {
       // Back to a live state in the same apply: the leases taken once that report was
       // accepted are on the instance that came back, and are spared.
-      const back = merged.spec.state === "gone" ? undefined : acceptedAt.get(merged.stateFrom!);
+      const back = merged.spec.state === "gone" ? undefined : acceptedAt(merged.stateFrom!);
       stageLeaseLoss(plan, region, id, "resource gone", back);
       result.gone.push({ region, id });
     }
