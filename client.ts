@@ -72,7 +72,7 @@ export class AllotProblem extends Error {
   }
 }
 
-/** 409: the lease is no longer the caller's (released, expired, revoked, resource gone). */
+/** 409: the lease is no longer the caller's (expired, revoked, resource gone; renew: released). */
 export class LeaseLostError extends AllotProblem {}
 
 /** 503: no free slot, or overloaded; retry after `retryAfter` seconds. */

@@ -202,7 +202,11 @@ async function loseToGoneResource(kv: Deno.Kv, clock: Clock, record: ClaimRecord
   throw new LeaseLostError(`Claim "${record.id}" is no longer active: its resource is gone`);
 }
 
-/** Releases a live lease, freeing its slot. 403 on a bad secret, 409 if already lost. */
+/**
+ * Releases a live lease, freeing its slot. 403 on a bad secret; 409 if the lease ended
+ * some other way (expired, lost, revoked). A claim already released answers as its
+ * release did, so a client that lost the first answer can send the release again.
+ */
 export async function releaseClaim(
   kv: Deno.Kv,
   clock: Clock,
@@ -210,13 +214,18 @@ export async function releaseClaim(
   request: { secret: string | undefined; access: ClaimAccess },
   ender?: LeaseEnder,
 ): Promise<{ consistencyToken: string }> {
-  const end: LeaseEnd = {
-    state: "released",
-    reason: null,
-    guard: secretGuard(request.secret, request.access),
-  };
-  const { consistencyToken } = await endLiveLease(kv, clock, claimId, end, ender);
-  return { consistencyToken };
+  const guard = secretGuard(request.secret, request.access);
+  const end: LeaseEnd = { state: "released", reason: null, guard };
+  try {
+    const { consistencyToken } = await endLiveLease(kv, clock, claimId, end, ender);
+    return { consistencyToken };
+  } catch (error) {
+    if (!(error instanceof LeaseLostError)) throw error;
+    const entry = await getClaimEntry(kv, claimId);
+    if (entry.value.state !== "released") throw error;
+    guard(entry.value);
+    return { consistencyToken: entry.versionstamp };
+  }
 }
 
 /**

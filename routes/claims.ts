@@ -159,7 +159,7 @@ const releaseRoute = createRoute({
   operationId: "releaseClaim",
   summary: "Release a live lease (client + Allot-Claim-Secret)",
   description:
-    "**Roles:** client, admin, with the claim's `Allot-Claim-Secret`.\n\nThe slot is free again at once; the claim ends in state `released`. 409 when the lease had already ended.",
+    "**Roles:** client, admin, with the claim's `Allot-Claim-Secret`.\n\nThe slot is free again at once; the claim ends in state `released`. Safe to resend: a claim already released answers 204 again, with the release's consistency token. 409 when the lease ended some other way (expired, revoked, resource gone).",
   security: bearerSecurity,
   request: { params: ClaimParams, headers: SecretHeaders },
   responses: {

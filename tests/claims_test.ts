@@ -45,6 +45,51 @@ Deno.test("a wrong or missing Allot-Claim-Secret gets 403 and changes nothing", 
   assert.equal((await release(t, id, secret)).status, 204);
 });
 
+Deno.test("a release sent again answers 204 as the first did; only a lease that ended otherwise is 409", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 2);
+
+  await t.step("a repeated release changes nothing and carries the release's token", async () => {
+    const { id, secret } = (await claim(app, "iad", { holder: "h" })).body;
+    const first = await release(app, id, secret);
+    assert.equal(first.status, 204);
+    const token = first.headers.get("allot-consistency-token");
+    assert.ok(token);
+    const before = await snapshotKv(app.kv);
+    // Sent twice at once too: the group committer holds a repeat of one claim for a turn.
+    const again = await Promise.all([release(app, id, secret), release(app, id, secret)]);
+    for (const res of again) {
+      assert.equal(res.status, 204);
+      assert.equal(res.headers.get("allot-consistency-token"), token);
+    }
+    assert.deepEqual(await snapshotKv(app.kv), before);
+    assert.equal((await getClaim(app, id)).state, "released");
+    assert.deepEqual(await poolOf(app, "iad"), { free: 2, claimed: 0, total: 2 });
+  });
+
+  await t.step("the secret is still required on a released claim", async () => {
+    const { id, secret } = (await claim(app, "iad", { holder: "h" })).body;
+    assert.equal((await release(app, id, secret)).status, 204);
+    assertProblem(await release(app, id, null), 403);
+    assertProblem(await release(app, id, secret.slice(0, -2) + "AA"), 403);
+  });
+
+  await t.step("expired and revoked leases stay 409", async () => {
+    const lapsed = (await claim(app, "iad", { holder: "h", leaseMs: 1000 })).body;
+    const revoked = (await claim(app, "iad", { holder: "h" })).body;
+    const res = await app.request("POST", `/v1/claims/${revoked.id}/revoke`, {
+      token: TOKENS.admin,
+      body: { reason: "maintenance" },
+    });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    app.clock.advance(1000);
+    assertProblem(await release(app, lapsed.id, lapsed.secret), 409);
+    assertProblem(await release(app, revoked.id, revoked.secret), 409);
+    assert.equal((await getClaim(app, lapsed.id)).state, "expired");
+    assert.equal((await getClaim(app, revoked.id)).state, "lost");
+  });
+});
+
 Deno.test("another claim's secret does not open a claim", async () => {
   await using t = await makeApp();
   await seedRegion(t, "iad", 2);
