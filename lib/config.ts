@@ -19,10 +19,13 @@ export const TokenSpec = z.strictObject({
 export type TokenSpec = z.infer<typeof TokenSpec>;
 
 const Env = z.object({
-  // An empty PORT (`PORT=`) is unset, as for ALLOT_TOKENS: coercing it would give 0, a random port.
+  // An empty PORT (`PORT=`) is unset, as for ALLOT_TOKENS: coercing it would give 0, a random
+  // port. Only decimal digits: Number() would also take `0x1F40`, `1e3` or ` 80 `.
   PORT: z.preprocess(
     (raw) => (typeof raw === "string" && raw.trim() === "" ? undefined : raw),
-    z.coerce.number().int().min(0).max(65535).default(8000),
+    z.string().regex(/^\d{1,5}$/, "must be a port number (decimal digits)").optional()
+      .transform((raw) => raw === undefined ? 8000 : Number(raw))
+      .pipe(z.number().int().min(0).max(65535)),
   ),
   ALLOT_KV: z.string().min(1).optional(),
   ALLOT_TOKENS: z.string().optional().transform((raw, ctx) => {

@@ -90,6 +90,10 @@ Deno.test("loadConfig() refuses bad settings with a message naming the variable"
     assertRefused({ PORT: "eighty" }, "PORT");
     assertRefused({ PORT: "70000" }, "PORT");
     assertRefused({ PORT: "80.5" }, "PORT");
+    // Number() reads these as ports; a typo should not start a server somewhere unexpected.
+    for (const odd of ["0x1F40", "1e3", "8000 ", "+8000", "-0", "080000"]) {
+      assertRefused({ PORT: odd }, "PORT");
+    }
   });
 });
 
