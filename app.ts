@@ -114,13 +114,16 @@ export function createApp({ kv, tokens, clock = systemClock, applier }: AppOptio
   };
   const statusLimit = limit(MAX_STATUS_BODY_BYTES);
   const defaultLimit = limit(MAX_BODY_BYTES);
-  app.use(
-    "*",
-    (c, next) => c.req.path.endsWith("/status") ? statusLimit(c, next) : defaultLimit(c, next),
-  );
   app.use("/v1/*", async (c, next) => {
     c.set("principal", tokens.authenticate(c.req.header("authorization")));
     await next();
+  });
+  // After authentication (an unknown caller learns nothing of the limits), and only where a
+  // route reads a body: GET and DELETE never read theirs, so their size does not matter.
+  const readsBody = new Set(["POST", "PUT", "PATCH"]);
+  app.use("*", (c, next) => {
+    if (!readsBody.has(c.req.method)) return next();
+    return c.req.path.endsWith("/status") ? statusLimit(c, next) : defaultLimit(c, next);
   });
   app.route("/", healthRoutes(deps));
   app.route("/", regionRoutes(deps));

@@ -27,14 +27,28 @@ export const ResourceId = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/
   message: "must be 1-128 characters of A-Z, a-z, 0-9 and '._:-', starting with a letter or digit",
 }).openapi({ example: "chrome-0001" });
 
+const LABEL_KEY = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
+
+/**
+ * The generator drops a record's key schema and refinements: the document states both.
+ * (`propertyNames` is OpenAPI 3.1, which the metadata type, written for 3.0, lacks.)
+ */
+function labelsDoc() {
+  return {
+    propertyNames: { type: "string", pattern: LABEL_KEY.source },
+    maxProperties: LIMITS.labels,
+    example: { browser: "chromium" },
+  };
+}
+
 export const Labels = z.record(
-  z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/, {
+  z.string().regex(LABEL_KEY, {
     message: "label keys are 1-63 characters of A-Z, a-z, 0-9 and '._/-'",
   }),
   z.string().max(LIMITS.labelValue),
 ).refine((labels) => Object.keys(labels).length <= LIMITS.labels, {
   message: `at most ${LIMITS.labels} labels`,
-}).openapi({ example: { browser: "chromium" } });
+}).openapi(labelsDoc());
 export type Labels = z.infer<typeof Labels>;
 
 export const ResourceState = z.enum(["ready", "draining", "gone"]);

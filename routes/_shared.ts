@@ -92,8 +92,7 @@ const problem = (description: string, status: keyof typeof problemExamples) => (
   },
 });
 
-/** The problem responses every authenticated route can give. */
-export const commonProblems = {
+const problemResponses = {
   400: problem("Malformed path, query, header or JSON (`urn:allot:problem:bad-request`)", 400),
   401: {
     ...problem("Missing or unknown bearer token (`urn:allot:problem:unauthorized`)", 401),
@@ -112,14 +111,10 @@ export const commonProblems = {
     "The region, resource or claim does not exist (`urn:allot:problem:not-found`)",
     404,
   ),
-  422: problem(
-    "The body breaks a rule; `field` names the first offending field and `errors` lists them all (`urn:allot:problem:validation`)",
-    422,
+  409: problem(
+    "The lease is no longer the caller's: expired, revoked or its resource gone, or (renew, revoke) released (`urn:allot:problem:lease-lost`)",
+    409,
   ),
-} as const;
-
-/** The problem responses of routes that read a JSON body. */
-export const bodyProblems = {
   413: problem(
     "The body is over the size limit, or a status batch is too large to store in one commit (`urn:allot:problem:too-large`)",
     413,
@@ -128,26 +123,38 @@ export const bodyProblems = {
     "The body is not `application/json` (`urn:allot:problem:unsupported-media-type`)",
     415,
   ),
+  422: problem(
+    "The body breaks a rule; `field` names the first offending field and `errors` lists them all (`urn:allot:problem:validation`)",
+    422,
+  ),
+  503: {
+    ...problem(
+      "No capacity (`urn:allot:problem:no-capacity`) or too much contention or backlog (`urn:allot:problem:unavailable`); retry after `Retry-After` seconds",
+      503,
+    ),
+    headers: z.object({
+      "Retry-After": z.string().openapi({
+        description: "Whole seconds to wait before retrying.",
+        example: "1",
+      }),
+    }),
+  },
 } as const;
 
-/** 409 for renew/release/revoke of a lease that has ended. */
-export const leaseLostProblem = problem(
-  "The lease is no longer the caller's: released, expired, revoked or its resource gone (`urn:allot:problem:lease-lost`)",
-  409,
-);
-/** 503 with Retry-After. */
-export const unavailableProblem = {
-  ...problem(
-    "No capacity (`urn:allot:problem:no-capacity`) or too much contention or backlog (`urn:allot:problem:unavailable`); retry after `Retry-After` seconds",
-    503,
-  ),
-  headers: z.object({
-    "Retry-After": z.string().openapi({
-      description: "Whole seconds to wait before retrying.",
-      example: "1",
-    }),
-  }),
-};
+type ProblemStatus = keyof typeof problemResponses;
+
+/**
+ * The problem responses a route can give, and only those: the document lists what the
+ * code can answer (tests/openapi_test.ts holds each route to it).
+ */
+export function problems<S extends ProblemStatus>(
+  ...statuses: S[]
+): Pick<typeof problemResponses, S> {
+  return Object.fromEntries(statuses.map((s) => [s, problemResponses[s]])) as Pick<
+    typeof problemResponses,
+    S
+  >;
+}
 
 /** Response header of every write: pass it back as `Allot-Consistency-Token` to read the write. */
 export const ConsistencyTokenHeader = z.object({
@@ -178,7 +185,11 @@ export const PageQuery = z.object({
   cursor: z.string().max(1024).optional().openapi({
     description: "The `cursor` of the previous page; omit for the first page.",
   }),
-  limit: z.coerce.number().int().min(1).max(1000).default(100).openapi({
+  // Decimal digits only: coercing with Number() would also read `0x10`, `1e2` or ` 1 `.
+  limit: z.preprocess(
+    (raw) => (typeof raw === "string" && /^\d{1,7}$/.test(raw) ? Number(raw) : raw),
+    z.number().int().min(1).max(1000),
+  ).default(100).openapi({
     description: "Most items on this page.",
   }),
 });

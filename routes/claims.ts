@@ -26,17 +26,14 @@ import type { Role } from "../lib/config.ts";
 import { claimExample, claimWrittenExample, grantExample, revokedExample } from "./_examples.ts";
 import {
   bearerSecurity,
-  bodyProblems,
   caller,
-  commonProblems,
   ConsistencyHeaders,
   ConsistencyServedHeader,
   ConsistencyTokenHeader,
-  leaseLostProblem,
   newRouter,
   PageQuery,
+  problems,
   type RouteDeps,
-  unavailableProblem,
 } from "./_shared.ts";
 
 const RegionParams = z.object({ region: RegionName });
@@ -96,9 +93,7 @@ const createRouteDef = createRoute({
       }),
       content: { "application/json": { schema: ClaimGrant, example: grantExample } },
     },
-    ...commonProblems,
-    ...bodyProblems,
-    503: unavailableProblem,
+    ...problems(400, 401, 403, 404, 413, 415, 422, 503),
   },
 });
 
@@ -118,7 +113,7 @@ const getRoute = createRoute({
       headers: ConsistencyServedHeader,
       content: { "application/json": { schema: Claim, example: claimExample } },
     },
-    ...commonProblems,
+    ...problems(400, 401, 403, 404),
   },
 });
 
@@ -145,10 +140,7 @@ const renewRoute = createRoute({
       headers: ConsistencyTokenHeader,
       content: { "application/json": { schema: ClaimWritten, example: claimWrittenExample } },
     },
-    ...commonProblems,
-    ...bodyProblems,
-    409: leaseLostProblem,
-    503: unavailableProblem,
+    ...problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
   },
 });
 
@@ -167,9 +159,7 @@ const releaseRoute = createRoute({
       description: "Released; the consistency token is in the `Allot-Consistency-Token` header",
       headers: ConsistencyTokenHeader,
     },
-    ...commonProblems,
-    409: leaseLostProblem,
-    503: unavailableProblem,
+    ...problems(400, 401, 403, 404, 409, 503),
   },
 });
 
@@ -197,10 +187,7 @@ const revokeRoute = createRoute({
       headers: ConsistencyTokenHeader,
       content: { "application/json": { schema: ClaimWritten, example: revokedExample } },
     },
-    ...commonProblems,
-    ...bodyProblems,
-    409: leaseLostProblem,
-    503: unavailableProblem,
+    ...problems(400, 401, 403, 404, 409, 413, 415, 422, 503),
   },
 });
 
@@ -216,7 +203,7 @@ const listRoute = createRoute({
   request: {
     params: RegionParams,
     query: PageQuery.extend({
-      holder: z.string().max(LIMITS.holder).optional().openapi({
+      holder: z.string().min(1).max(LIMITS.holder).optional().openapi({
         description: "Only this holder's claims.",
         example: "worker-7",
       }),
@@ -235,7 +222,7 @@ const listRoute = createRoute({
         },
       },
     },
-    ...commonProblems,
+    ...problems(400, 401, 403, 404),
   },
 });
 

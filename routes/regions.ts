@@ -6,12 +6,11 @@ import { ConsistencyToken, RegionInput, RegionName, RegionView } from "../lib/sc
 import { regionExample, regionWrittenExample } from "./_examples.ts";
 import {
   bearerSecurity,
-  bodyProblems,
   caller,
-  commonProblems,
+  ConsistencyTokenHeader,
   newRouter,
+  problems,
   type RouteDeps,
-  unavailableProblem,
 } from "./_shared.ts";
 
 const RegionParams = z.object({ region: RegionName });
@@ -41,15 +40,15 @@ const putRoute = createRoute({
   responses: {
     200: {
       description: "Updated",
+      headers: ConsistencyTokenHeader,
       content: { "application/json": { schema: RegionWritten, example: regionWrittenExample } },
     },
     201: {
       description: "Created",
+      headers: ConsistencyTokenHeader,
       content: { "application/json": { schema: RegionWritten, example: regionWrittenExample } },
     },
-    ...commonProblems,
-    ...bodyProblems,
-    503: unavailableProblem,
+    ...problems(400, 401, 403, 413, 415, 422, 503),
   },
 });
 
@@ -72,7 +71,7 @@ const listRoute = createRoute({
         },
       },
     },
-    ...commonProblems,
+    ...problems(401),
   },
 });
 
@@ -91,7 +90,7 @@ const getRoute = createRoute({
       description: "The region",
       content: { "application/json": { schema: RegionView, example: regionExample } },
     },
-    ...commonProblems,
+    ...problems(400, 401, 403, 404),
   },
 });
 
@@ -107,6 +106,7 @@ export function regionRoutes({ kv, clock }: RouteDeps) {
       if (input.backup !== null) authorize(principal, ["admin"], input.backup);
       const { created, consistencyToken } = await putRegion(kv, clock, region, input);
       const view = { ...await describeRegion(kv, clock, region), consistencyToken };
+      c.header("Allot-Consistency-Token", consistencyToken);
       return c.json(view, created ? 201 : 200);
     })
     .openapi(listRoute, async (c) => {

@@ -12,15 +12,14 @@ import {
 import { resourceExample } from "./_examples.ts";
 import {
   bearerSecurity,
-  bodyProblems,
   caller,
-  commonProblems,
   ConsistencyHeaders,
   ConsistencyServedHeader,
+  ConsistencyTokenHeader,
   newRouter,
   PageQuery,
+  problems,
   type RouteDeps,
-  unavailableProblem,
 } from "./_shared.ts";
 
 const RegionParams = z.object({ region: RegionName });
@@ -52,15 +51,15 @@ const putRoute = createRoute({
   responses: {
     200: {
       description: "Updated",
+      headers: ConsistencyTokenHeader,
       content: { "application/json": { schema: ResourceWritten, example: resourceWrittenExample } },
     },
     201: {
       description: "Registered",
+      headers: ConsistencyTokenHeader,
       content: { "application/json": { schema: ResourceWritten, example: resourceWrittenExample } },
     },
-    ...commonProblems,
-    ...bodyProblems,
-    503: unavailableProblem,
+    ...problems(400, 401, 403, 404, 413, 415, 422, 503),
   },
 });
 
@@ -77,6 +76,7 @@ const deleteRoute = createRoute({
   responses: {
     200: {
       description: "Removed",
+      headers: ConsistencyTokenHeader,
       content: {
         "application/json": {
           schema: z.object({ consistencyToken: ConsistencyToken }),
@@ -84,8 +84,7 @@ const deleteRoute = createRoute({
         },
       },
     },
-    ...commonProblems,
-    503: unavailableProblem,
+    ...problems(400, 401, 403, 404, 503),
   },
 });
 
@@ -110,7 +109,7 @@ const listRoute = createRoute({
         },
       },
     },
-    ...commonProblems,
+    ...problems(400, 401, 403, 404),
   },
 });
 
@@ -130,7 +129,7 @@ const getRoute = createRoute({
       headers: ConsistencyServedHeader,
       content: { "application/json": { schema: Resource, example: resourceExample } },
     },
-    ...commonProblems,
+    ...problems(400, 401, 403, 404),
   },
 });
 
@@ -148,12 +147,15 @@ export function resourceRoutes({ kv, clock }: RouteDeps) {
         id,
         input,
       );
+      c.header("Allot-Consistency-Token", consistencyToken);
       return c.json({ ...resource, consistencyToken }, created ? 201 : 200);
     })
     .openapi(deleteRoute, async (c) => {
       const { region, id } = c.req.valid("param");
       caller(c, ["admin", "agent"], region);
-      return c.json(await deleteResource(kv, clock, region, id), 200);
+      const deleted = await deleteResource(kv, clock, region, id);
+      c.header("Allot-Consistency-Token", deleted.consistencyToken);
+      return c.json(deleted, 200);
     })
     .openapi(listRoute, async (c) => {
       const { region } = c.req.valid("param");

@@ -4,7 +4,7 @@ import type { ApplyStats } from "../lib/applier.ts";
 import type { GroupStats } from "../lib/group.ts";
 import type { EnderStats } from "../lib/ender.ts";
 import type { RenewerStats } from "../lib/renewer.ts";
-import { bearerSecurity, caller, commonProblems, newRouter } from "./_shared.ts";
+import { bearerSecurity, caller, newRouter, problems } from "./_shared.ts";
 
 const Stats = z.object({
   claims: z.object({
@@ -59,7 +59,7 @@ const statsRoute = createRoute({
         },
       },
     },
-    ...commonProblems,
+    ...problems(401, 403),
   },
 });
 

@@ -5,13 +5,11 @@ import { ConsistencyToken, MAX_STATUS_UPDATES, RegionName, StatusBatch } from ".
 import { statusBatchExample } from "./_examples.ts";
 import {
   bearerSecurity,
-  bodyProblems,
   caller,
-  commonProblems,
   ConsistencyTokenHeader,
   newRouter,
+  problems,
   type RouteDeps,
-  unavailableProblem,
 } from "./_shared.ts";
 
 const Accepted = z.object({
@@ -47,9 +45,7 @@ const postRoute = createRoute({
         },
       },
     },
-    ...commonProblems,
-    ...bodyProblems,
-    503: unavailableProblem,
+    ...problems(400, 401, 403, 404, 413, 415, 422, 503),
   },
 });
 

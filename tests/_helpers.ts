@@ -73,12 +73,70 @@ export async function makeApp(
     kv,
     clock,
     app,
-    request: (method, path, opts) => send(app.fetch, method, path, opts),
+    request: async (method, path, opts) => {
+      const res = await send(app.fetch, method, path, opts);
+      assertDocumented(await documentedStatuses(app), method, path, res);
+      return res;
+    },
     [Symbol.asyncDispose]: () => {
       if (ownsKv) kv.close();
       return Promise.resolve();
     },
   };
+}
+
+/** Method + path template → the statuses /openapi.json lists for it. */
+type StatusTable = Array<
+  { method: string; path: RegExp; statuses: Set<number>; headers: Map<number, string[]> }
+>;
+let statusTable: Promise<StatusTable> | undefined;
+
+/** The document is the same for every app instance: read it once. */
+function documentedStatuses(app: ReturnType<typeof createApp>): Promise<StatusTable> {
+  return statusTable ??= Promise.resolve(app.request("/openapi.json")).then(async (res) => {
+    const doc = await res.json();
+    type Responses = Record<string, { headers?: Record<string, { required?: boolean }> }>;
+    return Object.entries(doc.paths as Record<string, Record<string, { responses: Responses }>>)
+      .flatMap(([template, ops]) =>
+        Object.entries(ops).map(([method, op]) => ({
+          method: method.toUpperCase(),
+          path: new RegExp(`^${template.replace(/\{[^}]+\}/g, "[^/]+")}$`),
+          statuses: new Set(Object.keys(op.responses).map(Number)),
+          headers: new Map(
+            Object.entries(op.responses).map((
+              [status, response],
+            ) => [
+              Number(status),
+              Object.entries(response.headers ?? {}).filter(([, h]) => h.required !== false)
+                .map(([name]) => name),
+            ]),
+          ),
+        }))
+      );
+  });
+}
+
+/**
+ * Holds every answer a test gets through `makeApp` to the OpenAPI document: a route's status
+ * must be one it documents, with the headers documented for it, and a /v1 problem must be
+ * problem+json. So the whole suite, with
+ * every error it provokes, checks that the document is what the code does.
+ */
+function assertDocumented(table: StatusTable, method: string, url: string, res: TestResponse) {
+  const path = new URL(url, "http://allot.test").pathname;
+  const route = table.find((r) => r.method === method && r.path.test(path));
+  if (route === undefined) return; // no such operation: the 404 (or 401) of no route
+  assert.ok(
+    route.statuses.has(res.status),
+    `${method} ${path} answered ${res.status}, which its OpenAPI operation does not list ` +
+      `(${[...route.statuses].join(", ")}): ${JSON.stringify(res.body)}`,
+  );
+  for (const name of route.headers.get(res.status) ?? []) {
+    assert.ok(res.headers.has(name), `${method} ${path} ${res.status} lacks its ${name} header`);
+  }
+  if (res.status >= 400 && path.startsWith("/v1/")) {
+    assert.equal(res.headers.get("content-type"), "application/problem+json", `${method} ${path}`);
+  }
 }
 
 /** Sends a request through a fetch-like handler (an app, or a real server via `fetch`). */

@@ -104,6 +104,26 @@ Deno.test("bodies over the limit get 413 over real HTTP, declared or chunked", a
       await res.body?.cancel();
     });
 
+    await t.step("an unknown caller gets 401 before any size check", async () => {
+      const res = await fetch(`${server.base}/v1/regions/iad/claims`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: big,
+      });
+      assert.equal(res.status, 401);
+      await res.body?.cancel();
+    });
+
+    await t.step("a body no route reads (a DELETE's) is not measured", async () => {
+      const res = await fetch(`${server.base}/v1/regions/iad/resources/none`, {
+        method: "DELETE",
+        headers: { authorization: `Bearer ${TOKENS.admin}` },
+        body: big,
+      });
+      assert.equal(res.status, 404);
+      await res.body?.cancel();
+    });
+
     await t.step("a body within the limit is read", async () => {
       const res = await claimWith(JSON.stringify({ holder: "h" }));
       assert.equal(res.status, 503, "parsed and routed: the region has no resource");

@@ -439,6 +439,20 @@ const CASES: BadRequest[] = [
     status: 400,
     field: "limit",
   },
+  ...["0x10", "1e2", "%201%20", "1.0", "-1"].map((limit) => ({
+    name: `page limit ${decodeURIComponent(limit)} (only decimal digits)`,
+    method: "GET",
+    path: `/v1/regions/iad/claims?limit=${limit}`,
+    status: 400,
+    field: "limit",
+  })),
+  {
+    name: "an empty holder filter",
+    method: "GET",
+    path: "/v1/regions/iad/claims?holder=",
+    status: 400,
+    field: "holder",
+  },
   {
     name: "unknown claim state filter",
     method: "GET",
