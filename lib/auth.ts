@@ -60,7 +60,12 @@ export function authorize(principal: Principal, roles: readonly Role[], region?:
       `Role "${principal.role}" cannot do this; it needs one of: ${roles.join(", ")}`,
     );
   }
-  if (region !== undefined && principal.regions && !principal.regions.has(region)) {
+  if (region !== undefined) authorizeRegion(principal, region);
+}
+
+/** Throws 403 unless the principal may act in `region` (its role already checked). */
+export function authorizeRegion(principal: Principal, region: string): void {
+  if (principal.regions && !principal.regions.has(region)) {
     throw new ForbiddenError(`This token is not allowed in region "${region}"`);
   }
 }

@@ -1,6 +1,6 @@
 /** What every route file shares: the router factory, auth helpers, and the error contract. */
 import { OpenAPIHono, z } from "@hono/zod-openapi";
-import type { Context } from "hono";
+import type { Context, MiddlewareHandler } from "hono";
 import { authorize, type Principal } from "../lib/auth.ts";
 import type { Allocator } from "../lib/allocate.ts";
 import type { Clock } from "../lib/clock.ts";
@@ -74,15 +74,19 @@ export function newRouter(): OpenAPIHono<AppEnv> {
   return new OpenAPIHono<AppEnv>({ defaultHook: validationHook });
 }
 
-/** The authenticated caller, checked against the roles (and region) a route allows. */
-export function caller(
-  c: Context<AppEnv>,
+/**
+ * Route middleware: 403 unless the caller has one of `roles` and, with `"region"`, may act
+ * in the path's region. It runs before the route's validators, so a caller who may not
+ * use a route learns nothing of what it accepts.
+ */
+export function allow(
   roles: readonly Role[],
-  region?: string,
-): Principal {
-  const principal = c.get("principal");
-  authorize(principal, roles, region);
-  return principal;
+  scope: "region" | "any region" = "any region",
+): MiddlewareHandler<AppEnv> {
+  return (c, next) => {
+    authorize(c.get("principal"), roles, scope === "region" ? c.req.param("region") : undefined);
+    return next();
+  };
 }
 
 const problem = (description: string, status: keyof typeof problemExamples) => ({

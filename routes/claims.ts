@@ -21,12 +21,11 @@ import {
   RenewInput,
   RevokeInput,
 } from "../lib/schemas.ts";
-import { authorize, type Principal } from "../lib/auth.ts";
-import type { Role } from "../lib/config.ts";
+import { authorizeRegion, type Principal } from "../lib/auth.ts";
 import { claimExample, claimWrittenExample, grantExample, revokedExample } from "./_examples.ts";
 import {
+  allow,
   bearerSecurity,
-  caller,
   ConsistencyHeaders,
   ConsistencyServedHeader,
   ConsistencyTokenHeader,
@@ -58,6 +57,7 @@ const createRouteDef = createRoute({
   description:
     "**Roles:** client, admin (region-scoped tokens: their regions).\n\nCompare-and-swap allocation of one slot of a `ready` resource carrying all the asked `labels`. In `fallback` mode the backup region's pool serves it (`servedBy`). A retry with the same `Idempotency-Key`, caller and body replays the first answer, secret included; the key is remembered at least as long as the lease. Keep the `secret`: renew and release need it.",
   security: bearerSecurity,
+  middleware: [allow(["client", "admin"], "region")],
   request: {
     params: RegionParams,
     headers: z.object({
@@ -106,6 +106,7 @@ const getRoute = createRoute({
   description:
     "**Roles:** client, admin (region-scoped tokens: claims asked for in their regions).\n\nState is `active`, `released`, `expired` or `lost`; an ended claim stays readable for at least an hour. Never shows the secret. Honours `Allot-Consistency-Token` (read-your-writes).",
   security: bearerSecurity,
+  middleware: [allow(["client", "admin"])],
   request: { params: ClaimParams, headers: ConsistencyHeaders },
   responses: {
     200: {
@@ -126,6 +127,7 @@ const renewRoute = createRoute({
   description:
     "**Roles:** client, admin, with the claim's `Allot-Claim-Secret`.\n\nThe lease runs `leaseMs` from now (default: the claim's current `leaseMs`; clamped to the region's `lease.maxMs`). 409 once the lease has ended: the slot may already be someone else's.",
   security: bearerSecurity,
+  middleware: [allow(["client", "admin"])],
   request: {
     params: ClaimParams,
     headers: SecretHeaders,
@@ -153,6 +155,7 @@ const releaseRoute = createRoute({
   description:
     "**Roles:** client, admin, with the claim's `Allot-Claim-Secret`.\n\nThe slot is free again at once; the claim ends in state `released`. Safe to resend: a claim already released answers 204 again, with the release's consistency token. 409 when the lease ended some other way (expired, revoked, resource gone).",
   security: bearerSecurity,
+  middleware: [allow(["client", "admin"])],
   request: { params: ClaimParams, headers: SecretHeaders },
   responses: {
     204: {
@@ -172,6 +175,7 @@ const revokeRoute = createRoute({
   description:
     "**Role:** admin (region-scoped tokens: claims asked for in their regions).\n\nThe claim ends in state `lost` with the `reason` (prefixed `revoked: `); its slot is free at once. A lease already past its expiry is recorded `expired` instead, and the answer is 409.",
   security: bearerSecurity,
+  middleware: [allow(["admin"])],
   request: {
     params: ClaimParams,
     body: {
@@ -200,6 +204,7 @@ const listRoute = createRoute({
   description:
     "**Roles:** admin, client (region-scoped tokens: their regions, and among the claims there those asked for in their regions, as for `GET /v1/claims/{id}`).\n\nWho holds what: filter by `holder` and `state`, page with `cursor`. Honours `Allot-Consistency-Token` (read-your-writes).",
   security: bearerSecurity,
+  middleware: [allow(["admin", "client"], "region")],
   request: {
     params: RegionParams,
     query: PageQuery.extend({
@@ -234,8 +239,8 @@ function regionOf(claimId: string): string {
 }
 
 /** Region-scoped tokens act on claims asked for in their regions, wherever they were served. */
-function scopedTo(principal: Principal, roles: readonly Role[]): ClaimAccess {
-  return (record) => authorize(principal, roles, record.region);
+function scopedTo(principal: Principal): ClaimAccess {
+  return (record) => authorizeRegion(principal, record.region);
 }
 
 /** Claim routes. */
@@ -243,7 +248,7 @@ export function claimRoutes({ kv, clock, allocator, ender, renewer }: RouteDeps)
   return newRouter()
     .openapi(createRouteDef, async (c) => {
       const { region } = c.req.valid("param");
-      const principal = caller(c, ["client", "admin"], region);
+      const principal = c.get("principal");
       const { grant, replayed } = await createClaim(kv, clock, {
         region,
         caller: principal.id,
@@ -258,7 +263,6 @@ export function claimRoutes({ kv, clock, allocator, ender, renewer }: RouteDeps)
     .openapi(getRoute, async (c) => {
       const { id } = c.req.valid("param");
       const region = regionOf(id);
-      caller(c, ["client", "admin"]);
       const token = c.req.valid("header")["allot-consistency-token"];
       const { value, consistency } = await readYourWrites(
         kv,
@@ -266,46 +270,46 @@ export function claimRoutes({ kv, clock, allocator, ender, renewer }: RouteDeps)
         token,
         async (level) => claimView(await getClaimEntry(kv, id, level), clock.now()),
       );
-      caller(c, ["client", "admin"], value.region);
+      authorizeRegion(c.get("principal"), value.region);
       c.header("Allot-Consistency", consistency);
       return c.json(value, 200);
     })
     .openapi(renewRoute, async (c) => {
       const { id } = c.req.valid("param");
-      const principal = caller(c, ["client", "admin"]);
+      const principal = c.get("principal");
       const { leaseMs } = RenewInput.parse(c.req.valid("json"));
       const { claim, consistencyToken } = await renewClaim(kv, clock, id, {
         secret: c.req.valid("header")["allot-claim-secret"],
         leaseMs,
-        access: scopedTo(principal, ["client", "admin"]),
+        access: scopedTo(principal),
       }, renewer);
       c.header("Allot-Consistency-Token", consistencyToken);
       return c.json({ ...claim, consistencyToken }, 200);
     })
     .openapi(releaseRoute, async (c) => {
       const { id } = c.req.valid("param");
-      const principal = caller(c, ["client", "admin"]);
+      const principal = c.get("principal");
       const { consistencyToken } = await releaseClaim(kv, clock, id, {
         secret: c.req.valid("header")["allot-claim-secret"],
-        access: scopedTo(principal, ["client", "admin"]),
+        access: scopedTo(principal),
       }, ender);
       c.header("Allot-Consistency-Token", consistencyToken);
       return c.body(null, 204);
     })
     .openapi(revokeRoute, async (c) => {
       const { id } = c.req.valid("param");
-      const principal = caller(c, ["admin"]);
+      const principal = c.get("principal");
       const { reason } = c.req.valid("json");
       const { claim, consistencyToken } = await revokeClaim(kv, clock, id, {
         reason,
-        access: scopedTo(principal, ["admin"]),
+        access: scopedTo(principal),
       });
       c.header("Allot-Consistency-Token", consistencyToken);
       return c.json({ ...claim, consistencyToken }, 200);
     })
     .openapi(listRoute, async (c) => {
       const { region } = c.req.valid("param");
-      const principal = caller(c, ["admin", "client"], region);
+      const principal = c.get("principal");
       const { holder, state, cursor, limit } = c.req.valid("query");
       const askedIn = principal.regions;
       const token = c.req.valid("header")["allot-consistency-token"];

@@ -1,12 +1,12 @@
 /** /v1/regions: configuration (admin) and health (any role). */
 import { createRoute, z } from "@hono/zod-openapi";
 import { describeRegion, listRegionConfigs, putRegion } from "../lib/regions.ts";
-import { authorize } from "../lib/auth.ts";
+import { authorizeRegion } from "../lib/auth.ts";
 import { ConsistencyToken, RegionInput, RegionName, RegionView } from "../lib/schemas.ts";
 import { regionExample, regionWrittenExample } from "./_examples.ts";
 import {
+  allow,
   bearerSecurity,
-  caller,
   ConsistencyTokenHeader,
   newRouter,
   problems,
@@ -25,6 +25,7 @@ const putRoute = createRoute({
   description:
     "**Role:** admin (a region-scoped admin token only for its regions).\n\nEvery field is optional; omitted fields take their defaults (a full replace): `backup` null, `lag` `{enterMs: 2000, exitMs: 500}`, `lease` `{defaultMs: 60000, maxMs: 3600000}`. `exitMs < enterMs` and `defaultMs <= maxMs`; the backup must be another existing region (for a region-scoped admin, one of its own regions: else 403).",
   security: bearerSecurity,
+  middleware: [allow(["admin"], "region")],
   request: {
     params: RegionParams,
     body: {
@@ -61,6 +62,7 @@ const listRoute = createRoute({
   description:
     "**Roles:** admin, agent, client; a region-scoped token sees only its regions.\n\nEach region's mode is evaluated on the way (so reading health also moves a region into or out of fallback).",
   security: bearerSecurity,
+  middleware: [allow(["admin", "agent", "client"])],
   responses: {
     200: {
       description: "Regions",
@@ -84,6 +86,7 @@ const getRoute = createRoute({
   description:
     "**Roles:** admin, agent, client (region-scoped tokens: their regions).\n\nConfiguration plus `mode` (`primary`/`fallback`) and its recent history, status `lagMs` and `pending`, and the pool's `free`, `claimed` and `total` slots. Always read strongly.",
   security: bearerSecurity,
+  middleware: [allow(["admin", "agent", "client"], "region")],
   request: { params: RegionParams },
   responses: {
     200: {
@@ -99,18 +102,18 @@ export function regionRoutes({ kv, clock }: RouteDeps) {
   return newRouter()
     .openapi(putRoute, async (c) => {
       const { region } = c.req.valid("param");
-      const principal = caller(c, ["admin"], region);
+      const principal = c.get("principal");
       const input = RegionInput.parse(c.req.valid("json"));
       // A backup serves this region's claims from its pool: a scoped admin may only name
       // one of its own regions (which also keeps other regions' existence hidden from it).
-      if (input.backup !== null) authorize(principal, ["admin"], input.backup);
+      if (input.backup !== null) authorizeRegion(principal, input.backup);
       const { created, consistencyToken } = await putRegion(kv, clock, region, input);
       const view = { ...await describeRegion(kv, clock, region), consistencyToken };
       c.header("Allot-Consistency-Token", consistencyToken);
       return c.json(view, created ? 201 : 200);
     })
     .openapi(listRoute, async (c) => {
-      const principal = caller(c, ["admin", "agent", "client"]);
+      const principal = c.get("principal");
       const configs = (await listRegionConfigs(kv)).filter((config) =>
         principal.regions === null || principal.regions.has(config.name)
       );
@@ -121,7 +124,6 @@ export function regionRoutes({ kv, clock }: RouteDeps) {
     })
     .openapi(getRoute, async (c) => {
       const { region } = c.req.valid("param");
-      caller(c, ["admin", "agent", "client"], region);
       // Health evaluates the mode (a checked write), so it is always read strongly.
       return c.json(await describeRegion(kv, clock, region), 200);
     });

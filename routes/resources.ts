@@ -11,8 +11,8 @@ import {
 } from "../lib/schemas.ts";
 import { resourceExample } from "./_examples.ts";
 import {
+  allow,
   bearerSecurity,
-  caller,
   ConsistencyHeaders,
   ConsistencyServedHeader,
   ConsistencyTokenHeader,
@@ -36,6 +36,7 @@ const putRoute = createRoute({
   description:
     "**Roles:** admin, agent (region-scoped tokens: their regions).\n\nA direct write, outside the status queue; every field is optional (`slots` 1, `labels` {}, `state` `ready`). Changing slots or state never frees a slot a live lease holds. `gone` marks its live leases lost.",
   security: bearerSecurity,
+  middleware: [allow(["admin", "agent"], "region")],
   request: {
     params: ResourceParams,
     body: {
@@ -72,6 +73,7 @@ const deleteRoute = createRoute({
   description:
     "**Roles:** admin, agent (region-scoped tokens: their regions).\n\nIts live leases end in state `lost`; their holders get 409 on renew and release.",
   security: bearerSecurity,
+  middleware: [allow(["admin", "agent"], "region")],
   request: { params: ResourceParams },
   responses: {
     200: {
@@ -97,6 +99,7 @@ const listRoute = createRoute({
   description:
     "**Roles:** admin, agent, client (region-scoped tokens: their regions).\n\nHonours `Allot-Consistency-Token` (read-your-writes).",
   security: bearerSecurity,
+  middleware: [allow(["admin", "agent", "client"], "region")],
   request: { params: RegionParams, query: PageQuery, headers: ConsistencyHeaders },
   responses: {
     200: {
@@ -122,6 +125,7 @@ const getRoute = createRoute({
   description:
     "**Roles:** admin, agent, client (region-scoped tokens: their regions).\n\nHonours `Allot-Consistency-Token` (read-your-writes).",
   security: bearerSecurity,
+  middleware: [allow(["admin", "agent", "client"], "region")],
   request: { params: ResourceParams, headers: ConsistencyHeaders },
   responses: {
     200: {
@@ -138,7 +142,6 @@ export function resourceRoutes({ kv, clock }: RouteDeps) {
   return newRouter()
     .openapi(putRoute, async (c) => {
       const { region, id } = c.req.valid("param");
-      caller(c, ["admin", "agent"], region);
       const input = ResourceInput.parse(c.req.valid("json"));
       const { resource, created, consistencyToken } = await putResource(
         kv,
@@ -152,14 +155,12 @@ export function resourceRoutes({ kv, clock }: RouteDeps) {
     })
     .openapi(deleteRoute, async (c) => {
       const { region, id } = c.req.valid("param");
-      caller(c, ["admin", "agent"], region);
       const deleted = await deleteResource(kv, clock, region, id);
       c.header("Allot-Consistency-Token", deleted.consistencyToken);
       return c.json(deleted, 200);
     })
     .openapi(listRoute, async (c) => {
       const { region } = c.req.valid("param");
-      caller(c, ["admin", "agent", "client"], region);
       const page = c.req.valid("query");
       const token = c.req.valid("header")["allot-consistency-token"];
       const { value, consistency } = await readYourWrites(
@@ -173,7 +174,6 @@ export function resourceRoutes({ kv, clock }: RouteDeps) {
     })
     .openapi(getRoute, async (c) => {
       const { region, id } = c.req.valid("param");
-      caller(c, ["admin", "agent", "client"], region);
       const token = c.req.valid("header")["allot-consistency-token"];
       const { value, consistency } = await readYourWrites(
         kv,

@@ -4,7 +4,7 @@ import type { ApplyStats } from "../lib/applier.ts";
 import type { GroupStats } from "../lib/group.ts";
 import type { EnderStats } from "../lib/ender.ts";
 import type { RenewerStats } from "../lib/renewer.ts";
-import { bearerSecurity, caller, newRouter, problems } from "./_shared.ts";
+import { allow, bearerSecurity, newRouter, problems } from "./_shared.ts";
 
 const Stats = z.object({
   claims: z.object({
@@ -44,6 +44,7 @@ const statsRoute = createRoute({
   description:
     "**Roles:** admin. Counters since this isolate started: claims, releases and renews per group commit, status updates per apply commit. Per isolate, not global: for dashboards and benchmarks.",
   security: bearerSecurity,
+  middleware: [allow(["admin"])],
   responses: {
     200: {
       description: "Counters",
@@ -74,7 +75,6 @@ export interface StatsSources {
 /** Stats routes. */
 export function statsRoutes(sources: StatsSources) {
   return newRouter().openapi(statsRoute, (c) => {
-    caller(c, ["admin"]);
     return c.json({
       claims: { ...sources.claims.stats },
       releases: { ...sources.releases.stats },

@@ -4,8 +4,8 @@ import { ingestStatus } from "../lib/status.ts";
 import { ConsistencyToken, MAX_STATUS_UPDATES, RegionName, StatusBatch } from "../lib/schemas.ts";
 import { statusBatchExample } from "./_examples.ts";
 import {
+  allow,
   bearerSecurity,
-  caller,
   ConsistencyTokenHeader,
   newRouter,
   problems,
@@ -27,6 +27,7 @@ const postRoute = createRoute({
   description:
     `**Roles:** agent, admin (region-scoped tokens: only their regions).\n\nUp to ${MAX_STATUS_UPDATES} updates. The batch is validated whole (one bad update rejects it, naming its index and field) and answered 202 once durable in the queue; updates are applied asynchronously, idempotently by per-resource seq (replays and reorderings are harmless). Until they are applied the region's \`lagMs\` grows; past \`lag.enterMs\` its new claims move to its backup. 503 + \`Retry-After\` while the region's backlog is over its bound.`,
   security: bearerSecurity,
+  middleware: [allow(["agent", "admin"], "region")],
   request: {
     params: z.object({ region: RegionName }),
     body: {
@@ -53,7 +54,6 @@ const postRoute = createRoute({
 export function statusRoutes({ kv, clock }: RouteDeps) {
   return newRouter().openapi(postRoute, async (c) => {
     const { region } = c.req.valid("param");
-    caller(c, ["agent", "admin"], region);
     const { accepted, messages, consistencyToken } = await ingestStatus(
       kv,
       clock,
