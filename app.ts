@@ -79,6 +79,23 @@ function toProblemResponse(error: unknown): Response {
   return new Response(JSON.stringify(known.toProblem()), { status: known.status, headers });
 }
 
+/**
+ * The methods each path answers, from the app's own routes (read on first use, once all
+ * are registered), so a known path asked with another method gets 405 and `Allow`.
+ */
+function routeMethods(app: OpenAPIHono<AppEnv>): (path: string) => string[] {
+  let table: Array<{ path: RegExp; method: string }> | undefined;
+  return (path) => {
+    table ??= app.routes.filter((r) => r.method !== "ALL").map((r) => ({
+      path: new RegExp(`^${r.path.replace(/:[^/]+/g, "[^/]+")}$`),
+      method: r.method,
+    }));
+    const methods = new Set(table.filter((r) => r.path.test(path)).map((r) => r.method));
+    if (methods.has("GET")) methods.add("HEAD");
+    return [...methods].sort();
+  };
+}
+
 /** Builds the allot HTTP app over one KV handle. */
 export function createApp({ kv, tokens, clock = systemClock, applier }: AppOptions) {
   const places = new LeasePlaces();
@@ -146,11 +163,25 @@ export function createApp({ kv, tokens, clock = systemClock, applier }: AppOptio
     // Each deployment serves its own document: paths resolve against where it was fetched.
     servers: [{ url: "/", description: "This deployment" }],
   });
-  app.notFound((c) =>
-    toProblemResponse(
-      new AllotError(404, "not-found", "Not found", `No route for ${c.req.method} ${c.req.path}`),
-    )
-  );
+  const methodsOf = routeMethods(app);
+  app.notFound((c) => {
+    const allowed = methodsOf(c.req.path);
+    if (allowed.length === 0) {
+      return toProblemResponse(
+        new AllotError(404, "not-found", "Not found", `No route for ${c.req.method} ${c.req.path}`),
+      );
+    }
+    const res = toProblemResponse(
+      new AllotError(
+        405,
+        "method-not-allowed",
+        "Method not allowed",
+        `${c.req.path} answers ${allowed.join(", ")}, not ${c.req.method}`,
+      ),
+    );
+    res.headers.set("Allow", allowed.join(", "));
+    return res;
+  });
   app.onError((error) => toProblemResponse(error));
   return app;
 }

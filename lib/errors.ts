@@ -22,7 +22,7 @@ export interface Problem {
 /** Base of every expected failure: carries its HTTP status and problem type. */
 export class AllotError extends Error {
   constructor(
-    readonly status: 400 | 401 | 403 | 404 | 409 | 413 | 415 | 422 | 429 | 503,
+    readonly status: 400 | 401 | 403 | 404 | 405 | 409 | 413 | 415 | 422 | 429 | 503,
     readonly slug: string,
     readonly title: string,
     detail: string,

@@ -603,3 +603,25 @@ Deno.test("a declared Content-Length is checked without opening the body as a st
     await res.body?.cancel();
   });
 });
+
+Deno.test("a known path asked with another method gets 405 and Allow; an unknown path 404", async (t) => {
+  await using app = await makeApp();
+  const cases: Array<[string, string, string]> = [
+    ["PATCH", "/v1/regions/iad", "GET, HEAD, PUT"],
+    ["POST", "/v1/regions", "GET, HEAD"],
+    ["PUT", "/v1/claims/iad.01J0000000000000000000000A", "DELETE, GET, HEAD"],
+    ["GET", "/v1/claims/iad.01J0000000000000000000000A/renew", "POST"],
+    ["DELETE", "/healthz", "GET, HEAD"],
+  ];
+  for (const [method, path, allow] of cases) {
+    await t.step(`${method} ${path}`, async () => {
+      const res = await app.request(method, path);
+      assertProblem(res, 405);
+      assert.equal(res.headers.get("allow"), allow);
+    });
+  }
+  await t.step("no such path, or a trailing slash: 404", async () => {
+    assertProblem(await app.request("GET", "/v1/nothing"), 404);
+    assertProblem(await app.request("GET", "/v1/regions/iad/"), 404);
+  });
+});
