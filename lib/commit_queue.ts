@@ -5,6 +5,7 @@
  * queue is bounded: past `maxQueued` waiting jobs it refuses with 503 + Retry-After.
  */
 import { UnavailableError } from "./errors.ts";
+import { log } from "./log.ts";
 
 /** A queued job and how to answer it. */
 export interface Pending<J, R> {
@@ -13,11 +14,22 @@ export interface Pending<J, R> {
   reject: (error: unknown) => void;
 }
 
+/** A pending job that knows whether it has been answered. */
+interface Queued<J, R> extends Pending<J, R> {
+  settled: boolean;
+}
+
 export interface CommitQueueOptions<J, R> {
   /** Whether `job` may join `group` (budget of checks, duplicates that must wait a turn). */
   fits: (group: readonly J[], job: J) => boolean;
   /** Commits a group; must settle every member. */
   run: (group: Pending<J, R>[]) => Promise<void>;
+  /**
+   * Answers one job on its own. A group whose `run` throws (a shared read failed, say)
+   * sends each member it had not answered here, so one transient error is not every
+   * member's error.
+   */
+  alone: (job: J) => Promise<R>;
   /** Waiting jobs beyond which new ones are refused (overload bound). */
   maxQueued: number;
   /** Names the work in the 503 message. */
@@ -30,7 +42,7 @@ export interface CommitQueueOptions<J, R> {
  * and 8 % more CPU per loop, in interleaved runs.)
  */
 export class CommitQueue<J, R> {
-  #queue: Pending<J, R>[] = [];
+  #queue: Queued<J, R>[] = [];
   #running = false;
 
   constructor(private readonly options: CommitQueueOptions<J, R>) {}
@@ -48,7 +60,19 @@ export class CommitQueue<J, R> {
       );
     }
     return new Promise((resolve, reject) => {
-      this.#queue.push({ job, resolve, reject });
+      const pending: Queued<J, R> = {
+        job,
+        settled: false,
+        resolve: (result) => {
+          pending.settled = true;
+          resolve(result);
+        },
+        reject: (error) => {
+          pending.settled = true;
+          reject(error);
+        },
+      };
+      this.#queue.push(pending);
       if (!this.#running) void this.#drain();
     });
   }
@@ -61,7 +85,7 @@ export class CommitQueue<J, R> {
         try {
           await this.options.run(group);
         } catch (error) {
-          for (const pending of group) pending.reject(error);
+          await this.#answerAlone(group.filter((pending) => !pending.settled), error);
         }
       }
     } finally {
@@ -69,10 +93,24 @@ export class CommitQueue<J, R> {
     }
   }
 
-  #take(): Pending<J, R>[] {
-    const group: Pending<J, R>[] = [];
+  async #answerAlone(unanswered: Queued<J, R>[], error: unknown): Promise<void> {
+    log("warn", `a group of ${this.options.what} failed; its unanswered members go alone`, {
+      members: unanswered.length,
+      error: String(error),
+    });
+    await Promise.all(unanswered.map(async (pending) => {
+      try {
+        pending.resolve(await this.options.alone(pending.job));
+      } catch (error) {
+        pending.reject(error);
+      }
+    }));
+  }
+
+  #take(): Queued<J, R>[] {
+    const group: Queued<J, R>[] = [];
     const jobs: J[] = [];
-    const rest: Pending<J, R>[] = [];
+    const rest: Queued<J, R>[] = [];
     for (const pending of this.#queue) {
       if (jobs.length === 0 || this.options.fits(jobs, pending.job)) {
         group.push(pending);

@@ -58,6 +58,7 @@ export class GroupEnder implements LeaseEnder {
         (group.length + 1) * CHECKS_PER_END <= ATOMIC_LIMITS.checks &&
         !group.some((j) => j.claimId === job.claimId),
       run: (group) => this.#commitGroup(group),
+      alone: (job) => endLease(kv, clock, job.claimId, job.end),
     });
   }
 

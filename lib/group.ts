@@ -75,6 +75,8 @@ export class GroupCommitter implements Allocator {
           ATOMIC_LIMITS.checks &&
         (idemOf(claim) === null || !group.some((c) => idemOf(c) === idemOf(claim))),
       run: (group) => this.#commitGroup(group),
+      alone: async (claim) =>
+        allocateAlone(kv, clock, claim, await routeClaim(kv, clock, claim.request.region)),
     });
   }
 

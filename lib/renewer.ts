@@ -66,10 +66,13 @@ export class GroupRenewer implements Renewer {
       what: "renews",
       maxQueued: MAX_QUEUED_RENEWS,
       // The same claim twice in one group waits a turn: the repeat renews what the first wrote.
+      // A full group is told apart at once: the queue asks this of every waiting renew.
       fits: (group, request) =>
+        group.length + 2 <= ATOMIC_LIMITS.checks &&
         checksOf([...group, request]) <= ATOMIC_LIMITS.checks &&
         !group.some((r) => r.claimId === request.claimId),
       run: (group) => this.#commitGroup(group),
+      alone: (request) => renewAlone(kv, clock, request.claimId, request.renew),
     });
   }
 

@@ -29,6 +29,7 @@ Deno.test("CommitQueue runs one group at a time and settles every job", async ()
         else p.resolve(p.job * 2);
       }
     },
+    alone: () => Promise.reject(new Error("no group throws here")),
   });
   const outcomes = await Promise.allSettled(Array.from({ length: 100 }, (_, i) => queue.push(i)));
   assert.equal(most, 1, "groups never overlap");
@@ -40,6 +41,78 @@ Deno.test("CommitQueue runs one group at a time and settles every job", async ()
   assert.ok(groups.every((g) => g.length <= 8));
   assert.ok(groups.length < 100, `${groups.length} groups for 100 jobs: jobs share groups`);
   assert.equal(queue.waiting, 0);
+});
+
+Deno.test("a group whose run throws sends only the members it had not answered alone", async () => {
+  const alone: number[] = [];
+  const queue = new CommitQueue<number, number>({
+    what: "jobs",
+    maxQueued: 1000,
+    fits: () => true,
+    run: (group) => {
+      group[0].resolve(-1); // answered before the failure: never answered twice
+      return Promise.reject(new TypeError("a shared read failed"));
+    },
+    alone: (job) => {
+      alone.push(job);
+      return job === 3 ? Promise.reject(new Error("job 3 failed alone")) : Promise.resolve(job * 2);
+    },
+  });
+  // Job 0 finds the queue idle and runs as a group of one; 1-3 form the next group.
+  const outcomes = await Promise.allSettled([0, 1, 2, 3].map((i) => queue.push(i)));
+  assert.deepEqual(outcomes.slice(0, 3), [
+    { status: "fulfilled", value: -1 },
+    { status: "fulfilled", value: -1 },
+    { status: "fulfilled", value: 4 },
+  ]);
+  assert.equal(outcomes[3].status, "rejected");
+  assert.deepEqual(alone, [2, 3]);
+});
+
+/**
+ * Wraps `inner` so that the next free-index listing, once `arm()` is called, throws: a
+ * transient read failure in the middle of a claim group.
+ */
+function failOneFreeListing(inner: Deno.Kv): { kv: Deno.Kv; arm(): void; fired(): boolean } {
+  let armed = false;
+  let fired = false;
+  const kv = new Proxy(inner, {
+    get(target, prop) {
+      if (prop === "list") {
+        return (selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
+          if (armed && "prefix" in selector && selector.prefix[2] === "free") {
+            armed = false;
+            fired = true;
+            throw new TypeError("a transient KV read failure");
+          }
+          return target.list(selector, options);
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  return { kv, arm: () => armed = true, fired: () => fired };
+}
+
+Deno.test("a claim group whose shared read fails answers each claim alone, never 500", async () => {
+  const inner = await Deno.openKv(":memory:");
+  const commits = interceptCommits(inner);
+  const failing = failOneFreeListing(commits.kv);
+  await using t = await makeApp({ kv: failing.kv });
+  await seedRegion(t, "iad", 50);
+  // The first claim commits alone (an idle isolate); the 20 queued behind it form a group
+  // once that commit is done, and the group's free-index read throws.
+  commits.arm(() => Promise.resolve(failing.arm()));
+  const answers = await Promise.all(
+    Array.from({ length: 21 }, (_, i) => claim(t, "iad", { holder: `h${i}` })),
+  );
+  assert.ok(failing.fired(), "a free-index read failed");
+  assert.deepEqual(answers.map((r) => r.status), Array(21).fill(201));
+  const slots = new Set(answers.map((r) => `${r.body.resource}#${r.body.slot}`));
+  assert.equal(slots.size, 21, "distinct slots");
+  assert.deepEqual(await poolOf(t, "iad"), { total: 50, free: 29, claimed: 21 });
+  inner.close();
 });
 
 Deno.test("a release of a claim this app granted reads claim, spec and slot in one round trip", async () => {
