@@ -286,7 +286,8 @@ async function replayIfKnown(kv: Deno.Kv, claim: PreparedClaim): Promise<ClaimOu
   return entry.versionstamp === null ? null : replay(entry, claim.bodyHash);
 }
 
-function replay(entry: Deno.KvEntry<IdempotencyRecord>, bodyHash: string): ClaimOutcome {
+/** The first answer of an idempotent claim, or 422 when the retry's body differs. */
+export function replay(entry: Deno.KvEntry<IdempotencyRecord>, bodyHash: string): ClaimOutcome {
   if (!digestsEqual(entry.value.bodyHash, bodyHash)) {
     throw new ValidationError(
       "This Idempotency-Key was already used with a different request body",

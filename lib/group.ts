@@ -13,6 +13,7 @@ import {
   findFreeSlots,
   type GrantDraft,
   type PreparedClaim,
+  replay,
   stageClaim,
   withTokens,
 } from "./allocate.ts";
@@ -21,7 +22,8 @@ import type { Clock } from "./clock.ts";
 import { type ClaimRoute, routeClaim } from "./fallback.ts";
 import { CommitQueue, type Pending } from "./commit_queue.ts";
 import type { FreeSlot } from "./pool.ts";
-import { CommitEffects } from "./kv.ts";
+import type { IdempotencyRecord } from "./idempotency.ts";
+import { CommitEffects, getAll } from "./kv.ts";
 import { LeasePlaces } from "./leases.ts";
 import { readSweeper, stageSweepers, type SweeperRead } from "./sweeper.ts";
 import { instruments } from "./telemetry.ts";
@@ -94,9 +96,22 @@ export class GroupCommitter implements Allocator {
       this.#sweepers(everyone.map(requested)),
     ]);
     guessed.catch(() => {}); // awaited below only when the guess holds
+    // A retry whose first request committed after the retry's own check (in the group
+    // before) replays here: staged, its key's check would fail the whole group.
+    const earlier = this.#earlierKeys(everyone);
     const routes = await this.#routes(everyone);
+    const known = await earlier;
     // A claim whose region cannot be routed (unknown region) fails alone, not the group.
     const group = everyone.filter((waiting) => {
+      const entry = known.get(waiting);
+      if (entry) {
+        try {
+          waiting.resolve(replay(entry, waiting.job.bodyHash));
+        } catch (error) {
+          waiting.reject(error);
+        }
+        return false;
+      }
       const route = routes.get(waiting.job.request.region)!;
       if (route.status === "fulfilled") return true;
       waiting.reject(route.reason);
@@ -174,6 +189,21 @@ export class GroupCommitter implements Allocator {
         waiting.reject(error);
       }
     }));
+  }
+
+  /** The idempotency records already stored for the group's keyed claims. */
+  async #earlierKeys(
+    group: Waiting[],
+  ): Promise<Map<Waiting, Deno.KvEntry<IdempotencyRecord>>> {
+    const keyed = group.filter((waiting) => waiting.job.idemKey !== null);
+    const found = new Map<Waiting, Deno.KvEntry<IdempotencyRecord>>();
+    if (keyed.length === 0) return found;
+    const entries = await getAll<IdempotencyRecord>(this.kv, keyed.map((w) => w.job.idemKey!));
+    keyed.forEach((waiting, i) => {
+      const entry = entries[i];
+      if (entry.versionstamp !== null) found.set(waiting, entry as Deno.KvEntry<IdempotencyRecord>);
+    });
+    return found;
   }
 
   /** One routing decision per region per group. */

@@ -1,4 +1,7 @@
 import assert from "node:assert/strict";
+import type { PreparedClaim } from "../lib/allocate.ts";
+import { GroupCommitter } from "../lib/group.ts";
+import { keys } from "../lib/keys.ts";
 import {
   assertProblem,
   claim,
@@ -218,5 +221,40 @@ Deno.test("an Idempotency-Key is remembered as long as its lease, renewed for da
     }
     assert.equal(await keyExpiry(), undefined, "the claim no longer names a key");
     assert.equal(writes.length, 2, "nothing left to write again");
+  });
+});
+
+Deno.test("a retry queued behind its own first commit replays, and the claims grouped with it still share a commit", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 20);
+  const committer = new GroupCommitter(app.kv, app.clock);
+  const prepared = (holder: string, idempotencyKey?: string): PreparedClaim => ({
+    request: { region: "iad", caller: "c1", input: { holder }, idempotencyKey },
+    bodyHash: `hash-of-${holder}`,
+    idemKey: idempotencyKey ? keys.idempotency("iad", "c1", idempotencyKey) : null,
+  });
+  // The first commits at once (an idle isolate); its retry passed the route's check before
+  // that commit, so it is queued with ten other claims for the next group.
+  const first = committer.allocate(prepared("a", "job-1"));
+  const retry = committer.allocate(prepared("a", "job-1"));
+  const changed = committer.allocate(prepared("b", "job-1"));
+  const others = Array.from({ length: 10 }, (_, i) => committer.allocate(prepared(`o${i}`)));
+  const [a, again, ...rest] = await Promise.allSettled([first, retry, changed, ...others]);
+
+  await t.step("the retry replays the first grant; a changed body is 422", () => {
+    assert.equal(a.status, "fulfilled");
+    assert.equal(again.status, "fulfilled");
+    if (a.status !== "fulfilled" || again.status !== "fulfilled") return;
+    assert.equal(again.value.replayed, true);
+    assert.equal(again.value.grant.id, a.value.grant.id);
+    assert.equal(again.value.grant.fencingToken, a.value.grant.fencingToken);
+    assert.equal(rest[0].status, "rejected");
+  });
+  await t.step("the others commit together: no failed group, no lone retries", () => {
+    const grants = rest.slice(1);
+    assert.ok(grants.every((g) => g.status === "fulfilled" && g.value.groupSize === 10));
+    assert.equal(committer.stats.failedGroups, 0);
+    assert.equal(committer.stats.alone, 0);
+    assert.equal(committer.stats.commits, 2);
   });
 });
