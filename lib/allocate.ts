@@ -146,6 +146,7 @@ async function allocateFrom(
   const { region, input } = claim.request;
   let swept = false;
   for (let attempt = 0; attempt < MAX_CLAIM_ATTEMPTS; attempt++) {
+    const readAt = clock.now();
     const [candidates, sweeper] = await Promise.all([
       findFreeSlots(kv, servedBy, input.labels, CANDIDATES_PER_ATTEMPT),
       readSweeper(kv, servedBy),
@@ -155,7 +156,7 @@ async function allocateFrom(
         // Read again whatever the sweep ended: another isolate may have swept these very
         // leases a moment before, and their slots are free all the same.
         swept = true;
-        await sweepExpired(kv, clock, servedBy);
+        await catchUpSweep(kv, clock, servedBy, readAt);
         continue;
       }
       // A duplicate of a request that just took the last slot gets that claim, not a 503.
@@ -184,6 +185,28 @@ async function allocateFrom(
   throw new UnavailableError(
     `Cannot claim in region "${region}": too much contention, retry shortly`,
   );
+}
+
+/** Catch-up sweeps in flight, per KV handle and region, with the time each began. */
+const catchUps = new WeakMap<Deno.Kv, Map<string, { from: number; sweep: Promise<unknown> }>>();
+
+/**
+ * Expires what was due in a region at `since` (when the claim found no free slot), once for
+ * all the claims of this isolate that found none at about the same moment: each sweeping
+ * on its own would race the others to end the same leases. A sweep that began before
+ * `since` may have missed leases due since then, so it is not joined.
+ */
+function catchUpSweep(kv: Deno.Kv, clock: Clock, region: string, since: number) {
+  let inFlight = catchUps.get(kv);
+  if (!inFlight) catchUps.set(kv, inFlight = new Map());
+  const running = inFlight.get(region);
+  if (running && running.from >= since) return running.sweep;
+  const from = clock.now();
+  const sweep = sweepExpired(kv, clock, region).finally(() => {
+    if (inFlight.get(region)?.sweep === sweep) inFlight.delete(region);
+  });
+  inFlight.set(region, { from, sweep });
+  return sweep;
 }
 
 /**

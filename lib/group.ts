@@ -41,6 +41,8 @@ type Waiting = Pending<PreparedClaim, ClaimOutcome>;
 
 /** Most claims in one commit: bounded by 100 checks (2-3 a claim, 1 a region) and 1,000 mutations. */
 const MAX_GROUP = 48;
+/** Lone claims running beside the groups past which a group waits for its own. */
+const MAX_LONE_RUNNING = 256;
 /** Claims waiting for a group beyond which new ones get 503 (bounded work per isolate). */
 export const MAX_QUEUED_CLAIMS = 2048;
 
@@ -59,6 +61,7 @@ const idemOf = (claim: PreparedClaim) => claim.idemKey ? JSON.stringify(claim.id
 export class GroupCommitter implements Allocator {
   readonly stats: GroupStats = { commits: 0, claims: 0, alone: 0, failedGroups: 0 };
   readonly #queue: CommitQueue<PreparedClaim, ClaimOutcome>;
+  #loneRunning = 0;
 
   constructor(
     private readonly kv: Deno.Kv,
@@ -180,15 +183,21 @@ export class GroupCommitter implements Allocator {
       }
     }
     // The lone path re-reads, sweeps expired leases, answers 503, or replays a raced key.
+    // It can take many round trips (a full scan for labels nothing matches, a sweep), so
+    // the next group does not wait for it, unless too many lone claims are running already.
     this.stats.alone += alone.length;
-    await Promise.all(alone.map(async (waiting) => {
+    const lone = Promise.all(alone.map(async (waiting) => {
       const route = routeOf(routes, waiting);
+      this.#loneRunning++;
       try {
         waiting.resolve(await allocateAlone(this.kv, this.clock, waiting.job, route));
       } catch (error) {
         waiting.reject(error);
+      } finally {
+        this.#loneRunning--;
       }
     }));
+    if (this.#loneRunning > MAX_LONE_RUNNING) await lone;
   }
 
   /** The idempotency records already stored for the group's keyed claims. */

@@ -146,3 +146,75 @@ Deno.test("two app instances over one KV never double-allocate", async () => {
 
   assert.deepEqual(checkHistory(history.events), []);
 });
+
+/** Wraps `inner` so that listings of region `region`'s lease index wait for `open()`. */
+function gateLeaseListings(inner: Deno.Kv, region: string) {
+  let open!: () => void;
+  const opened = new Promise<void>((resolve) => open = resolve);
+  let waited = 0;
+  let sweeps = 0; // listings of what is due (a sweep), not of the soonest expiry
+  let calls = 0;
+  const kv = new Proxy(inner, {
+    get(target, prop) {
+      calls++;
+      if (prop === "list") {
+        return (selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
+          const from = "prefix" in selector ? selector.prefix : selector.start;
+          if (from?.[1] !== region || from?.[2] !== "lease") return target.list(selector, options);
+          waited++;
+          if ("start" in selector) sweeps++;
+          return (async function* () {
+            await opened;
+            yield* target.list(selector, options);
+          })();
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  /** Resolves once no KV call has been made for 20 turns of the event loop. */
+  const quiet = async () => {
+    for (let still = 0, seen = -1; still < 20; seen = calls) {
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      still = calls === seen ? still + 1 : 0;
+    }
+  };
+  return { kv, open, waited: () => waited, sweeps: () => sweeps, quiet };
+}
+
+Deno.test("a claim's slow lone path (a full region's catch-up sweep) holds up no other claim", async () => {
+  const inner = await Deno.openKv(":memory:");
+  const gate = gateLeaseListings(inner, "full");
+  await using t = await makeApp({ kv: gate.kv });
+  await seedRegion(t, "full", 1);
+  await seedRegion(t, "idle", 1);
+  assert.equal((await claim(t, "full", { holder: "holder" })).status, 201);
+
+  // Nothing is free in "full": that claim goes alone, and its catch-up sweep waits at the gate.
+  const stuck = claim(t, "full", { holder: "waits" });
+  while (gate.waited() === 0) await new Promise((resolve) => setTimeout(resolve, 1));
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const bound = new Promise<string>((resolve) => timer = setTimeout(resolve, 10_000, "held up"));
+  const other = await Promise.race([claim(t, "idle", { holder: "other" }), bound]);
+  clearTimeout(timer);
+  gate.open();
+  assert.notEqual(other, "held up", "a claim in another region waited for the lone path");
+  assert.equal((other as TestResponse).status, 201);
+  assertProblem(await stuck, 503);
+  inner.close();
+});
+
+Deno.test("claims that find no free slot at once share one catch-up sweep", async () => {
+  const inner = await Deno.openKv(":memory:");
+  const gate = gateLeaseListings(inner, "full");
+  await using t = await makeApp({ kv: gate.kv });
+  await seedRegion(t, "full", 1);
+  assert.equal((await claim(t, "full", { holder: "holder" })).status, 201);
+  const refused = Array.from({ length: 10 }, (_, i) => claim(t, "full", { holder: `h${i}` }));
+  await gate.quiet(); // every claim has found nothing and is sweeping or waiting for a sweep
+  gate.open();
+  for (const res of await Promise.all(refused)) assertProblem(res, 503);
+  assert.equal(gate.sweeps(), 1, "one sweep for the ten claims");
+  inner.close();
+});
