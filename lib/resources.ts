@@ -20,6 +20,13 @@ export interface Telemetry {
   fieldSeq: FieldSeq;
 }
 
+/**
+ * How long a deleted resource's seqs outlive it: far longer than any status message stays
+ * in the queue (retries end in the dead letter within about a minute), so none older than
+ * the deletion can bring the resource back.
+ */
+export const TELEMETRY_TOMBSTONE_MS = 24 * 3600 * 1000;
+
 /** Fields a status update may carry, each ordered by its own seq. */
 export type FieldSeq = Record<"state" | "slots" | "labels" | "load", number>;
 
@@ -112,8 +119,11 @@ async function changeSpec(
   { before: ResourceSpec | null; held: number; consistencyToken: string; lossRecorded: boolean }
 > {
   for (let attempt = 0; attempt < 20; attempt++) {
-    const [before, held] = await Promise.all([
-      kv.get<ResourceSpec>(keys.resource(region, id)),
+    const [[before, telemetry], held] = await Promise.all([
+      kv.getMany<[ResourceSpec, Telemetry]>([
+        keys.resource(region, id),
+        keys.telemetry(region, id),
+      ]),
       readHeldSlots(kv, region, id),
     ]);
     if (before.value === null && after === null) {
@@ -137,7 +147,11 @@ async function changeSpec(
     }
     const op = kv.atomic();
     stageSpecChange(op, region, before, after, held);
-    if (after === null) op.delete(keys.telemetry(region, id));
+    if (after === null && telemetry.value !== null) {
+      // Kept a while as a tombstone: a status report older than the removal, still in the
+      // queue, must not register the resource again (its seq is not newer than these).
+      op.check(telemetry).set(telemetry.key, telemetry.value, { expireIn: TELEMETRY_TOMBSTONE_MS });
+    }
     const lossRecorded = loss !== null && held.size > 0;
     if (lossRecorded) stageLeaseLoss(op, region, id, loss);
     bumpResourcesVersion(op, region);

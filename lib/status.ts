@@ -158,11 +158,14 @@ export function mergeUpdates(
   now: number,
 ): Merged | null {
   const fieldSeq: FieldSeq = telemetry?.fieldSeq ?? { state: 0, slots: 0, labels: 0, load: 0 };
+  // Seqs left by a deleted resource (a tombstone): only an update newer than all of them
+  // was sent after the deletion, and may register the resource again.
+  const floor = spec === null ? telemetry?.seq ?? 0 : 0;
   const used = new Set<StatusUpdate>();
   const newest = <F extends keyof FieldSeq>(field: F): StatusUpdate | null => {
     let best: StatusUpdate | null = null;
     for (const u of updates) {
-      if (u[field] === undefined || u.seq <= fieldSeq[field]) continue;
+      if (u[field] === undefined || u.seq <= fieldSeq[field] || u.seq <= floor) continue;
       // Equal seqs with different values (an agent bug) still resolve the same way in any order.
       if (
         best === null || u.seq > best.seq ||
@@ -198,7 +201,7 @@ export function mergeUpdates(
       },
     },
     used: used.size,
-    wentGone: updates.some((u) => u.state === "gone" && u.seq > fieldSeq.state),
+    wentGone: updates.some((u) => u.state === "gone" && u.seq > Math.max(fieldSeq.state, floor)),
     stateFrom: state,
   };
 }

@@ -71,7 +71,7 @@ const deleteRoute = createRoute({
   operationId: "deleteResource",
   summary: "Remove a resource (admin, agent); its live leases become lost",
   description:
-    "**Roles:** admin, agent (region-scoped tokens: their regions).\n\nIts live leases end in state `lost`; their holders get 409 on renew and release.",
+    "**Roles:** admin, agent (region-scoped tokens: their regions).\n\nIts live leases end in state `lost`; their holders get 409 on renew and release. Its status seqs are kept for 24 hours: only a status update with a higher `seq` registers it again.",
   security: bearerSecurity,
   middleware: [allow(["admin", "agent"], "region")],
   request: { params: ResourceParams },

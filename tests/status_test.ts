@@ -11,6 +11,7 @@ import {
   claim,
   interceptCommits,
   makeApp,
+  poolOf,
   seedRegion,
   snapshotKv,
   type TestApp,
@@ -517,11 +518,49 @@ Deno.test("status apply never works from a stale resource cache", async (t) => {
     const report = reporter(app, new StatusApplier(app.kv, app.clock));
     await report([{ resource: "y", seq: 5, state: "ready", slots: 2 }]);
     assert.equal((await app.request("DELETE", "/v1/regions/iad/resources/y")).status, 200);
-    await report([{ resource: "y", seq: 1, state: "ready" }]);
+    await report([{ resource: "y", seq: 6, state: "ready" }]);
     const y = (await app.request("GET", "/v1/regions/iad/resources/y")).body;
-    assert.deepEqual([y.seq, y.slots], [1, 1], "the cached seq 5 telemetry was not used");
+    assert.deepEqual([y.seq, y.slots], [6, 1], "the cached seq 5 spec was not used");
     const health = (await app.request("GET", "/v1/regions/iad")).body;
     assert.deepEqual([health.total, health.free], [1, 1]);
+  });
+});
+
+Deno.test("a status report older than a DELETE never brings the resource back", async (t) => {
+  await using app = await makeApp();
+  await app.request("PUT", "/v1/regions/iad", { body: {} });
+  const applier = new StatusApplier(app.kv, app.clock);
+  // seq 5 is accepted, but delivered late (redelivery backoff, a long backlog)...
+  const late = await ingestStatus(app.kv, app.clock, "iad", [
+    { resource: "x", seq: 5, state: "ready", slots: 2 },
+  ]);
+  // ...after seq 10 says gone and an operator deletes the resource.
+  const gone = await ingestStatus(app.kv, app.clock, "iad", [
+    { resource: "x", seq: 10, state: "gone" },
+  ]);
+  assert.deepEqual(await applier.apply(gone.messages), [null]);
+  assert.equal((await app.request("DELETE", "/v1/regions/iad/resources/x")).status, 200);
+
+  await t.step("the late report is a no-op, as it would be in order", async () => {
+    assert.deepEqual(await applier.apply(late.messages), [null]);
+    assertProblem(await app.request("GET", "/v1/regions/iad/resources/x"), 404);
+    assertProblem(await claim(app, "iad", { holder: "h" }), 503);
+    assert.deepEqual(await poolOf(app, "iad"), { total: 0, free: 0, claimed: 0 });
+  });
+
+  await t.step("a report newer than the last applied registers it again", async () => {
+    await reporter(app, applier)([{ resource: "x", seq: 11, state: "ready" }]);
+    const x = (await app.request("GET", "/v1/regions/iad/resources/x")).body;
+    assert.deepEqual([x.state, x.seq, x.slots], ["ready", 11, 1]);
+  });
+
+  await t.step("the seqs outlive the deletion only for a while", async () => {
+    const stored = await app.kv.get(keys.telemetry("iad", "y"));
+    assert.equal(stored.versionstamp, null);
+    await reporter(app, applier)([{ resource: "y", seq: 3, state: "ready" }]);
+    assert.equal((await app.request("DELETE", "/v1/regions/iad/resources/y")).status, 200);
+    const tombstone = await app.kv.get<{ seq: number }>(keys.telemetry("iad", "y"));
+    assert.equal(tombstone.value?.seq, 3, "kept, with an expiry (Deno KV drops it after)");
   });
 });
 
