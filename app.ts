@@ -80,6 +80,17 @@ function toProblemResponse(error: unknown): Response {
 }
 
 /**
+ * A HEAD is answered as its GET without the body (Hono), and would say `Content-Length: 0`:
+ * it says the GET's length instead, as HTTP asks.
+ */
+const withGetLength: MiddlewareHandler = async (c, next) => {
+  await next();
+  if (c.res.body === null || c.res.headers.has("content-length")) return;
+  const length = (await c.res.clone().arrayBuffer()).byteLength;
+  c.res.headers.set("content-length", String(length));
+};
+
+/**
  * The methods each path answers, from the app's own routes (read on first use, once all
  * are registered), so a known path asked with another method gets 405 and `Allow`.
  */
@@ -139,6 +150,7 @@ export function createApp({ kv, tokens, clock = systemClock, applier }: AppOptio
   // route reads a body: GET and DELETE never read theirs, so their size does not matter.
   const readsBody = new Set(["POST", "PUT", "PATCH"]);
   app.use("*", (c, next) => {
+    if (c.req.method === "HEAD") return withGetLength(c, next);
     if (!readsBody.has(c.req.method)) return next();
     return c.req.path.endsWith("/status") ? statusLimit(c, next) : defaultLimit(c, next);
   });

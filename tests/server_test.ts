@@ -133,3 +133,22 @@ Deno.test("bodies over the limit get 413 over real HTTP, declared or chunked", a
     await server.stop();
   }
 });
+
+Deno.test("HEAD answers the GET's headers, Content-Length included, without a body", async () => {
+  const server = await startServer(":memory:", new FakeClock());
+  try {
+    assert.equal((await server.request("PUT", "/v1/regions/iad", { body: {} })).status, 201);
+    for (const path of ["/healthz", "/v1/regions/iad", "/openapi.json"]) {
+      const headers = { authorization: `Bearer ${TOKENS.admin}` };
+      const get = await fetch(`${server.base}${path}`, { headers });
+      const body = new Uint8Array(await get.arrayBuffer());
+      const head = await fetch(`${server.base}${path}`, { method: "HEAD", headers });
+      assert.equal(head.status, 200, path);
+      assert.equal(head.headers.get("content-length"), String(body.byteLength), path);
+      assert.equal(head.headers.get("content-type"), get.headers.get("content-type"), path);
+      assert.equal((await head.arrayBuffer()).byteLength, 0, path);
+    }
+  } finally {
+    await server.stop();
+  }
+});
