@@ -58,7 +58,10 @@ export class GroupEnder implements LeaseEnder {
         (group.length + 1) * CHECKS_PER_END <= ATOMIC_LIMITS.checks &&
         !group.some((j) => j.claimId === job.claimId),
       run: (group) => this.#commitGroup(group),
-      alone: (job) => endLease(kv, clock, job.claimId, job.end),
+      alone: (job) => {
+        this.stats.alone++;
+        return endLease(kv, clock, job.claimId, job.end);
+      },
     });
   }
 

@@ -80,8 +80,15 @@ export class GroupCommitter implements Allocator {
           ATOMIC_LIMITS.checks &&
         (idemOf(claim) === null || !group.some((c) => idemOf(c) === idemOf(claim))),
       run: (group) => this.#commitGroup(group),
-      alone: async (claim) =>
-        allocateAlone(kv, clock, claim, await routeClaim(kv, clock, claim.request.region)),
+      alone: async (claim) => {
+        this.stats.alone++;
+        return await allocateAlone(
+          kv,
+          clock,
+          claim,
+          await routeClaim(kv, clock, claim.request.region),
+        );
+      },
     });
   }
 
@@ -101,9 +108,10 @@ export class GroupCommitter implements Allocator {
     guessed.catch(() => {}); // awaited below only when the guess holds
     // A retry whose first request committed after the retry's own check (in the group
     // before) replays here: staged, its key's check would fail the whole group.
-    const earlier = this.#earlierKeys(everyone);
-    const routes = await this.#routes(everyone);
-    const known = await earlier;
+    const [routes, known] = await Promise.all([
+      this.#routes(everyone),
+      this.#earlierKeys(everyone),
+    ]);
     // A claim whose region cannot be routed (unknown region) fails alone, not the group.
     const group = everyone.filter((waiting) => {
       const entry = known.get(waiting);

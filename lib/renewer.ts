@@ -72,7 +72,10 @@ export class GroupRenewer implements Renewer {
         checksOf([...group, request]) <= ATOMIC_LIMITS.checks &&
         !group.some((r) => r.claimId === request.claimId),
       run: (group) => this.#commitGroup(group),
-      alone: (request) => renewAlone(kv, clock, request.claimId, request.renew),
+      alone: (request) => {
+        this.stats.alone++;
+        return renewAlone(kv, clock, request.claimId, request.renew);
+      },
     });
   }
 

@@ -258,3 +258,42 @@ Deno.test("a retry queued behind its own first commit replays, and the claims gr
     assert.equal(committer.stats.commits, 2);
   });
 });
+
+Deno.test("a group whose idempotency re-read fails while it routes answers its claims alone", async () => {
+  const inner = await Deno.openKv(":memory:");
+  let armed = false;
+  let gate = Promise.resolve();
+  let open = () => {};
+  const kv = new Proxy(inner, {
+    get(target, prop) {
+      if (prop === "getMany") {
+        return async (
+          keyList: Deno.KvKey[],
+          options?: { consistency?: Deno.KvConsistencyLevel },
+        ) => {
+          if (armed && keyList.some((key) => key[2] === "idem")) {
+            armed = false;
+            open();
+            throw new TypeError("a transient KV read failure");
+          }
+          // Other reads (the group's routing) finish only after that failure, which must
+          // then not go unheard (an unhandled rejection ends the process).
+          await gate.then(() => new Promise((resolve) => setTimeout(resolve, 0)));
+          return target.getMany(keyList, options);
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  await using app = await makeApp({ kv });
+  await seedRegion(app, "iad", 2);
+  gate = new Promise((resolve) => open = resolve);
+  armed = true;
+  const res = await claim(app, "iad", { holder: "h" }, key("job-7"));
+  assert.equal(armed, false, "the re-read failed");
+  assert.equal(res.status, 201, JSON.stringify(res.body));
+  const stats = (await app.request("GET", "/v1/stats")).body;
+  assert.equal(stats.claims.alone, 1, "answered by the lone path");
+  inner.close();
+});
