@@ -4,7 +4,6 @@
  */
 import { OpenAPIHono } from "@hono/zod-openapi";
 import type { MiddlewareHandler } from "hono";
-import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { z } from "zod";
 import type { TokenRegistry } from "./lib/auth.ts";
@@ -25,10 +24,6 @@ import { resourceRoutes } from "./routes/resources.ts";
 import { statusRoutes } from "./routes/status.ts";
 import { statsRoutes } from "./routes/stats.ts";
 import type { StatusApplier } from "./lib/applier.ts";
-
-/** Largest request body accepted, in bytes; status batches may be larger. */
-export const MAX_BODY_BYTES = 64 * 1024;
-export const MAX_STATUS_BODY_BYTES = 512 * 1024;
 
 export interface AppOptions {
   kv: Deno.Kv;
@@ -97,10 +92,10 @@ const withGetLength: MiddlewareHandler = async (c, next) => {
 function routeMethods(app: OpenAPIHono<AppEnv>): (path: string) => string[] {
   let table: Array<{ path: RegExp; method: string }> | undefined;
   return (path) => {
-    table ??= app.routes.filter((r) => r.method !== "ALL").map((r) => ({
-      path: new RegExp(`^${r.path.replace(/:[^/]+/g, "[^/]+")}$`),
-      method: r.method,
-    }));
+    table ??= app.routes.filter((r) => r.method !== "ALL").map((r) => {
+      const literal = r.path.replace(/[.*+?^$()|[\]\\{}]/g, "\\$&"); // `/openapi.json`
+      return { path: new RegExp(`^${literal.replace(/:[^/]+/g, "[^/]+")}$`), method: r.method };
+    });
     const methods = new Set(table.filter((r) => r.path.test(path)).map((r) => r.method));
     if (methods.has("GET")) methods.add("HEAD");
     return [...methods].sort();
@@ -121,39 +116,12 @@ export function createApp({ kv, tokens, clock = systemClock, applier }: AppOptio
     description:
       "A token from ALLOT_TOKENS; its role (admin, agent, client) decides what it may do.",
   });
-  const limit = (maxSize: number): MiddlewareHandler => {
-    const tooLarge = () => {
-      throw new HTTPException(413, { message: `Request bodies are limited to ${maxSize} bytes` });
-    };
-    const streamed = bodyLimit({ maxSize, onError: tooLarge });
-    // A plain Content-Length settles it without opening the body as a stream, as bodyLimit
-    // would (a stream costs the later JSON read its fast path). Anything else (chunked,
-    // repeated or odd lengths) goes through bodyLimit.
-    return (c, next) => {
-      const length = c.req.header("content-length");
-      if (
-        length === undefined || !/^\d+$/.test(length) ||
-        c.req.header("transfer-encoding") !== undefined
-      ) {
-        return streamed(c, next);
-      }
-      return Number(length) > maxSize ? tooLarge() : next();
-    };
-  };
-  const statusLimit = limit(MAX_STATUS_BODY_BYTES);
-  const defaultLimit = limit(MAX_BODY_BYTES);
   app.use("/v1/*", async (c, next) => {
     c.set("principal", tokens.authenticate(c.req.header("authorization")));
     await next();
   });
-  // After authentication (an unknown caller learns nothing of the limits), and only where a
-  // route reads a body: GET and DELETE never read theirs, so their size does not matter.
-  const readsBody = new Set(["POST", "PUT", "PATCH"]);
-  app.use("*", (c, next) => {
-    if (c.req.method === "HEAD") return withGetLength(c, next);
-    if (!readsBody.has(c.req.method)) return next();
-    return c.req.path.endsWith("/status") ? statusLimit(c, next) : defaultLimit(c, next);
-  });
+  // Body sizes are checked by each route's `allow` (routes/_shared.ts), after its role.
+  app.use("*", (c, next) => c.req.method === "HEAD" ? withGetLength(c, next) : next());
   app.route("/", healthRoutes(deps));
   app.route("/", regionRoutes(deps));
   app.route("/", resourceRoutes(deps));

@@ -1,6 +1,8 @@
 /** What every route file shares: the router factory, auth helpers, and the error contract. */
 import { OpenAPIHono, z } from "@hono/zod-openapi";
 import type { Context, MiddlewareHandler } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { HTTPException } from "hono/http-exception";
 import { authorize, type Principal } from "../lib/auth.ts";
 import type { Allocator } from "../lib/allocate.ts";
 import type { Clock } from "../lib/clock.ts";
@@ -74,10 +76,39 @@ export function newRouter(): OpenAPIHono<AppEnv> {
   return new OpenAPIHono<AppEnv>({ defaultHook: validationHook });
 }
 
+/** Largest request body accepted, in bytes; status batches may be larger. */
+export const MAX_BODY_BYTES = 64 * 1024;
+export const MAX_STATUS_BODY_BYTES = 512 * 1024;
+
+/** 413 for a body over `maxSize` bytes. */
+function sizeLimit(maxSize: number): MiddlewareHandler {
+  const tooLarge = () => {
+    throw new HTTPException(413, { message: `Request bodies are limited to ${maxSize} bytes` });
+  };
+  const streamed = bodyLimit({ maxSize, onError: tooLarge });
+  // A plain Content-Length settles it without opening the body as a stream, as bodyLimit
+  // would (a stream costs the later JSON read its fast path). Anything else (chunked,
+  // repeated or odd lengths) goes through bodyLimit.
+  return (c, next) => {
+    const length = c.req.header("content-length");
+    if (
+      length === undefined || !/^\d+$/.test(length) ||
+      c.req.header("transfer-encoding") !== undefined
+    ) {
+      return streamed(c, next);
+    }
+    return Number(length) > maxSize ? tooLarge() : next();
+  };
+}
+
+const statusLimit = sizeLimit(MAX_STATUS_BODY_BYTES);
+const defaultLimit = sizeLimit(MAX_BODY_BYTES);
+const readsBody = new Set(["POST", "PUT", "PATCH"]);
+
 /**
  * Route middleware: 403 unless the caller has one of `roles` and, with `"region"`, may act
- * in the path's region. It runs before the route's validators, so a caller who may not
- * use a route learns nothing of what it accepts.
+ * in the path's region; then 413 for a body over the limit. It runs before the route's
+ * validators, so a caller who may not use a route learns nothing of what it accepts.
  */
 export function allow(
   roles: readonly Role[],
@@ -85,7 +116,8 @@ export function allow(
 ): MiddlewareHandler<AppEnv> {
   return (c, next) => {
     authorize(c.get("principal"), roles, scope === "region" ? c.req.param("region") : undefined);
-    return next();
+    if (!readsBody.has(c.req.method)) return next();
+    return (c.req.path.endsWith("/status") ? statusLimit : defaultLimit)(c, next);
   };
 }
 

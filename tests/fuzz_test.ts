@@ -10,7 +10,7 @@
  */
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { MAX_BODY_BYTES, MAX_STATUS_BODY_BYTES } from "../app.ts";
+import { MAX_BODY_BYTES, MAX_STATUS_BODY_BYTES } from "../routes/_shared.ts";
 import { claim, makeApp, seedRegion, snapshotKv, type TestApp, TOKENS } from "./_helpers.ts";
 
 const SEED = Number(Deno.env.get("ALLOT_FUZZ_SEED") ?? 0xf022);

@@ -114,6 +114,18 @@ Deno.test("bodies over the limit get 413 over real HTTP, declared or chunked", a
       await res.body?.cancel();
     });
 
+    await t.step("a caller the route refuses gets 403, not 413", async () => {
+      for (const body of [big, new Blob([big]).stream()]) {
+        const res = await fetch(`${server.base}/v1/regions/iad/claims`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${TOKENS.agent}`, "content-type": "application/json" },
+          body,
+        });
+        assert.equal(res.status, 403);
+        await res.body?.cancel();
+      }
+    });
+
     await t.step("a body no route reads (a DELETE's) is not measured", async () => {
       const res = await fetch(`${server.base}/v1/regions/iad/resources/none`, {
         method: "DELETE",

@@ -623,5 +623,6 @@ Deno.test("a known path asked with another method gets 405 and Allow; an unknown
   await t.step("no such path, or a trailing slash: 404", async () => {
     assertProblem(await app.request("GET", "/v1/nothing"), 404);
     assertProblem(await app.request("GET", "/v1/regions/iad/"), 404);
+    assertProblem(await app.request("GET", "/openapiXjson"), 404); // a route's `.` is literal
   });
 });
