@@ -151,6 +151,10 @@ async function changeSpec(
       // Kept a while as a tombstone: a status report older than the removal, still in the
       // queue, must not register the resource again (its seq is not newer than these).
       op.check(telemetry).set(telemetry.key, telemetry.value, { expireIn: TELEMETRY_TOMBSTONE_MS });
+    } else if (before.value === null && telemetry.value !== null) {
+      // Registered again over a tombstone: its seqs stay (for good now), the dead
+      // instance's load does not.
+      op.check(telemetry).set(telemetry.key, { ...telemetry.value, load: null });
     }
     const lossRecorded = loss !== null && held.size > 0;
     if (lossRecorded) stageLeaseLoss(op, region, id, loss);

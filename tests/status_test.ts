@@ -554,6 +554,16 @@ Deno.test("a status report older than a DELETE never brings the resource back", 
     assert.deepEqual([x.state, x.seq, x.slots], ["ready", 11, 1]);
   });
 
+  await t.step("a PUT over the tombstone keeps its seqs, but not its load", async () => {
+    await reporter(app, applier)([{ resource: "z", seq: 8, state: "ready", load: 0.9 }]);
+    assert.equal((await app.request("DELETE", "/v1/regions/iad/resources/z")).status, 200);
+    const put = await app.request("PUT", "/v1/regions/iad/resources/z", { body: { slots: 2 } });
+    assert.equal(put.status, 201);
+    assert.deepEqual([put.body.seq, put.body.load], [8, null]);
+    await reporter(app, applier)([{ resource: "z", seq: 7, state: "draining" }]);
+    assert.equal((await app.request("GET", "/v1/regions/iad/resources/z")).body.state, "ready");
+  });
+
   await t.step("the seqs outlive the deletion only for a while", async () => {
     const stored = await app.kv.get(keys.telemetry("iad", "y"));
     assert.equal(stored.versionstamp, null);
