@@ -9,7 +9,12 @@ import type { Clock } from "../lib/clock.ts";
 import type { LeaseEnder } from "../lib/leases.ts";
 import type { Renewer } from "../lib/claims.ts";
 import type { Role } from "../lib/config.ts";
-import { BadRequestError, type FieldIssue, ValidationError } from "../lib/errors.ts";
+import {
+  BadRequestError,
+  type FieldIssue,
+  ForbiddenError,
+  ValidationError,
+} from "../lib/errors.ts";
 import { ConsistencyToken, Problem } from "../lib/schemas.ts";
 import { problemExamples } from "./_examples.ts";
 
@@ -107,15 +112,20 @@ const readsBody = new Set(["POST", "PUT", "PATCH"]);
 
 /**
  * Route middleware: 403 unless the caller has one of `roles` and, with `"region"`, may act
- * in the path's region; then 413 for a body over the limit. It runs before the route's
- * validators, so a caller who may not use a route learns nothing of what it accepts.
+ * in the path's region, or with `"unscoped"`, in every region (what spans them all); then
+ * 413 for a body over the limit. It runs before the route's validators, so a caller who
+ * may not use a route learns nothing of what it accepts.
  */
 export function allow(
   roles: readonly Role[],
-  scope: "region" | "any region" = "any region",
+  scope: "region" | "any region" | "unscoped" = "any region",
 ): MiddlewareHandler<AppEnv> {
   return (c, next) => {
-    authorize(c.get("principal"), roles, scope === "region" ? c.req.param("region") : undefined);
+    const principal = c.get("principal");
+    authorize(principal, roles, scope === "region" ? c.req.param("region") : undefined);
+    if (scope === "unscoped" && principal.regions !== null) {
+      throw new ForbiddenError("This token is scoped to some regions; this spans them all");
+    }
     if (!readsBody.has(c.req.method)) return next();
     return (c.req.path.endsWith("/status") ? statusLimit : defaultLimit)(c, next);
   };

@@ -42,9 +42,9 @@ const statsRoute = createRoute({
   tags: ["health"],
   summary: "This isolate's commit counters (admin)",
   description:
-    "**Roles:** admin. Counters since this isolate started: claims, releases and renews per group commit, status updates per apply commit. Per isolate, not global: for dashboards and benchmarks.",
+    "**Roles:** admin, not region-scoped (the counters span every region). Counters since this isolate started: claims, releases and renews per group commit, status updates per apply commit. Per isolate, not global: for dashboards and benchmarks.",
   security: bearerSecurity,
-  middleware: [allow(["admin"])],
+  middleware: [allow(["admin"], "unscoped")],
   responses: {
     200: {
       description: "Counters",

@@ -339,6 +339,14 @@ Deno.test("region-scoped tokens see and act in their own regions only", async (t
     },
   );
 
+  await t.step(
+    "a fra admin cannot read the isolate's counters, which span every region",
+    async () => {
+      assertProblem(await as(TOKENS.adminFra, "GET", "/v1/stats"), 403);
+      assert.equal((await as(TOKENS.admin, "GET", "/v1/stats")).status, 200);
+    },
+  );
+
   await t.step("a fra client claims in fra and manages its claim", async () => {
     const granted = await as(TOKENS.clientFra, "POST", "/v1/regions/fra/claims", { holder: "h" });
     assert.equal(granted.status, 201);
