@@ -112,7 +112,6 @@ export class GroupCommitter implements Allocator {
       this.#routes(everyone),
       this.#earlierKeys(everyone),
     ]);
-    // A claim whose region cannot be routed (unknown region) fails alone, not the group.
     const group = everyone.filter((waiting) => {
       const entry = known.get(waiting);
       if (entry) {
@@ -123,6 +122,7 @@ export class GroupCommitter implements Allocator {
         }
         return false;
       }
+      // A claim whose region cannot be routed (unknown region) fails alone, not the group.
       const route = routes.get(waiting.job.request.region)!;
       if (route.status === "fulfilled") return true;
       waiting.reject(route.reason);

@@ -27,6 +27,16 @@ export interface Telemetry {
  */
 export const TELEMETRY_TOMBSTONE_MS = 24 * 3600 * 1000;
 
+/**
+ * The telemetry a resource registered again over its tombstone starts from: every field
+ * at the tombstone's highest seq (any update up to it was sent before the deletion, so it
+ * may change nothing, whatever field it carries), and no load (the dead instance's).
+ */
+export function afterTombstone(tombstone: Telemetry): Telemetry {
+  const seq = tombstone.seq;
+  return { ...tombstone, load: null, fieldSeq: { state: seq, slots: seq, labels: seq, load: seq } };
+}
+
 /** Fields a status update may carry, each ordered by its own seq. */
 export type FieldSeq = Record<"state" | "slots" | "labels" | "load", number>;
 
@@ -152,9 +162,8 @@ async function changeSpec(
       // queue, must not register the resource again (its seq is not newer than these).
       op.check(telemetry).set(telemetry.key, telemetry.value, { expireIn: TELEMETRY_TOMBSTONE_MS });
     } else if (before.value === null && telemetry.value !== null) {
-      // Registered again over a tombstone: its seqs stay (for good now), the dead
-      // instance's load does not.
-      op.check(telemetry).set(telemetry.key, { ...telemetry.value, load: null });
+      // Registered again over a tombstone: its seqs stay, for good now.
+      op.check(telemetry).set(telemetry.key, afterTombstone(telemetry.value));
     }
     const lossRecorded = loss !== null && held.size > 0;
     if (lossRecorded) stageLeaseLoss(op, region, id, loss);

@@ -14,7 +14,7 @@ import type { PendingMessage } from "./lag.ts";
 import { readHeldSlotsOf, type ResourceSpec, stageSpecChange } from "./pool.ts";
 import type { StatusBatchMessage } from "./queue.ts";
 import { getRegionConfig } from "./regions.ts";
-import { type FieldSeq, stageLeaseLoss, type Telemetry } from "./resources.ts";
+import { afterTombstone, type FieldSeq, stageLeaseLoss, type Telemetry } from "./resources.ts";
 import type { StatusUpdate } from "./schemas.ts";
 
 /**
@@ -153,19 +153,19 @@ export interface Merged {
 export function mergeUpdates(
   id: string,
   spec: ResourceSpec | null,
-  telemetry: Telemetry | null,
+  stored: Telemetry | null,
   updates: readonly StatusUpdate[],
   now: number,
 ): Merged | null {
+  // Telemetry without a spec is a deleted resource's tombstone: only an update newer than
+  // all its seqs was sent after the deletion, and may register the resource again.
+  const telemetry = spec === null && stored !== null ? afterTombstone(stored) : stored;
   const fieldSeq: FieldSeq = telemetry?.fieldSeq ?? { state: 0, slots: 0, labels: 0, load: 0 };
-  // Seqs left by a deleted resource (a tombstone): only an update newer than all of them
-  // was sent after the deletion, and may register the resource again.
-  const floor = spec === null ? telemetry?.seq ?? 0 : 0;
   const used = new Set<StatusUpdate>();
   const newest = <F extends keyof FieldSeq>(field: F): StatusUpdate | null => {
     let best: StatusUpdate | null = null;
     for (const u of updates) {
-      if (u[field] === undefined || u.seq <= fieldSeq[field] || u.seq <= floor) continue;
+      if (u[field] === undefined || u.seq <= fieldSeq[field]) continue;
       // Equal seqs with different values (an agent bug) still resolve the same way in any order.
       if (
         best === null || u.seq > best.seq ||
@@ -201,7 +201,7 @@ export function mergeUpdates(
       },
     },
     used: used.size,
-    wentGone: updates.some((u) => u.state === "gone" && u.seq > Math.max(fieldSeq.state, floor)),
+    wentGone: updates.some((u) => u.state === "gone" && u.seq > fieldSeq.state),
     stateFrom: state,
   };
 }

@@ -548,10 +548,15 @@ Deno.test("a status report older than a DELETE never brings the resource back", 
     assert.deepEqual(await poolOf(app, "iad"), { total: 0, free: 0, claimed: 0 });
   });
 
+  // Seq 6 carries a field (labels) that no applied update carried: by seq, it still came
+  // before the deletion, so it may change nothing once the resource is registered again.
+  const older = { resource: "x", seq: 6, state: "draining" as const, labels: { old: "yes" } };
+
   await t.step("a report newer than the last applied registers it again", async () => {
     await reporter(app, applier)([{ resource: "x", seq: 11, state: "ready" }]);
+    await reporter(app, applier)([older]);
     const x = (await app.request("GET", "/v1/regions/iad/resources/x")).body;
-    assert.deepEqual([x.state, x.seq, x.slots], ["ready", 11, 1]);
+    assert.deepEqual([x.state, x.seq, x.slots, x.labels, x.load], ["ready", 11, 1, {}, null]);
   });
 
   await t.step("a PUT over the tombstone keeps its seqs, but not its load", async () => {
@@ -560,8 +565,9 @@ Deno.test("a status report older than a DELETE never brings the resource back", 
     const put = await app.request("PUT", "/v1/regions/iad/resources/z", { body: { slots: 2 } });
     assert.equal(put.status, 201);
     assert.deepEqual([put.body.seq, put.body.load], [8, null]);
-    await reporter(app, applier)([{ resource: "z", seq: 7, state: "draining" }]);
-    assert.equal((await app.request("GET", "/v1/regions/iad/resources/z")).body.state, "ready");
+    await reporter(app, applier)([{ ...older, resource: "z", seq: 7 }]);
+    const z = (await app.request("GET", "/v1/regions/iad/resources/z")).body;
+    assert.deepEqual([z.state, z.labels, z.slots], ["ready", {}, 2]);
   });
 
   await t.step("the seqs outlive the deletion only for a while", async () => {
