@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { StatusApplier } from "../lib/applier.ts";
 import { handleQueueMessage, type StatusBatchMessage } from "../lib/queue.ts";
-import { ingestStatus } from "../lib/status.ts";
+import { ingestStatus, mergeUpdates } from "../lib/status.ts";
 import { AtomicPlan, encodedSize } from "../lib/atomic.ts";
 import { TooLargeError } from "../lib/errors.ts";
 import type { StatusUpdate } from "../lib/schemas.ts";
@@ -791,4 +791,36 @@ Deno.test("a status commit that Deno KV refuses for its size is split and applie
   assert.ok(applier.stats.commits >= 2, "the refused group went out in parts");
   const health = await app.request("GET", "/v1/regions/iad");
   assert.deepEqual([health.body.total, health.body.free, health.body.pending], [6, 6, 0]);
+});
+
+Deno.test("mergeUpdates(): an update no newer than a field's seq changes nothing; ties resolve alike in any order", async (t) => {
+  const spec = { id: "r", slots: 2, labels: {}, state: "ready" as const, updatedAt: 0 };
+  const telemetry = {
+    seq: 5,
+    load: null,
+    at: 0,
+    fieldSeq: { state: 5, slots: 5, labels: 5, load: 0 },
+  };
+  await t.step("an equal seq is not newer", () => {
+    const same = { resource: "r", seq: 5, state: "ready" as const, slots: 9 };
+    assert.equal(mergeUpdates("r", spec, telemetry, [same], 1), null);
+  });
+  await t.step("two updates with one seq merge the same in either order", () => {
+    const u1 = { resource: "r", seq: 7, state: "ready" as const, slots: 3 };
+    const u2 = { resource: "r", seq: 7, state: "ready" as const, slots: 4 };
+    assert.deepEqual(
+      mergeUpdates("r", spec, telemetry, [u1, u2], 1)!.spec,
+      mergeUpdates("r", spec, telemetry, [u2, u1], 1)!.spec,
+    );
+  });
+  await t.step("an update at a tombstone's own seq does not register the resource again", () => {
+    const tombstone = {
+      seq: 3,
+      load: null,
+      at: 0,
+      fieldSeq: { state: 3, slots: 1, labels: 0, load: 0 },
+    };
+    const update = { resource: "y", seq: 3, state: "ready" as const, labels: { a: "b" } };
+    assert.equal(mergeUpdates("y", null, tombstone, [update], 1), null);
+  });
 });
