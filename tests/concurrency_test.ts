@@ -3,6 +3,7 @@ import { checkHistory, grantEvent, type HistoryEvent, HistoryRecorder } from "./
 import {
   assertProblem,
   claim,
+  interceptCommits,
   listPages,
   makeApp,
   poolOf,
@@ -216,5 +217,38 @@ Deno.test("claims that find no free slot at once share one catch-up sweep", asyn
   gate.open();
   for (const res of await Promise.all(refused)) assertProblem(res, 503);
   assert.equal(gate.sweeps(), 1, "one sweep for the ten claims");
+  inner.close();
+});
+
+Deno.test("a claim does not wait on a catch-up sweep that began before its own read", async () => {
+  const inner = await Deno.openKv(":memory:");
+  const commits = interceptCommits(inner);
+  await using t = await makeApp({ kv: commits.kv });
+  await seedRegion(t, "full", 2);
+  assert.equal((await claim(t, "full", { holder: "a", leaseMs: 1000 })).status, 201);
+  assert.equal((await claim(t, "full", { holder: "b", leaseMs: 2000 })).status, 201);
+
+  // At 1 s the first lease is due: a claim's catch-up sweep ends it, but that commit is held.
+  t.clock.advance(1000);
+  let holding!: () => void;
+  const sweepHeld = new Promise<void>((resolve) => holding = resolve);
+  let letGo!: () => void;
+  commits.arm(() => {
+    holding();
+    return new Promise<void>((resolve) => letGo = resolve);
+  });
+  const first = claim(t, "full", { holder: "x" });
+  await sweepHeld;
+  // At 2 s the second is due too. A claim now must not join the held sweep (it began at
+  // 1 s and lists nothing due later): it sweeps on its own and gets a slot.
+  t.clock.advance(1000);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const bound = new Promise<string>((resolve) => timer = setTimeout(resolve, 10_000, "waited"));
+  const second = await Promise.race([claim(t, "full", { holder: "y" }), bound]);
+  clearTimeout(timer);
+  letGo();
+  assert.notEqual(second, "waited", "the claim waited on an older sweep");
+  assert.equal((second as TestResponse).status, 201);
+  assert.equal((await first).status, 201);
   inner.close();
 });
