@@ -117,8 +117,6 @@ Deno.test("two app instances over one KV never double-allocate", async () => {
   const held = first.filter((r) => r.status === 201);
   assert.equal(held.length, capacity);
   assertDistinctGrants(held);
-  const servedBy = new Set(held.map((r) => (first.indexOf(r) % 2 === 0 ? "a" : "b")));
-  assert.deepEqual([...servedBy].sort(), ["a", "b"], "both instances granted claims");
   await assertPoolState(b, "iad", { free: 0, claimed: capacity, total: capacity });
 
   // Phase 2: half the holders release through one instance while 200 claims race
@@ -144,6 +142,13 @@ Deno.test("two app instances over one KV never double-allocate", async () => {
   assertDistinctGrants([...staying, ...regained]);
   const after = regained.length + staying.length;
   await assertPoolState(a, "iad", { free: capacity - after, claimed: after, total: capacity });
+  // The race had two sides. (In phase 1 alone, one instance's first groups can, rarely, take
+  // all 60 slots before the other commits any: its groups of 48 read most of the index.)
+  const granters = new Set([
+    ...first.flatMap((r, i) => r.status === 201 ? [i % 2] : []),
+    ...second.flatMap((r, i) => r.status === 201 ? [i % 2] : []),
+  ]);
+  assert.deepEqual([...granters].sort(), [0, 1], "both instances granted claims");
 
   assert.deepEqual(checkHistory(history.events), []);
 });
