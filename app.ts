@@ -116,12 +116,13 @@ export function createApp({ kv, tokens, clock = systemClock, applier }: AppOptio
     description:
       "A token from ALLOT_TOKENS; its role (admin, agent, client) decides what it may do.",
   });
+  // First, so that it also measures what authentication or any later step answers.
+  app.use("*", (c, next) => c.req.method === "HEAD" ? withGetLength(c, next) : next());
   app.use("/v1/*", async (c, next) => {
     c.set("principal", tokens.authenticate(c.req.header("authorization")));
     await next();
   });
   // Body sizes are checked by each route's `allow` (routes/_shared.ts), after its role.
-  app.use("*", (c, next) => c.req.method === "HEAD" ? withGetLength(c, next) : next());
   app.route("/", healthRoutes(deps));
   app.route("/", regionRoutes(deps));
   app.route("/", resourceRoutes(deps));
@@ -146,9 +147,11 @@ export function createApp({ kv, tokens, clock = systemClock, applier }: AppOptio
   const methodsOf = routeMethods(app);
   app.notFound((c) => {
     const allowed = methodsOf(c.req.path);
+    // A HEAD answers as its GET would (the same body, so the same Content-Length).
+    const method = c.req.method === "HEAD" ? "GET" : c.req.method;
     if (allowed.length === 0) {
       return toProblemResponse(
-        new AllotError(404, "not-found", "Not found", `No route for ${c.req.method} ${c.req.path}`),
+        new AllotError(404, "not-found", "Not found", `No route for ${method} ${c.req.path}`),
       );
     }
     const res = toProblemResponse(
@@ -156,7 +159,7 @@ export function createApp({ kv, tokens, clock = systemClock, applier }: AppOptio
         405,
         "method-not-allowed",
         "Method not allowed",
-        `${c.req.path} answers ${allowed.join(", ")}, not ${c.req.method}`,
+        `${c.req.path} answers ${allowed.join(", ")}, not ${method}`,
       ),
     );
     res.headers.set("Allow", allowed.join(", "));

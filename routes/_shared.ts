@@ -113,21 +113,22 @@ const readsBody = new Set(["POST", "PUT", "PATCH"]);
 /**
  * Route middleware: 403 unless the caller has one of `roles` and, with `"region"`, may act
  * in the path's region, or with `"unscoped"`, in every region (what spans them all); then
- * 413 for a body over the limit. It runs before the route's validators, so a caller who
+ * 413 for a body over the limit (a status batch's is larger). It runs before the route's validators, so a caller who
  * may not use a route learns nothing of what it accepts.
  */
 export function allow(
   roles: readonly Role[],
   scope: "region" | "any region" | "unscoped" = "any region",
+  body: "request" | "status batch" = "request",
 ): MiddlewareHandler<AppEnv> {
+  const limit = body === "status batch" ? statusLimit : defaultLimit;
   return (c, next) => {
     const principal = c.get("principal");
     authorize(principal, roles, scope === "region" ? c.req.param("region") : undefined);
     if (scope === "unscoped" && principal.regions !== null) {
       throw new ForbiddenError("This token is scoped to some regions; this spans them all");
     }
-    if (!readsBody.has(c.req.method)) return next();
-    return (c.req.path.endsWith("/status") ? statusLimit : defaultLimit)(c, next);
+    return readsBody.has(c.req.method) ? limit(c, next) : next();
   };
 }
 

@@ -126,6 +126,19 @@ Deno.test("bodies over the limit get 413 over real HTTP, declared or chunked", a
       }
     });
 
+    await t.step(
+      "only the status route takes a status batch's size, whatever an id is",
+      async () => {
+        const res = await fetch(`${server.base}/v1/regions/iad/resources/status`, {
+          method: "PUT",
+          headers: { authorization: `Bearer ${TOKENS.admin}`, "content-type": "application/json" },
+          body: JSON.stringify({ labels: { a: "x".repeat(100_000) } }),
+        });
+        assert.equal(res.status, 413);
+        await res.body?.cancel();
+      },
+    );
+
     await t.step("a body no route reads (a DELETE's) is not measured", async () => {
       const res = await fetch(`${server.base}/v1/regions/iad/resources/none`, {
         method: "DELETE",
@@ -150,12 +163,21 @@ Deno.test("HEAD answers the GET's headers, Content-Length included, without a bo
   const server = await startServer(":memory:", new FakeClock());
   try {
     assert.equal((await server.request("PUT", "/v1/regions/iad", { body: {} })).status, 201);
-    for (const path of ["/healthz", "/v1/regions/iad", "/openapi.json"]) {
-      const headers = { authorization: `Bearer ${TOKENS.admin}` };
+    const cases: Array<[string, string | null, number]> = [
+      ["/healthz", TOKENS.admin, 200],
+      ["/v1/regions/iad", TOKENS.admin, 200],
+      ["/openapi.json", TOKENS.admin, 200],
+      ["/v1/regions/iad", null, 401],
+      ["/nowhere", TOKENS.admin, 404],
+      ["/v1/regions/iad/status", TOKENS.admin, 405],
+    ];
+    for (const [path, token, status] of cases) {
+      const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
       const get = await fetch(`${server.base}${path}`, { headers });
       const body = new Uint8Array(await get.arrayBuffer());
       const head = await fetch(`${server.base}${path}`, { method: "HEAD", headers });
-      assert.equal(head.status, 200, path);
+      assert.equal(get.status, status, path);
+      assert.equal(head.status, status, path);
       assert.equal(head.headers.get("content-length"), String(body.byteLength), path);
       assert.equal(head.headers.get("content-type"), get.headers.get("content-type"), path);
       assert.equal((await head.arrayBuffer()).byteLength, 0, path);
