@@ -27,6 +27,14 @@ export interface Telemetry {
  */
 export const TELEMETRY_TOMBSTONE_MS = 24 * 3600 * 1000;
 
+/** The telemetry of a resource no status report has reached. */
+const NO_TELEMETRY: Telemetry = {
+  seq: 0,
+  load: null,
+  at: 0,
+  fieldSeq: { state: 0, slots: 0, labels: 0, load: 0 },
+};
+
 /**
  * The telemetry a resource registered again over its tombstone starts from: every field
  * at the tombstone's highest seq (any update up to it was sent before the deletion, so it
@@ -157,10 +165,12 @@ async function changeSpec(
     }
     const op = kv.atomic();
     stageSpecChange(op, region, before, after, held);
-    if (after === null && telemetry.value !== null) {
-      // Kept a while as a tombstone: a status report older than the removal, still in the
-      // queue, must not register the resource again (its seq is not newer than these).
-      op.check(telemetry).set(telemetry.key, telemetry.value, { expireIn: TELEMETRY_TOMBSTONE_MS });
+    if (after === null) {
+      // Kept a while as a tombstone, whose versionstamp dates the removal: a status report
+      // accepted before it, or not newer than its seqs, must not register the resource again.
+      op.check(telemetry).set(telemetry.key, telemetry.value ?? NO_TELEMETRY, {
+        expireIn: TELEMETRY_TOMBSTONE_MS,
+      });
     } else if (before.value === null && telemetry.value !== null) {
       // Registered again over a tombstone: its seqs stay, for good now.
       op.check(telemetry).set(telemetry.key, afterTombstone(telemetry.value));

@@ -272,7 +272,7 @@ export async function planApply(
     pending[i].versionstamp === null ? [] : [{ message, pending: pending[i] }]
   );
   // When an update was accepted: its message's ingest commit. Looked up only for a resource
-  // that went gone and came back (rare), so the common apply pays nothing for it.
+  // that went gone and came back, or was deleted (rare), so the common apply pays nothing.
   const acceptedAt = (update: StatusUpdate) =>
     live.find(({ message }) => message.updates.includes(update))!.pending.versionstamp!;
   const byResource = new Map<string, { region: string; id: string; updates: StatusUpdate[] }>();
@@ -323,7 +323,16 @@ export async function planApply(
   for (const { region, id, updates } of groups) {
     const read = regions.get(region)!;
     const current = read.resources.get(id)!;
-    const merged = mergeUpdates(id, current.spec, current.telemetry, updates, now);
+    // A deleted resource's tombstone (telemetry, no spec) was written by the deletion: a
+    // report accepted before it is older than the deletion, whatever its seq.
+    const tombstone = current.spec === null ? current.telemetryVersionstamp : null;
+    const merged = mergeUpdates(
+      id,
+      current.spec,
+      current.telemetry,
+      tombstone === null ? updates : updates.filter((u) => acceptedAt(u) > tombstone),
+      now,
+    );
     if (merged === null) continue;
     if (!read.bumped) {
       if (!checkEach) plan.check(read.version);

@@ -570,6 +570,28 @@ Deno.test("a status report older than a DELETE never brings the resource back", 
     assert.deepEqual([z.state, z.labels, z.slots], ["ready", {}, 2]);
   });
 
+  await t.step(
+    "a resource no report ever reached: a report accepted before its DELETE is older",
+    async () => {
+      assert.equal(
+        (await app.request("PUT", "/v1/regions/iad/resources/p", { body: {} })).status,
+        201,
+      );
+      const before = await ingestStatus(app.kv, app.clock, "iad", [
+        { resource: "p", seq: 5, state: "ready", slots: 3 },
+      ]);
+      assert.equal((await app.request("DELETE", "/v1/regions/iad/resources/p")).status, 200);
+      const after = await ingestStatus(app.kv, app.clock, "iad", [
+        { resource: "p", seq: 1, state: "draining" },
+      ]);
+      assert.deepEqual(await applier.apply(before.messages), [null]);
+      assertProblem(await app.request("GET", "/v1/regions/iad/resources/p"), 404);
+      assert.deepEqual(await applier.apply(after.messages), [null]);
+      const p = (await app.request("GET", "/v1/regions/iad/resources/p")).body;
+      assert.deepEqual([p.state, p.seq, p.slots], ["draining", 1, 1]);
+    },
+  );
+
   await t.step("the seqs outlive the deletion only for a while", async () => {
     const stored = await app.kv.get(keys.telemetry("iad", "y"));
     assert.equal(stored.versionstamp, null);
