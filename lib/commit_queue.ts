@@ -14,6 +14,20 @@ export interface Pending<J, R> {
   reject: (error: unknown) => void;
 }
 
+/** Answers each job with `answer`'s result, or its error: one failing answers only itself. */
+export function answerEach<J, R>(
+  pending: readonly Pending<J, R>[],
+  answer: (pending: Pending<J, R>) => Promise<R>,
+): Promise<void> {
+  return Promise.all(pending.map(async (p) => {
+    try {
+      p.resolve(await answer(p));
+    } catch (error) {
+      p.reject(error);
+    }
+  })).then(() => {});
+}
+
 /** A pending job that knows whether it has been answered. */
 interface Queued<J, R> extends Pending<J, R> {
   settled: boolean;
@@ -98,13 +112,7 @@ export class CommitQueue<J, R> {
       members: unanswered.length,
       error: String(error),
     });
-    await Promise.all(unanswered.map(async (pending) => {
-      try {
-        pending.resolve(await this.options.alone(pending.job));
-      } catch (error) {
-        pending.reject(error);
-      }
-    }));
+    await answerEach(unanswered, (pending) => this.options.alone(pending.job));
   }
 
   #take(): Queued<J, R>[] {

@@ -5,7 +5,7 @@
  */
 import { ATOMIC_LIMITS } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
-import { CommitQueue, type Pending } from "./commit_queue.ts";
+import { answerEach, CommitQueue, type Pending } from "./commit_queue.ts";
 import { CommitEffects, getAll } from "./kv.ts";
 import { log } from "./log.ts";
 import {
@@ -58,10 +58,7 @@ export class GroupEnder implements LeaseEnder {
         (group.length + 1) * CHECKS_PER_END <= ATOMIC_LIMITS.checks &&
         !group.some((j) => j.claimId === job.claimId),
       run: (group) => this.#commitGroup(group),
-      alone: (job) => {
-        this.stats.alone++;
-        return endLease(kv, clock, job.claimId, job.end);
-      },
+      alone: (job) => this.#endAlone(job),
     });
   }
 
@@ -148,13 +145,12 @@ export class GroupEnder implements LeaseEnder {
       }
       return;
     }
-    this.stats.alone += staged.length;
-    await Promise.all(staged.map(async ({ pending }) => {
-      try {
-        pending.resolve(await endLease(this.kv, this.clock, pending.job.claimId, pending.job.end));
-      } catch (error) {
-        pending.reject(error);
-      }
-    }));
+    await answerEach(staged.map((s) => s.pending), (pending) => this.#endAlone(pending.job));
+  }
+
+  /** Ends one lease with its own CAS loop (a failed group's, or a group that threw). */
+  #endAlone(job: EndJob): Promise<LeaseEnded> {
+    this.stats.alone++;
+    return endLease(this.kv, this.clock, job.claimId, job.end);
   }
 }

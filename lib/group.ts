@@ -20,7 +20,7 @@ import {
 import { ATOMIC_LIMITS } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { type ClaimRoute, routeClaim } from "./fallback.ts";
-import { CommitQueue, type Pending } from "./commit_queue.ts";
+import { answerEach, CommitQueue, type Pending } from "./commit_queue.ts";
 import type { FreeSlot } from "./pool.ts";
 import type { IdempotencyRecord } from "./idempotency.ts";
 import { CommitEffects, getAll } from "./kv.ts";
@@ -194,17 +194,14 @@ export class GroupCommitter implements Allocator {
     // It can take many round trips (a full scan for labels nothing matches, a sweep), so
     // the next group does not wait for it, unless too many lone claims are running already.
     this.stats.alone += alone.length;
-    const lone = Promise.all(alone.map(async (waiting) => {
-      const route = routeOf(routes, waiting);
-      this.#loneRunning++;
+    this.#loneRunning += alone.length;
+    const lone = answerEach(alone, async (waiting) => {
       try {
-        waiting.resolve(await allocateAlone(this.kv, this.clock, waiting.job, route));
-      } catch (error) {
-        waiting.reject(error);
+        return await allocateAlone(this.kv, this.clock, waiting.job, routeOf(routes, waiting));
       } finally {
         this.#loneRunning--;
       }
-    }));
+    });
     if (this.#loneRunning > MAX_LONE_RUNNING) await lone;
   }
 

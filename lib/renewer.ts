@@ -19,7 +19,7 @@ import {
   stageRenew,
 } from "./claims.ts";
 import { needsKeyRefresh } from "./idempotency.ts";
-import { CommitQueue, type Pending } from "./commit_queue.ts";
+import { answerEach, CommitQueue, type Pending } from "./commit_queue.ts";
 import { CommitEffects, getAll } from "./kv.ts";
 import { log } from "./log.ts";
 import { claimIdRegion, claimKeyOf, claimNotFound, type ClaimRecord, claimView } from "./leases.ts";
@@ -72,10 +72,7 @@ export class GroupRenewer implements Renewer {
         checksOf([...group, request]) <= ATOMIC_LIMITS.checks &&
         !group.some((r) => r.claimId === request.claimId),
       run: (group) => this.#commitGroup(group),
-      alone: (request) => {
-        this.stats.alone++;
-        return renewAlone(kv, clock, request.claimId, request.renew);
-      },
+      alone: (request) => this.#renewAlone(request),
     });
   }
 
@@ -171,15 +168,12 @@ export class GroupRenewer implements Renewer {
         alone.push(...staged.map((s) => s.waiting));
       }
     }
-    this.stats.alone += alone.length;
-    await Promise.all(alone.map(async (waiting) => {
-      try {
-        waiting.resolve(
-          await renewAlone(this.kv, this.clock, waiting.job.claimId, waiting.job.renew),
-        );
-      } catch (error) {
-        waiting.reject(error);
-      }
-    }));
+    await answerEach(alone, (waiting) => this.#renewAlone(waiting.job));
+  }
+
+  /** Renews one lease with its own CAS loop (see RenewerStats.alone for when). */
+  #renewAlone(request: RenewRequest): Promise<Renewed> {
+    this.stats.alone++;
+    return renewAlone(this.kv, this.clock, request.claimId, request.renew);
   }
 }
