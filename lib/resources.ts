@@ -25,7 +25,7 @@ export interface Telemetry {
  * in the queue (retries end in the dead letter within about a minute), so none older than
  * the deletion can bring the resource back.
  */
-export const TELEMETRY_TOMBSTONE_MS = 24 * 3600 * 1000;
+const TELEMETRY_TOMBSTONE_MS = 24 * 3600 * 1000;
 
 /** The telemetry of a resource no status report has reached. */
 const NO_TELEMETRY: Telemetry = {
