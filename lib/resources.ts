@@ -18,6 +18,12 @@ export interface Telemetry {
   at: number;
   /** Seq of the update each field's value came from (per-field last-writer-wins). */
   fieldSeq: FieldSeq;
+  /**
+   * Seq of the newest `gone` report that has lost leases, also one applied late (after a
+   * newer report set the state): no report up to it loses any again. Absent in records
+   * written before it was kept, where the state's seq stands in for it.
+   */
+  goneSeq?: number;
 }
 
 /**
@@ -33,6 +39,7 @@ const NO_TELEMETRY: Telemetry = {
   load: null,
   at: 0,
   fieldSeq: { state: 0, slots: 0, labels: 0, load: 0 },
+  goneSeq: 0,
 };
 
 /**
@@ -42,7 +49,12 @@ const NO_TELEMETRY: Telemetry = {
  */
 export function afterTombstone(tombstone: Telemetry): Telemetry {
   const seq = tombstone.seq;
-  return { ...tombstone, load: null, fieldSeq: { state: seq, slots: seq, labels: seq, load: seq } };
+  return {
+    ...tombstone,
+    load: null,
+    fieldSeq: { state: seq, slots: seq, labels: seq, load: seq },
+    goneSeq: seq,
+  };
 }
 
 /** Fields a status update may carry, each ordered by its own seq. */
@@ -240,6 +252,12 @@ export async function finishLeaseLoss(
   return await loseRecorded(kv, clock, region, id, record);
 }
 
+/** The versionstamp before which a recorded loss loses the leases taken. */
+export function lossCutoff(record: Deno.KvEntry<LeaseLoss>): string {
+  const { before } = record.value;
+  return before !== undefined && before < record.versionstamp ? before : record.versionstamp;
+}
+
 /** Loses the leases a lease-loss record names, then deletes it (unless it changed since). */
 async function loseRecorded(
   kv: Deno.Kv,
@@ -248,11 +266,7 @@ async function loseRecorded(
   id: string,
   record: Deno.KvEntry<LeaseLoss>,
 ): Promise<{ lost: number; lastCommit: string | null }> {
-  const { reason, before } = record.value;
-  const changedAt = before !== undefined && before < record.versionstamp
-    ? before
-    : record.versionstamp;
-  const loss = await loseLeases(kv, clock, region, id, reason, changedAt);
+  const loss = await loseLeases(kv, clock, region, id, record.value.reason, lossCutoff(record));
   // The leases are lost: a record left by a failed delete is only finished again, harmlessly.
   await kv.atomic().check(record).delete(record.key).commit().catch((error) => {
     log("warn", "a finished lease loss record could not be deleted", {

@@ -14,7 +14,14 @@ import type { PendingMessage } from "./lag.ts";
 import { readHeldSlotsOf, type ResourceSpec, stageSpecChange } from "./pool.ts";
 import type { StatusBatchMessage } from "./queue.ts";
 import { getRegionConfig } from "./regions.ts";
-import { afterTombstone, type FieldSeq, stageLeaseLoss, type Telemetry } from "./resources.ts";
+import {
+  afterTombstone,
+  type FieldSeq,
+  type LeaseLoss,
+  lossCutoff,
+  stageLeaseLoss,
+  type Telemetry,
+} from "./resources.ts";
 import type { StatusUpdate } from "./schemas.ts";
 
 /**
@@ -141,6 +148,11 @@ export interface Merged {
   wentGone: boolean;
   /** The update the merged state came from (null: the state is unchanged). */
   stateFrom: StatusUpdate | null;
+  /**
+   * `gone` reports older than the state already applied, and newer than any that lost leases
+   * (Telemetry.goneSeq): delivered late, they still lose the leases taken before them.
+   */
+  lateGone: StatusUpdate[];
 }
 
 /**
@@ -161,6 +173,8 @@ export function mergeUpdates(
   // all its seqs was sent after the deletion, and may register the resource again.
   const telemetry = spec === null && stored !== null ? afterTombstone(stored) : stored;
   const fieldSeq: FieldSeq = telemetry?.fieldSeq ?? { state: 0, slots: 0, labels: 0, load: 0 };
+  // A record from before goneSeq was kept: no gone older than its state loses leases again.
+  const goneSeq = telemetry?.goneSeq ?? fieldSeq.state;
   const used = new Set<StatusUpdate>();
   const newest = <F extends keyof FieldSeq>(field: F): StatusUpdate | null => {
     let best: StatusUpdate | null = null;
@@ -179,6 +193,9 @@ export function mergeUpdates(
   const slots = newest("slots");
   const labels = newest("labels");
   const load = newest("load");
+  const gones = updates.filter((u) => u.state === "gone");
+  const lateGone = gones.filter((u) => u.seq <= fieldSeq.state && u.seq > goneSeq);
+  for (const u of lateGone) used.add(u);
   if (used.size === 0) return null;
   const base = spec ?? { id, slots: 1, labels: {}, state: "ready" as const, updatedAt: now };
   return {
@@ -199,10 +216,12 @@ export function mergeUpdates(
         labels: labels?.seq ?? fieldSeq.labels,
         load: load?.seq ?? fieldSeq.load,
       },
+      goneSeq: Math.max(goneSeq, ...gones.map((u) => u.seq)),
     },
     used: used.size,
-    wentGone: updates.some((u) => u.state === "gone" && u.seq > fieldSeq.state),
+    wentGone: gones.some((u) => u.seq > fieldSeq.state),
     stateFrom: state,
+    lateGone,
   };
 }
 
@@ -223,8 +242,8 @@ export interface PlannedApply {
   completed: number;
   regions: Set<string>;
   /**
-   * Resources this plan reports `gone` (wentGone), each with its lease loss recorded in the
-   * plan: their leases are then marked lost.
+   * Resources this plan reports `gone` (wentGone, or lateGone), each with its lease loss
+   * recorded in the plan: their leases are then marked lost.
    */
   gone: Array<{ region: string; id: string }>;
   /** Tells the cache what the plan read and wrote, once its commit succeeded. */
@@ -320,6 +339,7 @@ export async function planApply(
     before: Deno.KvEntryMaybe<ResourceSpec>;
     after: CachedResource & { spec: ResourceSpec };
   }> = [];
+  const late: LateLoss[] = [];
   for (const { region, id, updates } of groups) {
     const read = regions.get(region)!;
     const current = read.resources.get(id)!;
@@ -364,11 +384,17 @@ export async function planApply(
       const back = merged.spec.state === "gone" ? undefined : acceptedAt(merged.stateFrom!);
       stageLeaseLoss(plan, region, id, "resource gone", back);
       result.gone.push({ region, id });
+    } else if (merged.lateGone.length > 0 && merged.spec.state !== "gone") {
+      // Allot cannot tell when the instance came back: only the leases taken before the
+      // latest of these reports was accepted are surely on the one that went away.
+      const accepted = merged.lateGone.map(acceptedAt).sort();
+      late.push({ region, id, before: accepted[accepted.length - 1] });
     }
     read.resources.set(id, after);
     result.effective += merged.used;
     result.regions.add(region);
   }
+  await stageLateLosses(kv, plan, late, result);
   const held = await readHeldSlotsOf(
     kv,
     changes.map(({ region, before, after }) => ({
@@ -392,6 +418,38 @@ export async function planApply(
   }
   for (const region of result.regions) markWrite(plan, region);
   return result;
+}
+
+/** The lease loss a late `gone` asks for: the leases taken before versionstamp `before`. */
+interface LateLoss {
+  region: string;
+  id: string;
+  before: string;
+}
+
+/**
+ * Records the lease losses of late `gone` reports, each unless a recorded loss not yet
+ * finished already covers it (one taken later replaces that record, checked, and covers
+ * its leases too).
+ */
+async function stageLateLosses(
+  kv: Deno.Kv,
+  plan: AtomicPlan,
+  late: readonly LateLoss[],
+  result: PlannedApply,
+): Promise<void> {
+  const recorded = await getAll<LeaseLoss>(
+    kv,
+    late.map(({ region, id }) => keys.leaseLoss(region, id)),
+  );
+  late.forEach(({ region, id, before }, i) => {
+    const existing = recorded[i];
+    if (existing.versionstamp !== null && lossCutoff(existing) >= before) return;
+    plan.check(existing);
+    stageLeaseLoss(plan, region, id, "resource gone", before);
+    result.gone.push({ region, id });
+    result.regions.add(region);
+  });
 }
 
 /** Stands for the versionstamp of the commit being planned, until it is known. */

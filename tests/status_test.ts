@@ -295,6 +295,61 @@ Deno.test("a gone followed by a ready in the same commit still loses the leases 
   );
 });
 
+Deno.test("a gone applied after a newer report still loses the leases held before it", async (t) => {
+  await using app = await makeApp();
+  await app.request("PUT", "/v1/regions/iad", { body: {} });
+  const applier = new StatusApplier(app.kv, app.clock);
+  const report = reporter(app, applier);
+  const ingest = async (update: StatusUpdate) =>
+    (await ingestStatus(app.kv, app.clock, "iad", [update])).messages;
+  const stateOf = async (claimId: string) =>
+    (await app.request("GET", `/v1/claims/${claimId}`)).body.state;
+  await report([{ resource: "x", seq: 1, state: "ready", slots: 4 }]);
+  const held = await claim(app, "iad", { holder: "held when it went away" });
+
+  // The instance died (seq 2) and came back (seq 3); the queue delivers seq 3 first.
+  const gone = await ingest({ resource: "x", seq: 2, state: "gone" });
+  const back = await ingest({ resource: "x", seq: 3, state: "ready" });
+  const beforeApply = await claim(app, "iad", { holder: "taken after the gone was sent" });
+  assert.deepEqual(await applier.apply(back), [null]);
+  const onceBack = await claim(app, "iad", { holder: "taken once it was back" });
+  assert.deepEqual(await applier.apply(gone), [null]);
+
+  await t.step("the lease held before the gone was accepted is lost, as in order", async () => {
+    assert.equal(await stateOf(held.body.id), "lost");
+    const read = await app.request("GET", "/v1/regions/iad/resources/x");
+    assert.deepEqual([read.body.state, read.body.seq], ["ready", 3], "seq 3 still decides");
+  });
+
+  await t.step("leases taken after the gone was accepted are spared", async () => {
+    assert.equal(await stateOf(beforeApply.body.id), "active");
+    assert.equal(await stateOf(onceBack.body.id), "active");
+  });
+
+  await t.step("the gone sent again, in a new batch, changes nothing", async () => {
+    const since = await claim(app, "iad", { holder: "since" });
+    assert.equal(since.status, 201);
+    await report([{ resource: "x", seq: 2, state: "gone" }]);
+    for (const c of [beforeApply, onceBack, since]) {
+      assert.equal(await stateOf(c.body.id), "active");
+    }
+  });
+
+  await t.step("a gone older than one already applied changes nothing", async () => {
+    await report([{ resource: "x", seq: 5, state: "gone" }]);
+    await report([{ resource: "x", seq: 6, state: "ready" }]);
+    const after = await claim(app, "iad", { holder: "after seq 6" });
+    await report([{ resource: "x", seq: 4, state: "gone" }]);
+    assert.equal(await stateOf(after.body.id), "active");
+  });
+
+  await t.step("no lease-loss record is left behind", async () => {
+    const left = [];
+    for await (const e of app.kv.list({ prefix: keys.leaseLosses("iad") })) left.push(e.key);
+    assert.deepEqual(left, []);
+  });
+});
+
 Deno.test("an old gone and ready applied after a DELETE and a new registration spare the new leases", async () => {
   await using app = await makeApp();
   await app.request("PUT", "/v1/regions/iad", { body: {} });
@@ -844,5 +899,19 @@ Deno.test("mergeUpdates(): an update no newer than a field's seq changes nothing
     };
     const update = { resource: "y", seq: 3, state: "ready" as const, labels: { a: "b" } };
     assert.equal(mergeUpdates("y", null, tombstone, [update], 1), null);
+  });
+  await t.step("a gone older than the state is late only above the newest gone honoured", () => {
+    const gone = (seq: number) => ({ resource: "r", seq, state: "gone" as const });
+    const merged = mergeUpdates("r", spec, { ...telemetry, goneSeq: 2 }, [gone(4), gone(2)], 1)!;
+    assert.deepEqual(merged.lateGone, [gone(4)]);
+    assert.deepEqual([merged.wentGone, merged.spec.state, merged.telemetry.goneSeq], [
+      false,
+      "ready",
+      4,
+    ]);
+    assert.equal(mergeUpdates("r", spec, merged.telemetry, [gone(4), gone(3)], 1), null);
+    assert.equal(mergeUpdates("r", spec, telemetry, [gone(4)], 1), null, "no goneSeq: none late");
+    const newer = mergeUpdates("r", spec, { ...telemetry, goneSeq: 0 }, [gone(3), gone(6)], 1)!;
+    assert.deepEqual([newer.wentGone, newer.telemetry.goneSeq], [true, 6]);
   });
 });
