@@ -17,6 +17,7 @@ import { AllotError, ValidationError } from "./lib/errors.ts";
 import { type AppEnv, fieldIssues } from "./routes/_shared.ts";
 import { claimRoutes } from "./routes/claims.ts";
 import { dashboardRoutes } from "./routes/dashboard.tsx";
+import { deadLetterRoutes } from "./routes/dead_letters.ts";
 import { docsRoutes } from "./routes/docs.ts";
 import { healthRoutes } from "./routes/health.ts";
 import { regionRoutes } from "./routes/regions.ts";
@@ -128,6 +129,7 @@ export function createApp({ kv, tokens, clock = systemClock, applier }: AppOptio
   app.route("/", resourceRoutes(deps));
   app.route("/", claimRoutes(deps));
   app.route("/", statusRoutes(deps));
+  app.route("/", deadLetterRoutes(deps));
   app.route(
     "/",
     statsRoutes({ claims: allocator, releases: ender, renews: renewer, status: applier }),

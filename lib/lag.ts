@@ -5,6 +5,7 @@
  * oldest pending entry dates the oldest unapplied update, and the counters give
  * how many are pending. Messages the queue gave up on are moved to `dead`.
  */
+import type { AtomicWriter } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { keys } from "./keys.ts";
 import { addCounter, counterValue } from "./kv.ts";
@@ -114,11 +115,24 @@ async function retireDeadPending(
   entries: Deno.KvEntry<PendingMessage>[],
 ): Promise<void> {
   const op = kv.atomic();
+  stageRetirement(op, region, entries);
+  await op.commit(); // a conflict means someone else retired them
+}
+
+/**
+ * Retires the pending entries of dead-lettered messages, checked: they leave the lag's
+ * watermark, and their updates count as dead instead of pending.
+ */
+export function stageRetirement(
+  op: AtomicWriter,
+  region: string,
+  entries: readonly Deno.KvEntry<PendingMessage>[],
+): void {
   let count = 0;
   for (const entry of entries) {
-    op.check(entry).delete(entry.key);
+    op.check(entry);
+    op.delete(entry.key);
     count += entry.value.count;
   }
   addCounter(op, region, "dead", count);
-  await op.commit(); // a conflict means someone else retired them
 }

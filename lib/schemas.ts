@@ -226,3 +226,38 @@ export const StatusBatch = z.strictObject({
   updates: z.array(StatusUpdate).min(1).max(MAX_STATUS_UPDATES),
 }).openapi("StatusBatch");
 export type StatusBatch = z.infer<typeof StatusBatch>;
+
+/** A status message's id (a ULID as allot writes them; bounded for any other writer's). */
+export const MessageId = z.string().regex(/^[0-9A-Za-z._-]{1,64}$/, {
+  message: "must be 1-64 characters of A-Z, a-z, 0-9 and '._-'",
+}).openapi({ example: "01JDKQ3V8M6Y2G5T7R9W0XCPHN" });
+
+/** Most resources a dead letter's summary names. */
+export const DEAD_LETTER_RESOURCES = 20;
+
+export const DeadLetterSummary = z.object({
+  id: MessageId,
+  readable: z.boolean().openapi({
+    description:
+      "False for a message this version cannot read (say, one a newer version wrote); it can still be discarded.",
+  }),
+  enqueuedAt: z.string().nullable().openapi({
+    description: "When it was accepted (null: unreadable).",
+  }),
+  updateCount: z.number().int().nullable(),
+  resources: z.array(ResourceId).openapi({
+    description:
+      `The resources it reports on, in order of first mention: at most ${DEAD_LETTER_RESOURCES}.`,
+  }),
+}).openapi("DeadLetterSummary");
+export type DeadLetterSummary = z.infer<typeof DeadLetterSummary>;
+
+export const DeadLetter = DeadLetterSummary.extend({
+  updates: z.array(StatusUpdate).nullable().openapi({
+    description: "Its updates, as accepted (null: unreadable).",
+  }),
+  problem: z.string().nullable().openapi({
+    description: "Why this version cannot read it (null: readable).",
+  }),
+}).openapi("DeadLetter");
+export type DeadLetter = z.infer<typeof DeadLetter>;

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { digestsEqual, sha256Hex } from "../lib/auth.ts";
+import { keys } from "../lib/keys.ts";
+import { ingestStatus } from "../lib/status.ts";
 import {
   assertProblem,
   claim,
@@ -40,6 +42,15 @@ async function newClaim(t: TestApp): Promise<{ id: string; secret: string }> {
   const res = await claim(t, "iad", { holder: "owner" });
   assert.equal(res.status, 201, JSON.stringify(res.body));
   return res.body;
+}
+
+/** A status message the queue gave up on (what Deno KV writes to its keysIfUndelivered). */
+async function newDeadLetter(t: TestApp, n: number): Promise<string> {
+  const [message] = (await ingestStatus(t.kv, t.clock, "iad", [
+    { resource: `dead-${n}`, seq: 1, state: "ready" },
+  ])).messages;
+  await t.kv.set(keys.deadLetter("iad", message.id), message);
+  return message.id;
 }
 
 async function newResource(t: TestApp, id: string): Promise<void> {
@@ -150,6 +161,29 @@ const TABLE: RouteCase[] = [
     route: "GET /v1/stats",
     allowed: ["admin"],
     setup: () => Promise.resolve({ method: "GET", path: "/v1/stats", ok: 200 }),
+  },
+  {
+    route: "GET /v1/regions/{region}/dead-letters",
+    allowed: ["admin"],
+    setup: () => Promise.resolve({ method: "GET", path: "/v1/regions/iad/dead-letters", ok: 200 }),
+  },
+  {
+    route: "GET /v1/regions/{region}/dead-letters/{id}",
+    allowed: ["admin"],
+    setup: async (t, n) => ({
+      method: "GET",
+      path: `/v1/regions/iad/dead-letters/${await newDeadLetter(t, n)}`,
+      ok: 200,
+    }),
+  },
+  {
+    route: "DELETE /v1/regions/{region}/dead-letters/{id}",
+    allowed: ["admin"],
+    setup: async (t, n) => ({
+      method: "DELETE",
+      path: `/v1/regions/iad/dead-letters/${await newDeadLetter(t, n)}`,
+      ok: 204,
+    }),
   },
   {
     route: "GET /v1/claims/{id}",
