@@ -24,6 +24,12 @@ export interface Telemetry {
    * written before it was kept, where the state's seq stands in for it.
    */
   goneSeq?: number;
+  /**
+   * When the report the state came from was accepted (its ingest commit's versionstamp):
+   * a `gone` delivered after it loses the leases taken before then. Absent in records
+   * written before it was kept, and until a report sets the state.
+   */
+  stateAcceptedAt?: string;
 }
 
 /**
@@ -48,9 +54,10 @@ const NO_TELEMETRY: Telemetry = {
  * may change nothing, whatever field it carries), and no load (the dead instance's).
  */
 export function afterTombstone(tombstone: Telemetry): Telemetry {
+  const { stateAcceptedAt: _dead, ...rest } = tombstone;
   const seq = tombstone.seq;
   return {
-    ...tombstone,
+    ...rest,
     load: null,
     fieldSeq: { state: seq, slots: seq, labels: seq, load: seq },
     goneSeq: seq,
@@ -249,24 +256,22 @@ export async function finishLeaseLoss(
   if (record.versionstamp === null || record.versionstamp > recordedAt) {
     return { lost: 0, lastCommit: null }; // already finished, or replaced by a later removal
   }
-  return await loseRecorded(kv, clock, region, id, record);
-}
-
-/** The versionstamp before which a recorded loss loses the leases taken. */
-export function lossCutoff(record: Deno.KvEntry<LeaseLoss>): string {
-  const { before } = record.value;
-  return before !== undefined && before < record.versionstamp ? before : record.versionstamp;
+  return await finishRecordedLoss(kv, clock, region, id, record);
 }
 
 /** Loses the leases a lease-loss record names, then deletes it (unless it changed since). */
-async function loseRecorded(
+export async function finishRecordedLoss(
   kv: Deno.Kv,
   clock: Clock,
   region: string,
   id: string,
   record: Deno.KvEntry<LeaseLoss>,
 ): Promise<{ lost: number; lastCommit: string | null }> {
-  const loss = await loseLeases(kv, clock, region, id, record.value.reason, lossCutoff(record));
+  const { reason, before } = record.value;
+  const changedAt = before !== undefined && before < record.versionstamp
+    ? before
+    : record.versionstamp;
+  const loss = await loseLeases(kv, clock, region, id, reason, changedAt);
   // The leases are lost: a record left by a failed delete is only finished again, harmlessly.
   await kv.atomic().check(record).delete(record.key).commit().catch((error) => {
     log("warn", "a finished lease loss record could not be deleted", {
@@ -295,7 +300,7 @@ export async function finishLeaseLosses(
   for await (const record of records) {
     const id = record.key.at(-1) as string;
     try {
-      await loseRecorded(kv, clock, region, id, record); // as listed: no second read
+      await finishRecordedLoss(kv, clock, region, id, record); // as listed: no second read
       finished++;
     } catch (error) {
       log("warn", "finishing a lease loss failed; the next sweep retries", {

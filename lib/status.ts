@@ -17,8 +17,8 @@ import { getRegionConfig } from "./regions.ts";
 import {
   afterTombstone,
   type FieldSeq,
+  finishRecordedLoss,
   type LeaseLoss,
-  lossCutoff,
   stageLeaseLoss,
   type Telemetry,
 } from "./resources.ts";
@@ -149,10 +149,12 @@ export interface Merged {
   /** The update the merged state came from (null: the state is unchanged). */
   stateFrom: StatusUpdate | null;
   /**
-   * `gone` reports older than the state already applied, and newer than any that lost leases
-   * (Telemetry.goneSeq): delivered late, they still lose the leases taken before them.
+   * Set when a `gone` older than the state already applied, and newer than any that lost
+   * leases (Telemetry.goneSeq), was delivered late: the leases taken before this
+   * versionstamp (when the report the state came from was accepted) are lost, the cut a
+   * gone and a later report applied together make. Null otherwise.
    */
-  lateGone: StatusUpdate[];
+  lateGoneCut: string | null;
 }
 
 /**
@@ -173,8 +175,12 @@ export function mergeUpdates(
   // all its seqs was sent after the deletion, and may register the resource again.
   const telemetry = spec === null && stored !== null ? afterTombstone(stored) : stored;
   const fieldSeq: FieldSeq = telemetry?.fieldSeq ?? { state: 0, slots: 0, labels: 0, load: 0 };
-  // A record from before goneSeq was kept: no gone older than its state loses leases again.
-  const goneSeq = telemetry?.goneSeq ?? fieldSeq.state;
+  // A late gone is cut where its state's report was accepted: a record that does not know
+  // when (written before that was kept) takes no gone older than its state.
+  const stateAcceptedAt = telemetry?.stateAcceptedAt;
+  const goneSeq = stateAcceptedAt === undefined
+    ? fieldSeq.state
+    : telemetry?.goneSeq ?? fieldSeq.state;
   const used = new Set<StatusUpdate>();
   const newest = <F extends keyof FieldSeq>(field: F): StatusUpdate | null => {
     let best: StatusUpdate | null = null;
@@ -217,11 +223,13 @@ export function mergeUpdates(
         load: load?.seq ?? fieldSeq.load,
       },
       goneSeq: Math.max(goneSeq, ...gones.map((u) => u.seq)),
+      // The caller dates a new state's report (it knows when each was accepted).
+      ...(stateAcceptedAt === undefined ? {} : { stateAcceptedAt }),
     },
     used: used.size,
     wentGone: gones.some((u) => u.seq > fieldSeq.state),
     stateFrom: state,
-    lateGone,
+    lateGoneCut: lateGone.length > 0 ? stateAcceptedAt ?? null : null,
   };
 }
 
@@ -290,13 +298,13 @@ export async function planApply(
   const live = unique.flatMap((message, i) =>
     pending[i].versionstamp === null ? [] : [{ message, pending: pending[i] }]
   );
-  // When an update was accepted: its message's ingest commit. Looked up only for a resource
-  // that went gone and came back, or was deleted (rare), so the common apply pays nothing.
-  const acceptedAt = (update: StatusUpdate) =>
-    live.find(({ message }) => message.updates.includes(update))!.pending.versionstamp!;
+  // When each update was accepted: its message's ingest commit.
+  const accepted = new Map<StatusUpdate, string>();
+  const acceptedAt = (update: StatusUpdate) => accepted.get(update)!;
   const byResource = new Map<string, { region: string; id: string; updates: StatusUpdate[] }>();
-  for (const { message } of live) {
+  for (const { message, pending } of live) {
     for (const update of message.updates) {
+      accepted.set(update, pending.versionstamp!);
       const k = `${message.region}\u0000${update.resource}`;
       const group = byResource.get(k) ??
         { region: message.region, id: update.resource, updates: [] };
@@ -339,7 +347,7 @@ export async function planApply(
     before: Deno.KvEntryMaybe<ResourceSpec>;
     after: CachedResource & { spec: ResourceSpec };
   }> = [];
-  const late: LateLoss[] = [];
+  const losses: Loss[] = [];
   for (const { region, id, updates } of groups) {
     const read = regions.get(region)!;
     const current = read.resources.get(id)!;
@@ -354,6 +362,7 @@ export async function planApply(
       now,
     );
     if (merged === null) continue;
+    if (merged.stateFrom) merged.telemetry.stateAcceptedAt = acceptedAt(merged.stateFrom);
     if (!read.bumped) {
       if (!checkEach) plan.check(read.version);
       bumpResourcesVersion(plan, region);
@@ -382,19 +391,15 @@ export async function planApply(
       // Back to a live state in the same apply: the leases taken once that report was
       // accepted are on the instance that came back, and are spared.
       const back = merged.spec.state === "gone" ? undefined : acceptedAt(merged.stateFrom!);
-      stageLeaseLoss(plan, region, id, "resource gone", back);
-      result.gone.push({ region, id });
-    } else if (merged.lateGone.length > 0 && merged.spec.state !== "gone") {
-      // Allot cannot tell when the instance came back: only the leases taken before the
-      // latest of these reports was accepted are surely on the one that went away.
-      const accepted = merged.lateGone.map(acceptedAt).sort();
-      late.push({ region, id, before: accepted[accepted.length - 1] });
+      losses.push({ region, id, before: back });
+    } else if (merged.lateGoneCut !== null && merged.spec.state !== "gone") {
+      losses.push({ region, id, before: merged.lateGoneCut });
     }
     read.resources.set(id, after);
     result.effective += merged.used;
     result.regions.add(region);
   }
-  await stageLateLosses(kv, plan, late, result);
+  await stageLosses(kv, clock, plan, losses, result);
   const held = await readHeldSlotsOf(
     kv,
     changes.map(({ region, before, after }) => ({
@@ -420,36 +425,39 @@ export async function planApply(
   return result;
 }
 
-/** The lease loss a late `gone` asks for: the leases taken before versionstamp `before`. */
-interface LateLoss {
+/** A lease loss a `gone` asks for: the leases taken before `before` (or this commit). */
+interface Loss {
   region: string;
   id: string;
-  before: string;
+  before?: string;
 }
 
 /**
- * Records the lease losses of late `gone` reports, each unless a recorded loss not yet
- * finished already covers it (one taken later replaces that record, checked, and covers
- * its leases too).
+ * Records the lease losses of `gone` reports. A loss recorded earlier and not yet finished
+ * (a DELETE's, say, cut short by a crash) is finished first, as the sweep chain would: a
+ * new record in its place would lose its leases with another reason, or not at all.
  */
-async function stageLateLosses(
+async function stageLosses(
   kv: Deno.Kv,
+  clock: Clock,
   plan: AtomicPlan,
-  late: readonly LateLoss[],
+  losses: readonly Loss[],
   result: PlannedApply,
 ): Promise<void> {
   const recorded = await getAll<LeaseLoss>(
     kv,
-    late.map(({ region, id }) => keys.leaseLoss(region, id)),
+    losses.map(({ region, id }) => keys.leaseLoss(region, id)),
   );
-  late.forEach(({ region, id, before }, i) => {
-    const existing = recorded[i];
-    if (existing.versionstamp !== null && lossCutoff(existing) >= before) return;
-    plan.check(existing);
+  for (const [i, { region, id, before }] of losses.entries()) {
+    const unfinished = recorded[i];
+    if (unfinished.versionstamp !== null) {
+      await finishRecordedLoss(kv, clock, region, id, unfinished);
+    }
+    plan.check({ key: unfinished.key, versionstamp: null });
     stageLeaseLoss(plan, region, id, "resource gone", before);
     result.gone.push({ region, id });
     result.regions.add(region);
-  });
+  }
 }
 
 /** Stands for the versionstamp of the commit being planned, until it is known. */

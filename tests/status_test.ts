@@ -6,6 +6,7 @@ import { AtomicPlan, encodedSize } from "../lib/atomic.ts";
 import { TooLargeError } from "../lib/errors.ts";
 import type { StatusUpdate } from "../lib/schemas.ts";
 import { keys } from "../lib/keys.ts";
+import { deleteResource } from "../lib/resources.ts";
 import {
   assertProblem,
   claim,
@@ -295,59 +296,156 @@ Deno.test("a gone followed by a ready in the same commit still loses the leases 
   );
 });
 
-Deno.test("a gone applied after a newer report still loses the leases held before it", async (t) => {
-  await using app = await makeApp();
+/** An app with resource x (4 slots) ready at seq 1, and ways to report and read. */
+async function flapping(kv?: Deno.Kv) {
+  const app = await makeApp(kv ? { kv } : {});
   await app.request("PUT", "/v1/regions/iad", { body: {} });
   const applier = new StatusApplier(app.kv, app.clock);
-  const report = reporter(app, applier);
   const ingest = async (update: StatusUpdate) =>
     (await ingestStatus(app.kv, app.clock, "iad", [update])).messages;
-  const stateOf = async (claimId: string) =>
-    (await app.request("GET", `/v1/claims/${claimId}`)).body.state;
-  await report([{ resource: "x", seq: 1, state: "ready", slots: 4 }]);
-  const held = await claim(app, "iad", { holder: "held when it went away" });
+  const apply = async (messages: StatusBatchMessage[]) =>
+    assert.deepEqual(await applier.apply(messages), messages.map(() => null));
+  const claimed = async (holder: string) => {
+    const res = await claim(app, "iad", { holder });
+    assert.equal(res.status, 201);
+    return res.body as { id: string };
+  };
+  const stateOf = async (c: { id: string }) =>
+    (await app.request("GET", `/v1/claims/${c.id}`)).body.state;
+  await apply(await ingest({ resource: "x", seq: 1, state: "ready", slots: 4 }));
+  return {
+    app,
+    ingest,
+    apply,
+    claimed,
+    stateOf,
+    [Symbol.asyncDispose]: () => app[Symbol.asyncDispose](),
+  };
+}
 
-  // The instance died (seq 2) and came back (seq 3); the queue delivers seq 3 first.
-  const gone = await ingest({ resource: "x", seq: 2, state: "gone" });
-  const back = await ingest({ resource: "x", seq: 3, state: "ready" });
-  const beforeApply = await claim(app, "iad", { holder: "taken after the gone was sent" });
-  assert.deepEqual(await applier.apply(back), [null]);
-  const onceBack = await claim(app, "iad", { holder: "taken once it was back" });
-  assert.deepEqual(await applier.apply(gone), [null]);
-
-  await t.step("the lease held before the gone was accepted is lost, as in order", async () => {
-    assert.equal(await stateOf(held.body.id), "lost");
-    const read = await app.request("GET", "/v1/regions/iad/resources/x");
-    assert.deepEqual([read.body.state, read.body.seq], ["ready", 3], "seq 3 still decides");
+Deno.test("a gone delivered after a newer report loses what the two applied together would", async (t) => {
+  // The browser died (seq 2) and came back (seq 3); leases were taken before the death was
+  // reported, while it was reported dead, and once it was reported back, before any apply.
+  const deliveries = {
+    "in order": (gone: StatusBatchMessage[], back: StatusBatchMessage[]) => [gone, back],
+    "together": (gone: StatusBatchMessage[], back: StatusBatchMessage[]) => [[...gone, ...back]],
+    "seq 3 first": (gone: StatusBatchMessage[], back: StatusBatchMessage[]) => [back, gone],
+  };
+  const outcome: Record<string, string[]> = {};
+  for (const [name, deliver] of Object.entries(deliveries)) {
+    const f = await flapping();
+    const held = await f.claimed("held");
+    const gone = await f.ingest({ resource: "x", seq: 2, state: "gone" });
+    const whileDead = await f.claimed("taken while it was reported dead");
+    const back = await f.ingest({ resource: "x", seq: 3, state: "ready" });
+    const onceBack = await f.claimed("taken once it was reported back");
+    for (const messages of deliver(gone, back)) await f.apply(messages);
+    outcome[name] = await Promise.all([held, whileDead, onceBack].map(f.stateOf));
+    const x = (await f.app.request("GET", "/v1/regions/iad/resources/x")).body;
+    assert.deepEqual([x.state, x.seq], ["ready", 3], name);
+    await f[Symbol.asyncDispose]();
+  }
+  await t.step("the leases taken before it was reported back are lost in every delivery", () => {
+    for (const states of Object.values(outcome)) {
+      assert.deepEqual(states.slice(0, 2), ["lost", "lost"]);
+    }
+  });
+  await t.step("delivered late, it cuts where the two applied together cut", () => {
+    assert.deepEqual(outcome["seq 3 first"], outcome["together"]);
+    assert.equal(outcome["together"][2], "active");
+    // In order, the gone was applied before that lease was granted, so it ended it too.
+    assert.equal(outcome["in order"][2], "lost");
   });
 
-  await t.step("leases taken after the gone was accepted are spared", async () => {
-    assert.equal(await stateOf(beforeApply.body.id), "active");
-    assert.equal(await stateOf(onceBack.body.id), "active");
+  await t.step(
+    "a gone accepted after the newer report spares a lease taken once it was back",
+    async () => {
+      for (const together of [true, false]) {
+        await using f = await flapping();
+        const back = await f.ingest({ resource: "x", seq: 3, state: "ready" });
+        if (!together) await f.apply(back);
+        const onceBack = await f.claimed("taken once it was back");
+        const gone = await f.ingest({ resource: "x", seq: 2, state: "gone" }); // a retried POST
+        await f.apply(together ? [...back, ...gone] : gone);
+        assert.equal(await f.stateOf(onceBack), "active", together ? "together" : "late");
+      }
+    },
+  );
+
+  await t.step("two copies of the late gone lose the same, applied apart or together", async () => {
+    const states = [];
+    for (const together of [true, false]) {
+      await using f = await flapping();
+      const first = await f.ingest({ resource: "x", seq: 2, state: "gone" });
+      const between = await f.claimed("between the copies");
+      const resent = await f.ingest({ resource: "x", seq: 2, state: "gone" });
+      await f.apply(await f.ingest({ resource: "x", seq: 3, state: "ready" }));
+      const since = await f.claimed("since");
+      if (together) await f.apply([...first, ...resent]);
+      else for (const copy of [first, resent]) await f.apply(copy);
+      states.push([await f.stateOf(between), await f.stateOf(since)]);
+    }
+    assert.deepEqual(states, [["lost", "active"], ["lost", "active"]]);
   });
+});
+
+Deno.test("a late gone loses nothing twice, and leaves no lease-loss record", async (t) => {
+  await using f = await flapping();
+  const gone = await f.ingest({ resource: "x", seq: 2, state: "gone" });
+  await f.apply(await f.ingest({ resource: "x", seq: 3, state: "ready" }));
+  await f.apply(gone);
+  const since = await f.claimed("since");
 
   await t.step("the gone sent again, in a new batch, changes nothing", async () => {
-    const since = await claim(app, "iad", { holder: "since" });
-    assert.equal(since.status, 201);
-    await report([{ resource: "x", seq: 2, state: "gone" }]);
-    for (const c of [beforeApply, onceBack, since]) {
-      assert.equal(await stateOf(c.body.id), "active");
-    }
+    await f.apply(await f.ingest({ resource: "x", seq: 2, state: "gone" }));
+    assert.equal(await f.stateOf(since), "active");
   });
 
   await t.step("a gone older than one already applied changes nothing", async () => {
-    await report([{ resource: "x", seq: 5, state: "gone" }]);
-    await report([{ resource: "x", seq: 6, state: "ready" }]);
-    const after = await claim(app, "iad", { holder: "after seq 6" });
-    await report([{ resource: "x", seq: 4, state: "gone" }]);
-    assert.equal(await stateOf(after.body.id), "active");
+    await f.apply(await f.ingest({ resource: "x", seq: 5, state: "gone" }));
+    await f.apply(await f.ingest({ resource: "x", seq: 6, state: "ready" }));
+    const after = await f.claimed("after seq 6");
+    await f.apply(await f.ingest({ resource: "x", seq: 4, state: "gone" }));
+    assert.equal(await f.stateOf(after), "active");
   });
 
   await t.step("no lease-loss record is left behind", async () => {
     const left = [];
-    for await (const e of app.kv.list({ prefix: keys.leaseLosses("iad") })) left.push(e.key);
+    for await (const e of f.app.kv.list({ prefix: keys.leaseLosses("iad") })) left.push(e.key);
     assert.deepEqual(left, []);
   });
+});
+
+Deno.test("a gone's lease loss never replaces a DELETE's unfinished one", async (t) => {
+  for (const late of [false, true]) {
+    await t.step(late ? "a late gone" : "a gone and a ready applied together", async () => {
+      const commits = interceptCommits(await Deno.openKv(":memory:"));
+      await using f = await flapping(commits.kv);
+      const flap = [
+        ...await f.ingest({ resource: "x", seq: 2, state: "gone" }),
+        ...await f.ingest({ resource: "x", seq: 3, state: "ready" }),
+      ];
+      const held = await f.claimed("held at the DELETE");
+      // The DELETE commits with its loss record; the process dies before the lease is lost.
+      commits.arm(() => {
+        commits.arm(() => Promise.reject(new Error("crash")));
+        return Promise.resolve();
+      });
+      await assert.rejects(deleteResource(f.app.kv, f.app.clock, "iad", "x"), /crash/);
+      assert.equal(await f.stateOf(held), "active", "the crash left the loss unfinished");
+      const again = await f.app.request("PUT", "/v1/regions/iad/resources/x", {
+        body: { slots: 4 },
+      });
+      assert.equal(again.status, 201);
+      if (late) { for (const message of [flap[1], flap[0]]) await f.apply([message]); }
+      else await f.apply(flap);
+      const read = (await f.app.request("GET", `/v1/claims/${held.id}`)).body;
+      assert.deepEqual([read.state, read.reason], ["lost", "resource deleted"]);
+      const left = [];
+      for await (const e of f.app.kv.list({ prefix: keys.leaseLosses("iad") })) left.push(e.key);
+      assert.deepEqual(left, []);
+    });
+  }
 });
 
 Deno.test("an old gone and ready applied after a DELETE and a new registration spare the new leases", async () => {
@@ -902,16 +1000,18 @@ Deno.test("mergeUpdates(): an update no newer than a field's seq changes nothing
   });
   await t.step("a gone older than the state is late only above the newest gone honoured", () => {
     const gone = (seq: number) => ({ resource: "r", seq, state: "gone" as const });
-    const merged = mergeUpdates("r", spec, { ...telemetry, goneSeq: 2 }, [gone(4), gone(2)], 1)!;
-    assert.deepEqual(merged.lateGone, [gone(4)]);
-    assert.deepEqual([merged.wentGone, merged.spec.state, merged.telemetry.goneSeq], [
-      false,
-      "ready",
-      4,
-    ]);
+    const dated = { ...telemetry, goneSeq: 2, stateAcceptedAt: "00000000000000050000" };
+    const merged = mergeUpdates("r", spec, dated, [gone(4), gone(2)], 1)!;
+    assert.deepEqual(
+      [merged.lateGoneCut, merged.wentGone, merged.spec.state, merged.telemetry.goneSeq],
+      ["00000000000000050000", false, "ready", 4],
+      "cut where the state's report was accepted",
+    );
+    assert.equal(merged.telemetry.stateAcceptedAt, "00000000000000050000");
     assert.equal(mergeUpdates("r", spec, merged.telemetry, [gone(4), gone(3)], 1), null);
-    assert.equal(mergeUpdates("r", spec, telemetry, [gone(4)], 1), null, "no goneSeq: none late");
-    const newer = mergeUpdates("r", spec, { ...telemetry, goneSeq: 0 }, [gone(3), gone(6)], 1)!;
+    const undated = { ...telemetry, goneSeq: 0 };
+    assert.equal(mergeUpdates("r", spec, undated, [gone(4)], 1), null, "undated: none late");
+    const newer = mergeUpdates("r", spec, { ...dated, goneSeq: 0 }, [gone(3), gone(6)], 1)!;
     assert.deepEqual([newer.wentGone, newer.telemetry.goneSeq], [true, 6]);
   });
 });
