@@ -30,6 +30,12 @@ export interface Telemetry {
    * written before it was kept, and until a report sets the state.
    */
   stateAcceptedAt?: string;
+  /**
+   * When the resource was last deleted (the DELETE's commit), once registered again: a
+   * report accepted before it is older than the deletion, whatever its seq, and never
+   * applies. (A tombstone's own versionstamp dates its deletion until then.)
+   */
+  deletedAt?: string;
 }
 
 /**
@@ -49,15 +55,17 @@ const NO_TELEMETRY: Telemetry = {
 };
 
 /**
- * The telemetry a resource registered again over its tombstone starts from: every field
- * at the tombstone's highest seq (any update up to it was sent before the deletion, so it
- * may change nothing, whatever field it carries), and no load (the dead instance's).
+ * The telemetry a resource registered again over its tombstone (written at `deletedAt`)
+ * starts from: every field at the tombstone's highest seq (any update up to it was sent
+ * before the deletion, so it may change nothing, whatever field it carries), no load (the
+ * dead instance's), and the deletion's date.
  */
-export function afterTombstone(tombstone: Telemetry): Telemetry {
-  const { stateAcceptedAt: _dead, ...rest } = tombstone;
+export function afterTombstone(tombstone: Telemetry, deletedAt?: string): Telemetry {
+  const { stateAcceptedAt: _dead, deletedAt: _earlier, ...rest } = tombstone;
   const seq = tombstone.seq;
   return {
     ...rest,
+    ...(deletedAt === undefined ? {} : { deletedAt }),
     load: null,
     fieldSeq: { state: seq, slots: seq, labels: seq, load: seq },
     goneSeq: seq,
@@ -192,7 +200,10 @@ async function changeSpec(
       });
     } else if (before.value === null && telemetry.value !== null) {
       // Registered again over a tombstone: its seqs stay, for good now.
-      op.check(telemetry).set(telemetry.key, afterTombstone(telemetry.value));
+      op.check(telemetry).set(
+        telemetry.key,
+        afterTombstone(telemetry.value, telemetry.versionstamp),
+      );
     }
     const lossRecorded = loss !== null && held.size > 0;
     if (lossRecorded) stageLeaseLoss(op, region, id, loss);

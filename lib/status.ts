@@ -141,20 +141,14 @@ export interface Merged {
   telemetry: Telemetry;
   /** Updates that supplied at least one field (the rest were no-ops). */
   used: number;
-  /**
-   * Whether an update newer than the stored state said `gone`, even if a later one brought
-   * the resource back: the leases held until then were on an instance that went away.
-   */
-  wentGone: boolean;
   /** The update the merged state came from (null: the state is unchanged). */
   stateFrom: StatusUpdate | null;
   /**
-   * Set when a `gone` older than the state already applied, and newer than any that lost
-   * leases (Telemetry.goneSeq), was delivered late: the leases taken before this
-   * versionstamp (when the report the state came from was accepted) are lost, the cut a
-   * gone and a later report applied together make. Null otherwise.
+   * Copies of the newest `gone` report that loses leases here (empty: none): newer than any
+   * that lost leases before (Telemetry.goneSeq), even if a newer report brought the
+   * resource back, in these updates or before them (a gone delivered late).
    */
-  lateGoneCut: string | null;
+  goneBy: StatusUpdate[];
 }
 
 /**
@@ -170,13 +164,15 @@ export function mergeUpdates(
   stored: Telemetry | null,
   updates: readonly StatusUpdate[],
   now: number,
+  storedAt?: string,
 ): Merged | null {
-  // Telemetry without a spec is a deleted resource's tombstone: only an update newer than
-  // all its seqs was sent after the deletion, and may register the resource again.
-  const telemetry = spec === null && stored !== null ? afterTombstone(stored) : stored;
+  // Telemetry without a spec is a deleted resource's tombstone (written at `storedAt`): only
+  // an update newer than all its seqs was sent after the deletion, and may register the
+  // resource again.
+  const telemetry = spec === null && stored !== null ? afterTombstone(stored, storedAt) : stored;
   const fieldSeq: FieldSeq = telemetry?.fieldSeq ?? { state: 0, slots: 0, labels: 0, load: 0 };
-  // A late gone is cut where its state's report was accepted: a record that does not know
-  // when (written before that was kept) takes no gone older than its state.
+  // A record written before goneSeq and stateAcceptedAt were kept takes no gone older than
+  // its state: it cannot tell whether one lost leases already, nor when the state was sent.
   const stateAcceptedAt = telemetry?.stateAcceptedAt;
   const goneSeq = stateAcceptedAt === undefined
     ? fieldSeq.state
@@ -199,9 +195,9 @@ export function mergeUpdates(
   const slots = newest("slots");
   const labels = newest("labels");
   const load = newest("load");
-  const gones = updates.filter((u) => u.state === "gone");
-  const lateGone = gones.filter((u) => u.seq <= fieldSeq.state && u.seq > goneSeq);
-  for (const u of lateGone) used.add(u);
+  const gones = updates.filter((u) => u.state === "gone" && u.seq > goneSeq);
+  const newestGone = Math.max(goneSeq, ...gones.map((u) => u.seq));
+  for (const u of gones) used.add(u);
   if (used.size === 0) return null;
   const base = spec ?? { id, slots: 1, labels: {}, state: "ready" as const, updatedAt: now };
   return {
@@ -222,14 +218,13 @@ export function mergeUpdates(
         labels: labels?.seq ?? fieldSeq.labels,
         load: load?.seq ?? fieldSeq.load,
       },
-      goneSeq: Math.max(goneSeq, ...gones.map((u) => u.seq)),
+      goneSeq: newestGone,
       // The caller dates a new state's report (it knows when each was accepted).
       ...(stateAcceptedAt === undefined ? {} : { stateAcceptedAt }),
     },
     used: used.size,
-    wentGone: gones.some((u) => u.seq > fieldSeq.state),
     stateFrom: state,
-    lateGoneCut: lateGone.length > 0 ? stateAcceptedAt ?? null : null,
+    goneBy: gones.filter((u) => u.seq === newestGone),
   };
 }
 
@@ -250,8 +245,8 @@ export interface PlannedApply {
   completed: number;
   regions: Set<string>;
   /**
-   * Resources this plan reports `gone` (wentGone, or lateGone), each with its lease loss
-   * recorded in the plan: their leases are then marked lost.
+   * Resources this plan reports `gone` (Merged.goneBy), each with its lease loss recorded
+   * in the plan: their leases are then marked lost.
    */
   gone: Array<{ region: string; id: string }>;
   /** Tells the cache what the plan read and wrote, once its commit succeeded. */
@@ -351,15 +346,18 @@ export async function planApply(
   for (const { region, id, updates } of groups) {
     const read = regions.get(region)!;
     const current = read.resources.get(id)!;
-    // A deleted resource's tombstone (telemetry, no spec) was written by the deletion: a
-    // report accepted before it is older than the deletion, whatever its seq.
+    // A report accepted before the resource's last deletion is older than it, whatever its
+    // seq: a tombstone (telemetry, no spec) was written by the deletion, and a resource
+    // registered again since keeps its date.
     const tombstone = current.spec === null ? current.telemetryVersionstamp : null;
+    const deletedAt = tombstone ?? current.telemetry?.deletedAt ?? null;
     const merged = mergeUpdates(
       id,
       current.spec,
       current.telemetry,
-      tombstone === null ? updates : updates.filter((u) => acceptedAt(u) > tombstone),
+      deletedAt === null ? updates : updates.filter((u) => acceptedAt(u) > deletedAt),
       now,
+      tombstone ?? undefined,
     );
     if (merged === null) continue;
     if (merged.stateFrom) merged.telemetry.stateAcceptedAt = acceptedAt(merged.stateFrom);
@@ -387,13 +385,8 @@ export async function planApply(
       after.specVersionstamp = THIS_COMMIT;
       changes.push({ region, before, after: after as CachedResource & { spec: ResourceSpec } });
     }
-    if (merged.wentGone) {
-      // Back to a live state in the same apply: the leases taken once that report was
-      // accepted are on the instance that came back, and are spared.
-      const back = merged.spec.state === "gone" ? undefined : acceptedAt(merged.stateFrom!);
-      losses.push({ region, id, before: back });
-    } else if (merged.lateGoneCut !== null && merged.spec.state !== "gone") {
-      losses.push({ region, id, before: merged.lateGoneCut });
+    if (merged.goneBy.length > 0) {
+      losses.push({ region, id, before: lossCut(merged, acceptedAt) });
     }
     read.resources.set(id, after);
     result.effective += merged.used;
@@ -423,6 +416,24 @@ export async function planApply(
   }
   for (const region of result.regions) markWrite(plan, region);
   return result;
+}
+
+/**
+ * Where a gone's lease loss cuts (undefined: at this commit, every live lease). Still gone:
+ * everything. Back (a newer report says so, applied now or before): the leases taken before
+ * the gone was reported (its first copy accepted) were on the instance that went away; one
+ * taken since may be on the one that came back, and is spared, as is one taken once the
+ * report that it was back was accepted (when an agent's retried gone arrives after it).
+ * The same cut whatever the order the reports are applied in.
+ */
+function lossCut(
+  merged: Merged,
+  acceptedAt: (update: StatusUpdate) => string,
+): string | undefined {
+  if (merged.spec.state === "gone") return undefined;
+  const reported = merged.goneBy.map(acceptedAt).sort()[0];
+  const back = merged.telemetry.stateAcceptedAt ?? reported;
+  return reported < back ? reported : back;
 }
 
 /** A lease loss a `gone` asks for: the leases taken before `before` (or this commit). */

@@ -267,7 +267,7 @@ Deno.test("a gone followed by a ready in the same commit still loses the leases 
   });
 
   await t.step(
-    "a lease taken after the report that it came back was accepted is spared",
+    "a lease taken once the gone was reported is spared when it is back by the apply",
     async () => {
       // Only "since" (from the step before) holds x: the free slot goes to the claims below.
       const gone = await ingestStatus(app.kv, app.clock, "iad", [
@@ -278,10 +278,15 @@ Deno.test("a gone followed by a ready in the same commit still loses the leases 
         { resource: "x", seq: 7, state: "ready" },
       ]);
       assert.equal(between.status, 201);
-      // Applied only now: "between" was taken while the instance was down, "since" before.
+      // Applied only now: "since" was taken before the gone was reported, "between" after.
       await applier.apply([...gone.messages, ...back.messages]);
       const state = async (id: string) => (await app.request("GET", `/v1/claims/${id}`)).body.state;
-      assert.equal(await state(between.body.id), "lost");
+      assert.equal(await state(between.body.id), "active", "it may be on the instance back");
+      const released = await app.request("DELETE", `/v1/claims/${between.body.id}`, {
+        token: TOKENS.client,
+        headers: { "allot-claim-secret": between.body.secret },
+      });
+      assert.equal(released.status, 204);
       const after = await claim(app, "iad", { holder: "after" });
       const late = await ingestStatus(app.kv, app.clock, "iad", [
         { resource: "x", seq: 8, state: "gone" },
@@ -345,16 +350,29 @@ Deno.test("a gone delivered after a newer report loses what the two applied toge
     assert.deepEqual([x.state, x.seq], ["ready", 3], name);
     await f[Symbol.asyncDispose]();
   }
-  await t.step("the leases taken before it was reported back are lost in every delivery", () => {
-    for (const states of Object.values(outcome)) {
-      assert.deepEqual(states.slice(0, 2), ["lost", "lost"]);
-    }
-  });
   await t.step("delivered late, it cuts where the two applied together cut", () => {
+    assert.deepEqual(outcome["together"], ["lost", "active", "active"]);
     assert.deepEqual(outcome["seq 3 first"], outcome["together"]);
-    assert.equal(outcome["together"][2], "active");
-    // In order, the gone was applied before that lease was granted, so it ended it too.
-    assert.equal(outcome["in order"][2], "lost");
+    // In order, the gone was applied alone, after those leases were taken: it ended them all.
+    assert.deepEqual(outcome["in order"], ["lost", "lost", "lost"]);
+  });
+
+  await t.step("heartbeats between the comeback and the late gone move nothing", async () => {
+    const states = [];
+    for (const delivery of ["together", "beats first", "all apart"]) {
+      await using f = await flapping();
+      const held = await f.claimed("held");
+      const gone = await f.ingest({ resource: "x", seq: 2, state: "gone" });
+      const back = await f.ingest({ resource: "x", seq: 3, state: "ready" });
+      if (delivery !== "together") await f.apply(back);
+      const onceBack = await f.claimed("taken once it was back");
+      const beat = await f.ingest({ resource: "x", seq: 4, state: "ready", load: 0.2 });
+      if (delivery === "together") await f.apply([...gone, ...back, ...beat]);
+      else if (delivery === "beats first") await f.apply([...beat, ...gone]);
+      else for (const messages of [beat, gone]) await f.apply(messages);
+      states.push([await f.stateOf(held), await f.stateOf(onceBack)]);
+    }
+    assert.deepEqual(states, Array(3).fill(["lost", "active"]));
   });
 
   await t.step(
@@ -376,16 +394,16 @@ Deno.test("a gone delivered after a newer report loses what the two applied toge
     const states = [];
     for (const together of [true, false]) {
       await using f = await flapping();
+      const held = await f.claimed("held");
       const first = await f.ingest({ resource: "x", seq: 2, state: "gone" });
       const between = await f.claimed("between the copies");
       const resent = await f.ingest({ resource: "x", seq: 2, state: "gone" });
       await f.apply(await f.ingest({ resource: "x", seq: 3, state: "ready" }));
-      const since = await f.claimed("since");
-      if (together) await f.apply([...first, ...resent]);
+      if (together) await f.apply([...resent, ...first]);
       else for (const copy of [first, resent]) await f.apply(copy);
-      states.push([await f.stateOf(between), await f.stateOf(since)]);
+      states.push([await f.stateOf(held), await f.stateOf(between)]);
     }
-    assert.deepEqual(states, [["lost", "active"], ["lost", "active"]]);
+    assert.deepEqual(states, [["lost", "active"], ["lost", "active"]], "cut at the first copy");
   });
 });
 
@@ -421,10 +439,6 @@ Deno.test("a gone's lease loss never replaces a DELETE's unfinished one", async 
     await t.step(late ? "a late gone" : "a gone and a ready applied together", async () => {
       const commits = interceptCommits(await Deno.openKv(":memory:"));
       await using f = await flapping(commits.kv);
-      const flap = [
-        ...await f.ingest({ resource: "x", seq: 2, state: "gone" }),
-        ...await f.ingest({ resource: "x", seq: 3, state: "ready" }),
-      ];
       const held = await f.claimed("held at the DELETE");
       // The DELETE commits with its loss record; the process dies before the lease is lost.
       commits.arm(() => {
@@ -437,6 +451,11 @@ Deno.test("a gone's lease loss never replaces a DELETE's unfinished one", async 
         body: { slots: 4 },
       });
       assert.equal(again.status, 201);
+      // The new instance dies and comes back; its reports reach the queue before the sweep.
+      const flap = [
+        ...await f.ingest({ resource: "x", seq: 2, state: "gone" }),
+        ...await f.ingest({ resource: "x", seq: 3, state: "ready" }),
+      ];
       if (late) { for (const message of [flap[1], flap[0]]) await f.apply([message]); }
       else await f.apply(flap);
       const read = (await f.app.request("GET", `/v1/claims/${held.id}`)).body;
@@ -446,6 +465,21 @@ Deno.test("a gone's lease loss never replaces a DELETE's unfinished one", async 
       assert.deepEqual(left, []);
     });
   }
+});
+
+Deno.test("a report accepted before a DELETE never applies, also once a PUT registers it again", async () => {
+  await using f = await flapping();
+  const old = await f.ingest({ resource: "x", seq: 2, state: "gone" });
+  assert.equal((await f.app.request("DELETE", "/v1/regions/iad/resources/x")).status, 200);
+  const again = await f.app.request("PUT", "/v1/regions/iad/resources/x", { body: { slots: 1 } });
+  assert.equal(again.status, 201);
+  const fresh = await f.claimed("fresh");
+  await f.apply(old);
+  const x = (await f.app.request("GET", "/v1/regions/iad/resources/x")).body;
+  assert.deepEqual([x.state, await f.stateOf(fresh)], ["ready", "active"]);
+  await f.apply(await f.ingest({ resource: "x", seq: 3, state: "draining" }));
+  const later = (await f.app.request("GET", "/v1/regions/iad/resources/x")).body;
+  assert.deepEqual([later.state, later.seq], ["draining", 3], "a report sent since applies");
 });
 
 Deno.test("an old gone and ready applied after a DELETE and a new registration spare the new leases", async () => {
@@ -998,20 +1032,28 @@ Deno.test("mergeUpdates(): an update no newer than a field's seq changes nothing
     const update = { resource: "y", seq: 3, state: "ready" as const, labels: { a: "b" } };
     assert.equal(mergeUpdates("y", null, tombstone, [update], 1), null);
   });
-  await t.step("a gone older than the state is late only above the newest gone honoured", () => {
-    const gone = (seq: number) => ({ resource: "r", seq, state: "gone" as const });
-    const dated = { ...telemetry, goneSeq: 2, stateAcceptedAt: "00000000000000050000" };
-    const merged = mergeUpdates("r", spec, dated, [gone(4), gone(2)], 1)!;
-    assert.deepEqual(
-      [merged.lateGoneCut, merged.wentGone, merged.spec.state, merged.telemetry.goneSeq],
-      ["00000000000000050000", false, "ready", 4],
-      "cut where the state's report was accepted",
-    );
-    assert.equal(merged.telemetry.stateAcceptedAt, "00000000000000050000");
-    assert.equal(mergeUpdates("r", spec, merged.telemetry, [gone(4), gone(3)], 1), null);
-    const undated = { ...telemetry, goneSeq: 0 };
-    assert.equal(mergeUpdates("r", spec, undated, [gone(4)], 1), null, "undated: none late");
-    const newer = mergeUpdates("r", spec, { ...dated, goneSeq: 0 }, [gone(3), gone(6)], 1)!;
-    assert.deepEqual([newer.wentGone, newer.telemetry.goneSeq], [true, 6]);
-  });
+  await t.step(
+    "a gone loses leases when newer than the newest that did, also if delivered late",
+    () => {
+      const gone = (seq: number) => ({ resource: "r", seq, state: "gone" as const });
+      const dated = { ...telemetry, goneSeq: 2, stateAcceptedAt: "00000000000000050000" };
+      const late = mergeUpdates("r", spec, dated, [gone(4), gone(2), gone(4)], 1)!;
+      assert.deepEqual(late.goneBy, [gone(4), gone(4)], "the newest, every copy");
+      assert.deepEqual(
+        [late.spec.state, late.telemetry.goneSeq],
+        ["ready", 4],
+        "seq 5 still decides",
+      );
+      assert.equal(late.telemetry.stateAcceptedAt, "00000000000000050000");
+      assert.equal(mergeUpdates("r", spec, late.telemetry, [gone(4), gone(3)], 1), null);
+      const undated = { ...telemetry, goneSeq: 0 };
+      assert.equal(mergeUpdates("r", spec, undated, [gone(4)], 1), null, "undated: none late");
+      const newer = mergeUpdates("r", spec, undated, [gone(3), gone(6)], 1)!;
+      assert.deepEqual([newer.goneBy, newer.spec.state, newer.telemetry.goneSeq], [
+        [gone(6)],
+        "gone",
+        6,
+      ]);
+    },
+  );
 });
