@@ -219,8 +219,10 @@ export function mergeUpdates(
         load: load?.seq ?? fieldSeq.load,
       },
       goneSeq: newestGone,
-      // The caller dates a new state's report (it knows when each was accepted).
+      // Kept as they were; the caller dates a new state's report (it knows when each was
+      // accepted).
       ...(stateAcceptedAt === undefined ? {} : { stateAcceptedAt }),
+      ...(telemetry?.deletedAt === undefined ? {} : { deletedAt: telemetry.deletedAt }),
     },
     used: used.size,
     stateFrom: state,

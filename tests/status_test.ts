@@ -467,19 +467,26 @@ Deno.test("a gone's lease loss never replaces a DELETE's unfinished one", async 
   }
 });
 
-Deno.test("a report accepted before a DELETE never applies, also once a PUT registers it again", async () => {
-  await using f = await flapping();
-  const old = await f.ingest({ resource: "x", seq: 2, state: "gone" });
-  assert.equal((await f.app.request("DELETE", "/v1/regions/iad/resources/x")).status, 200);
-  const again = await f.app.request("PUT", "/v1/regions/iad/resources/x", { body: { slots: 1 } });
-  assert.equal(again.status, 201);
-  const fresh = await f.claimed("fresh");
-  await f.apply(old);
-  const x = (await f.app.request("GET", "/v1/regions/iad/resources/x")).body;
-  assert.deepEqual([x.state, await f.stateOf(fresh)], ["ready", "active"]);
-  await f.apply(await f.ingest({ resource: "x", seq: 3, state: "draining" }));
-  const later = (await f.app.request("GET", "/v1/regions/iad/resources/x")).body;
-  assert.deepEqual([later.state, later.seq], ["draining", 3], "a report sent since applies");
+Deno.test("a report accepted before a DELETE never applies, also once the resource is registered again", async (t) => {
+  for (const by of ["a PUT", "a report"]) {
+    await t.step(`registered again by ${by}, whatever reports follow, in any order`, async () => {
+      for (const oldFirst of [true, false]) {
+        await using f = await flapping();
+        const old = await f.ingest({ resource: "x", seq: 5, state: "gone" });
+        assert.equal((await f.app.request("DELETE", "/v1/regions/iad/resources/x")).status, 200);
+        const again = by === "a PUT"
+          ? (await f.app.request("PUT", "/v1/regions/iad/resources/x", { body: { slots: 1 } }))
+            .status
+          : await f.apply(await f.ingest({ resource: "x", seq: 3, state: "ready", slots: 1 }));
+        if (by === "a PUT") assert.equal(again, 201);
+        const fresh = await f.claimed("fresh");
+        const beat = await f.ingest({ resource: "x", seq: 4, state: "ready", load: 0.3 });
+        for (const messages of oldFirst ? [old, beat] : [beat, old]) await f.apply(messages);
+        const x = (await f.app.request("GET", "/v1/regions/iad/resources/x")).body;
+        assert.deepEqual([x.state, x.seq, await f.stateOf(fresh)], ["ready", 4, "active"]);
+      }
+    });
+  }
 });
 
 Deno.test("an old gone and ready applied after a DELETE and a new registration spare the new leases", async () => {
