@@ -426,7 +426,7 @@ export async function planApply(
  * the gone was reported (its first copy accepted) were on the instance that went away; one
  * taken since may be on the one that came back, and is spared, as is one taken once the
  * report that it was back was accepted (when an agent's retried gone arrives after it).
- * The same cut whatever the order the reports are applied in.
+ * The same cut whether the gone is applied with the newer report or after it.
  */
 function lossCut(
   merged: Merged,
