@@ -106,6 +106,27 @@ function sizeLimit(maxSize: number): MiddlewareHandler {
   };
 }
 
+/** How the route validators (@hono/zod-openapi) accept a JSON Content-Type, else 415. */
+const VALIDATED_JSON_TYPE = /^application\/([a-z-.]+\+)?json(;\s*[a-zA-Z0-9-]+=([^;]+))*$/i;
+
+/**
+ * Rewrites a JSON Content-Type written with the spaces HTTP allows around its `;` and `=`
+ * (`application/json ; charset=utf-8`) as the route validators read it: they would refuse it
+ * with 415. Any other type is left for them to judge.
+ */
+function canonicalJsonType(c: Context): void {
+  const type = c.req.header("content-type");
+  if (type === undefined || VALIDATED_JSON_TYPE.test(type)) return;
+  const [essence, ...params] = type.split(";").map((part) => part.trim());
+  if (!/^application\/([a-z-.]+\+)?json$/i.test(essence)) return;
+  const canonical = [essence, ...params.filter(Boolean).map((p) => p.replace(/\s*=\s*/, "="))]
+    .join("; ");
+  if (!VALIDATED_JSON_TYPE.test(canonical)) return;
+  const headers = new Headers(c.req.raw.headers); // a served request's are immutable
+  headers.set("content-type", canonical);
+  c.req.raw = new Request(c.req.raw, { headers });
+}
+
 const statusLimit = sizeLimit(MAX_STATUS_BODY_BYTES);
 const defaultLimit = sizeLimit(MAX_BODY_BYTES);
 const readsBody = new Set(["POST", "PUT", "PATCH"]);
@@ -113,8 +134,8 @@ const readsBody = new Set(["POST", "PUT", "PATCH"]);
 /**
  * Route middleware: 403 unless the caller has one of `roles` and, with `"region"`, may act
  * in the path's region, or with `"unscoped"`, in every region (what spans them all); then
- * 413 for a body over the limit (a status batch's is larger). It runs before the route's validators, so a caller who
- * may not use a route learns nothing of what it accepts.
+ * 413 for a body over the limit (a status batch's is larger). It runs before the route's
+ * validators, so a caller who may not use a route learns nothing of what it accepts.
  */
 export function allow(
   roles: readonly Role[],
@@ -128,7 +149,9 @@ export function allow(
     if (scope === "unscoped" && principal.regions !== null) {
       throw new ForbiddenError("This token is scoped to some regions; this spans them all");
     }
-    return readsBody.has(c.req.method) ? limit(c, next) : next();
+    if (!readsBody.has(c.req.method)) return next();
+    canonicalJsonType(c);
+    return limit(c, next);
   };
 }
 

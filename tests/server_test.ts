@@ -159,6 +159,36 @@ Deno.test("bodies over the limit get 413 over real HTTP, declared or chunked", a
   }
 });
 
+Deno.test("a JSON Content-Type with the spaces HTTP allows around ';' and '=' is JSON", async (t) => {
+  const server = await startServer(":memory:", new FakeClock());
+  try {
+    const write = (type: string, body: string) =>
+      server.request("PUT", "/v1/regions/iad", { body, headers: { "content-type": type } });
+    for (
+      const type of [
+        "application/json ; charset=utf-8",
+        "application/json;charset = utf-8",
+        "Application/JSON\t;\tcharset=UTF-8 ",
+        "application/json ;",
+      ]
+    ) {
+      await t.step(JSON.stringify(type), async () => {
+        const res = await write(type, JSON.stringify({ lease: { defaultMs: 5000 } }));
+        assert.ok(res.status === 200 || res.status === 201, JSON.stringify(res.body));
+        assert.equal(res.body.lease.defaultMs, 5000, "the body was read");
+      });
+    }
+    await t.step("other types are still refused with 415, and bad JSON with 400", async () => {
+      for (const type of ["text/plain ; charset=utf-8", "application/jsonx ; a=b"]) {
+        assert.equal((await write(type, "{}")).status, 415, type);
+      }
+      assert.equal((await write("application/json ; charset=utf-8", "{")).status, 400);
+    });
+  } finally {
+    await server.stop();
+  }
+});
+
 Deno.test("HEAD answers the GET's headers, Content-Length included, without a body", async () => {
   const server = await startServer(":memory:", new FakeClock());
   try {
