@@ -108,7 +108,7 @@ export async function putResource(
   await getRegionConfig(kv, region);
   const spec: ResourceSpec = { id, ...input, updatedAt: clock.now() };
   const gone = spec.state === "gone" ? "resource gone" : null;
-  const change = await changeSpec(kv, region, id, spec, gone);
+  const change = await changeSpec(kv, clock, region, id, spec, gone);
   const { before, held } = change;
   let { consistencyToken } = change;
   if (change.lossRecorded) {
@@ -136,7 +136,7 @@ export async function deleteResource(
   id: string,
 ): Promise<{ consistencyToken: string }> {
   await getRegionConfig(kv, region);
-  const change = await changeSpec(kv, region, id, null, "resource deleted");
+  const change = await changeSpec(kv, clock, region, id, null, "resource deleted");
   const { before } = change;
   let { consistencyToken } = change;
   if (change.lossRecorded) {
@@ -152,10 +152,12 @@ export async function deleteResource(
 /**
  * Commits a spec change; `loss` (a reason) when it takes the resource away, which records
  * the lease loss in the same commit when a lease holds a slot (the commit checks the
- * slots it read free, so none is taken meanwhile).
+ * slots it read free, so none is taken meanwhile). An earlier removal's loss not yet
+ * finished (a crash) is finished first, so that its leases end with its own reason.
  */
 async function changeSpec(
   kv: Deno.Kv,
+  clock: Clock,
   region: string,
   id: string,
   after: ResourceSpec | null,
@@ -164,20 +166,25 @@ async function changeSpec(
   { before: ResourceSpec | null; held: number; consistencyToken: string; lossRecorded: boolean }
 > {
   for (let attempt = 0; attempt < 20; attempt++) {
-    const [[before, telemetry], held] = await Promise.all([
-      kv.getMany<[ResourceSpec, Telemetry]>([
+    const [[before, telemetry, recorded], held] = await Promise.all([
+      kv.getMany<[ResourceSpec, Telemetry, LeaseLoss]>([
         keys.resource(region, id),
         keys.telemetry(region, id),
+        keys.leaseLoss(region, id),
       ]),
       readHeldSlots(kv, region, id),
     ]);
+    if (loss !== null && held.size > 0 && recorded.versionstamp !== null) {
+      await finishRecordedLoss(kv, clock, region, id, recorded);
+      continue;
+    }
     if (before.value === null && after === null) {
       if (held.size === 0) {
         return { before: null, held: 0, consistencyToken: "", lossRecorded: false };
       }
       // Slots still held on a resource already removed: a commit that sees it still absent
       // dates them, so the caller ends those leases and none taken after a new registration.
-      const op = kv.atomic().check(before);
+      const op = kv.atomic().check(before, recorded);
       stageLeaseLoss(op, region, id, loss ?? "resource deleted");
       const res = await op.commit();
       if (res.ok) {
@@ -206,7 +213,10 @@ async function changeSpec(
       );
     }
     const lossRecorded = loss !== null && held.size > 0;
-    if (lossRecorded) stageLeaseLoss(op, region, id, loss);
+    if (lossRecorded) {
+      op.check(recorded);
+      stageLeaseLoss(op, region, id, loss);
+    }
     bumpResourcesVersion(op, region);
     markWrite(op, region);
     const res = await op.commit();

@@ -456,3 +456,21 @@ Deno.test("a DELETE interrupted before its lease loss is finished by its retry, 
   assertProblem(await release(app, held.body.id, held.body.secret), 409);
   assert.deepEqual(await poolOf(app, "iad"), { free: 0, claimed: 0, total: 0 });
 });
+
+Deno.test("a PUT gone over a DELETE's unfinished lease loss ends those leases as deleted", async () => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 0);
+  await putResource(app, "r1", { slots: 1 });
+  const held = await claim(app, "iad", { holder: "h" });
+  const crashing = onSlotListing(app.kv, 2, () => {
+    throw new Error("injected: crashed before the lease loss");
+  });
+  await assert.rejects(deleteResource(crashing, app.clock, "iad", "r1"), /injected/);
+  assert.equal((await getClaim(app, held.body.id)).state, "active", "the crash left it held");
+
+  assert.equal((await putResource(app, "r1", { slots: 1, state: "gone" })).status, 201);
+  const after = await getClaim(app, held.body.id);
+  assert.deepEqual([after.state, after.reason], ["lost", "resource deleted"]);
+  const records = await Array.fromAsync(app.kv.list({ prefix: keys.leaseLosses("iad") }));
+  assert.deepEqual(records, []);
+});
