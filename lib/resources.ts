@@ -264,7 +264,7 @@ export function stageLeaseLoss(
 
 /**
  * Loses the leases of the removal recorded at versionstamp `recordedAt`, then deletes the
- * record unless a later removal replaced it (that one's finisher covers these leases too).
+ * record. Returns how many it lost and the versionstamp a token covering them must reach.
  */
 export async function finishLeaseLoss(
   kv: Deno.Kv,
@@ -274,10 +274,15 @@ export async function finishLeaseLoss(
   recordedAt: string,
 ): Promise<{ lost: number; lastCommit: string | null }> {
   const record = await kv.get<LeaseLoss>(keys.leaseLoss(region, id));
-  if (record.versionstamp === null || record.versionstamp > recordedAt) {
-    return { lost: 0, lastCommit: null }; // already finished, or replaced by a later removal
+  if (record.versionstamp === recordedAt) {
+    return await finishRecordedLoss(kv, clock, region, id, record);
   }
-  return await finishRecordedLoss(kv, clock, region, id, record);
+  // Another finisher (the sweep chain, a later removal) took the record, and deletes it only
+  // once every lease it names is lost: a commit now comes after all those losses.
+  const op = kv.atomic();
+  markWrite(op, region);
+  const res = await op.commit();
+  return { lost: 0, lastCommit: res.ok ? res.versionstamp : null };
 }
 
 /** Loses the leases a lease-loss record names, then deletes it (unless it changed since). */

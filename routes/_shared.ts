@@ -117,7 +117,8 @@ const VALIDATED_JSON_TYPE = /^application\/([a-z-.]+\+)?json(;\s*[a-zA-Z0-9-]+=(
 function canonicalJsonType(c: Context): void {
   const type = c.req.header("content-type");
   if (type === undefined || VALIDATED_JSON_TYPE.test(type)) return;
-  const [essence, ...params] = type.split(";").map((part) => part.trim());
+  // HTTP's whitespace is spaces and tabs only (trim() would also take a no-break space).
+  const [essence, ...params] = type.split(";").map((part) => part.replace(/^[ \t]+|[ \t]+$/g, ""));
   if (!/^application\/([a-z-.]+\+)?json$/i.test(essence)) return;
   const canonical = [essence, ...params.filter(Boolean).map((p) => p.replace(/\s*=\s*/, "="))]
     .join("; ");

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { deleteResource, loseLeases } from "../lib/resources.ts";
+import { deleteResource, finishLeaseLosses, loseLeases } from "../lib/resources.ts";
 import { keys } from "../lib/keys.ts";
 import {
   assertProblem,
@@ -473,4 +473,41 @@ Deno.test("a PUT gone over a DELETE's unfinished lease loss ends those leases as
   assert.deepEqual([after.state, after.reason], ["lost", "resource deleted"]);
   const records = await Array.fromAsync(app.kv.list({ prefix: keys.leaseLosses("iad") }));
   assert.deepEqual(records, []);
+});
+
+Deno.test("a DELETE's token covers its lease losses when another finisher takes its record first", async (t) => {
+  for (const other of ["the sweep chain", "a concurrent PUT gone"]) {
+    await t.step(other, async () => {
+      await using app = await makeApp();
+      await seedRegion(app, "iad", 0);
+      await putResource(app, "r1", { slots: 2 });
+      const held = await Promise.all([1, 2].map((i) => claim(app, "iad", { holder: `h${i}` })));
+      // Just before the DELETE reads its own lease-loss record, the other finishes it.
+      let armed = true;
+      const kv = new Proxy(app.kv, {
+        get(target, prop) {
+          const value = Reflect.get(target, prop, target);
+          if (prop !== "get") return typeof value === "function" ? value.bind(target) : value;
+          return async (key: Deno.KvKey, options?: { consistency?: Deno.KvConsistencyLevel }) => {
+            if (armed && key[2] === "loss") {
+              armed = false;
+              if (other === "the sweep chain") await finishLeaseLosses(app.kv, app.clock, "iad");
+              else {assert.equal(
+                  (await putResource(app, "r1", { slots: 2, state: "gone" })).status,
+                  201,
+                );}
+            }
+            return await target.get(key, options);
+          };
+        },
+      });
+      const { consistencyToken } = await deleteResource(kv, app.clock, "iad", "r1");
+      assert.ok(!armed, "the other finisher ran");
+      for (const h of held) {
+        const stored = await app.kv.get<{ state: string }>(keys.claim("iad", h.body.id));
+        assert.equal(stored.value!.state, "lost");
+        assert.ok(stored.versionstamp! <= consistencyToken, "the token covers the lease loss");
+      }
+    });
+  }
 });

@@ -179,7 +179,13 @@ Deno.test("a JSON Content-Type with the spaces HTTP allows around ';' and '=' is
       });
     }
     await t.step("other types are still refused with 415, and bad JSON with 400", async () => {
-      for (const type of ["text/plain ; charset=utf-8", "application/jsonx ; a=b"]) {
+      for (
+        const type of [
+          "text/plain ; charset=utf-8",
+          "application/jsonx ; a=b",
+          "application/json\u00a0; charset=utf-8", // a no-break space is not HTTP whitespace
+        ]
+      ) {
         assert.equal((await write(type, "{}")).status, 415, type);
       }
       assert.equal((await write("application/json ; charset=utf-8", "{")).status, 400);
