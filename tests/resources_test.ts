@@ -435,18 +435,23 @@ Deno.test("a DELETE's lease loss never reaches a claim made after it, on the res
   );
 });
 
-Deno.test("a DELETE interrupted before its lease loss is finished by its retry, which answers 404", async () => {
-  await using app = await makeApp();
+/** Resource r1 in region iad, deleted while a lease held it by a DELETE that crashed before its lease loss. */
+async function deletedMidLoss(app: TestApp) {
   await seedRegion(app, "iad", 0);
   await putResource(app, "r1", { slots: 1 });
   const held = await claim(app, "iad", { holder: "h" });
-  // The first DELETE commits, then "crashes" on the listing its lease loss starts with.
+  // The DELETE commits, then "crashes" on the listing its lease loss starts with.
   const crashing = onSlotListing(app.kv, 2, () => {
     throw new Error("injected: crashed before the lease loss");
   });
   await assert.rejects(deleteResource(crashing, app.clock, "iad", "r1"), /injected/);
   assert.equal((await getClaim(app, held.body.id)).state, "active", "the crash left it held");
+  return held;
+}
 
+Deno.test("a DELETE interrupted before its lease loss is finished by its retry, which answers 404", async () => {
+  await using app = await makeApp();
+  const held = await deletedMidLoss(app);
   const retry = await app.request("DELETE", "/v1/regions/iad/resources/r1", {
     token: TOKENS.agent,
   });
@@ -459,15 +464,7 @@ Deno.test("a DELETE interrupted before its lease loss is finished by its retry, 
 
 Deno.test("a PUT gone over a DELETE's unfinished lease loss ends those leases as deleted", async () => {
   await using app = await makeApp();
-  await seedRegion(app, "iad", 0);
-  await putResource(app, "r1", { slots: 1 });
-  const held = await claim(app, "iad", { holder: "h" });
-  const crashing = onSlotListing(app.kv, 2, () => {
-    throw new Error("injected: crashed before the lease loss");
-  });
-  await assert.rejects(deleteResource(crashing, app.clock, "iad", "r1"), /injected/);
-  assert.equal((await getClaim(app, held.body.id)).state, "active", "the crash left it held");
-
+  const held = await deletedMidLoss(app);
   assert.equal((await putResource(app, "r1", { slots: 1, state: "gone" })).status, 201);
   const after = await getClaim(app, held.body.id);
   assert.deepEqual([after.state, after.reason], ["lost", "resource deleted"]);
