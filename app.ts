@@ -13,7 +13,8 @@ import { GroupCommitter } from "./lib/group.ts";
 import { GroupRenewer } from "./lib/renewer.ts";
 import { LeasePlaces } from "./lib/leases.ts";
 import { log } from "./lib/log.ts";
-import { AllotError, ValidationError } from "./lib/errors.ts";
+import { AllotError, UnavailableError, ValidationError } from "./lib/errors.ts";
+import { isStoreUnavailable } from "./lib/kv.ts";
 import { type AppEnv, fieldIssues } from "./routes/_shared.ts";
 import { claimRoutes } from "./routes/claims.ts";
 import { dashboardRoutes } from "./routes/dashboard.tsx";
@@ -59,6 +60,10 @@ function toProblemResponse(error: unknown): Response {
         : "Bad request",
       error.message || "Malformed request",
     );
+  }
+  if (!known && isStoreUnavailable(error)) {
+    log("error", "the store is unavailable", { error: String(error) });
+    known = new UnavailableError("The store is unavailable; retry shortly", 1);
   }
   if (!known) {
     log("error", "unhandled error", { error: String(error), stack: (error as Error)?.stack });

@@ -35,6 +35,19 @@ export function bumpResourcesVersion(op: AtomicWriter, region: string): void {
   op.set(keys.resourcesVersion(region), true);
 }
 
+/** What SQLite says when it cannot serve now (a busy or full disk, a file it cannot open). */
+const STORE_DOWN =
+  /database is locked|database or disk is full|disk I\/O error|unable to open database/i;
+
+/**
+ * Whether an error is the store failing rather than allot: its handle closed (a shutdown),
+ * or SQLite unable to serve. The request may succeed if retried, so it is a 503, not a 500.
+ */
+export function isStoreUnavailable(error: unknown): boolean {
+  return error instanceof Deno.errors.BadResource ||
+    (error instanceof Error && STORE_DOWN.test(error.message));
+}
+
 /** Reads any number of keys, 10 at a time (Deno KV's getMany limit), strongly. */
 export async function getAll<T>(
   kv: Deno.Kv,

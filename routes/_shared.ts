@@ -200,7 +200,7 @@ const problemResponses = {
   ),
   503: {
     ...problem(
-      "No capacity (`urn:allot:problem:no-capacity`) or too much contention or backlog (`urn:allot:problem:unavailable`); retry after `Retry-After` seconds",
+      "No capacity (`urn:allot:problem:no-capacity`), or too much contention or backlog, or the store unavailable (`urn:allot:problem:unavailable`); retry after `Retry-After` seconds",
       503,
     ),
     headers: z.object({

@@ -114,7 +114,7 @@ const getRoute = createRoute({
       headers: ConsistencyServedHeader,
       content: { "application/json": { schema: Claim, example: claimExample } },
     },
-    ...problems(400, 401, 403, 404),
+    ...problems(400, 401, 403, 404, 503),
   },
 });
 
@@ -227,7 +227,7 @@ const listRoute = createRoute({
         },
       },
     },
-    ...problems(400, 401, 403, 404),
+    ...problems(400, 401, 403, 404, 503),
   },
 });
 

@@ -51,7 +51,7 @@ const listRoute = createRoute({
         },
       },
     },
-    ...problems(400, 401, 403, 404),
+    ...problems(400, 401, 403, 404, 503),
   },
 });
 
@@ -80,7 +80,7 @@ const getRoute = createRoute({
         },
       },
     },
-    ...problems(400, 401, 403, 404),
+    ...problems(400, 401, 403, 404, 503),
   },
 });
 

@@ -73,7 +73,7 @@ const listRoute = createRoute({
         },
       },
     },
-    ...problems(401),
+    ...problems(401, 503),
   },
 });
 
@@ -93,7 +93,7 @@ const getRoute = createRoute({
       description: "The region",
       content: { "application/json": { schema: RegionView, example: regionExample } },
     },
-    ...problems(400, 401, 403, 404),
+    ...problems(400, 401, 403, 404, 503),
   },
 });
 

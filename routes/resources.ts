@@ -112,7 +112,7 @@ const listRoute = createRoute({
         },
       },
     },
-    ...problems(400, 401, 403, 404),
+    ...problems(400, 401, 403, 404, 503),
   },
 });
 
@@ -133,7 +133,7 @@ const getRoute = createRoute({
       headers: ConsistencyServedHeader,
       content: { "application/json": { schema: Resource, example: resourceExample } },
     },
-    ...problems(400, 401, 403, 404),
+    ...problems(400, 401, 403, 404, 503),
   },
 });
 

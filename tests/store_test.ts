@@ -1,0 +1,72 @@
+import assert from "node:assert/strict";
+import { assertProblem, claim, makeApp, seedRegion, type TestApp, TOKENS } from "./_helpers.ts";
+
+/** A KV handle whose every read and commit fails with `error` once `failing` is set. */
+function failingKv(inner: Deno.Kv, error: () => Error) {
+  const state = { failing: false };
+  const fail = () => Promise.reject(error());
+  const kv = new Proxy(inner, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop, target);
+      if (typeof value !== "function") return value;
+      if (!state.failing) return value.bind(target);
+      switch (prop) {
+        case "get":
+        case "getMany":
+        case "enqueue":
+          return fail;
+        case "list":
+          return () => ({ cursor: "", [Symbol.asyncIterator]: () => ({ next: fail }) });
+        case "atomic":
+          return () => Object.assign(target.atomic(), { commit: fail });
+        default:
+          return value.bind(target);
+      }
+    },
+  });
+  return { kv, state };
+}
+
+async function expectUnavailable(app: TestApp, id: string) {
+  const answers = [
+    await app.request("GET", "/v1/regions/iad"),
+    await app.request("GET", "/v1/regions/iad/resources"),
+    await claim(app, "iad", { holder: "h" }),
+    await app.request("GET", `/v1/claims/${id}`, { token: TOKENS.client }),
+    await app.request("POST", "/v1/regions/iad/status", {
+      token: TOKENS.agent,
+      body: { updates: [{ resource: "res-0000", seq: 9, state: "ready" }] },
+    }),
+  ];
+  for (const res of answers) {
+    assertProblem(res, 503);
+    assert.equal(res.body.type, "urn:allot:problem:unavailable");
+    assert.equal(res.headers.get("retry-after"), "1");
+  }
+}
+
+Deno.test("a store that cannot serve answers 503 with Retry-After, not 500", async (t) => {
+  await t.step("SQLite busy: 'database is locked'", async () => {
+    const { kv, state } = failingKv(
+      await Deno.openKv(":memory:"),
+      () => new TypeError("database is locked"),
+    );
+    await using app = await makeApp({ kv });
+    await seedRegion(app, "iad", 2);
+    const granted = await claim(app, "iad", { holder: "before" });
+    state.failing = true;
+    await expectUnavailable(app, granted.body.id);
+    state.failing = false;
+    assert.equal((await claim(app, "iad", { holder: "after" })).status, 201, "it recovers");
+    kv.close();
+  });
+
+  await t.step("a closed KV handle (a shutdown)", async () => {
+    const kv = await Deno.openKv(":memory:");
+    await using app = await makeApp({ kv });
+    await seedRegion(app, "iad", 2);
+    const granted = await claim(app, "iad", { holder: "before" });
+    kv.close();
+    await expectUnavailable(app, granted.body.id);
+  });
+});
