@@ -35,9 +35,12 @@ export function bumpResourcesVersion(op: AtomicWriter, region: string): void {
   op.set(keys.resourcesVersion(region), true);
 }
 
-/** What SQLite says when it cannot serve now (a busy or full disk, a file it cannot open). */
+/**
+ * What Deno KV says when it cannot serve now: its handle closed under a call in flight, or
+ * SQLite busy, out of disk or unable to open its file.
+ */
 const STORE_DOWN =
-  /database is locked|database or disk is full|disk I\/O error|unable to open database/i;
+  /database is closed|database (table )?is locked|database or disk is full|disk I\/O error|unable to open database/i;
 
 /**
  * Whether an error is the store failing rather than allot: its handle closed (a shutdown),

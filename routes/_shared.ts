@@ -110,9 +110,9 @@ function sizeLimit(maxSize: number): MiddlewareHandler {
 const VALIDATED_JSON_TYPE = /^application\/([a-z-.]+\+)?json(;\s*[a-zA-Z0-9-]+=([^;]+))*$/i;
 
 /**
- * Rewrites a JSON Content-Type written with the spaces HTTP allows around its `;` and `=`
- * (`application/json ; charset=utf-8`) as the route validators read it: they would refuse it
- * with 415. Any other type is left for them to judge.
+ * Rewrites a JSON Content-Type written with the spaces HTTP allows before its `;` (and, more
+ * leniently, around `=`), such as `application/json ; charset=utf-8`, as the route
+ * validators read it: they would refuse it with 415. Any other type is left to them.
  */
 function canonicalJsonType(c: Context): void {
   const type = c.req.header("content-type");

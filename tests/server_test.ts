@@ -159,7 +159,7 @@ Deno.test("bodies over the limit get 413 over real HTTP, declared or chunked", a
   }
 });
 
-Deno.test("a JSON Content-Type with the spaces HTTP allows around ';' and '=' is JSON", async (t) => {
+Deno.test("a JSON Content-Type with spaces around ';' (HTTP allows them) or '=' is JSON", async (t) => {
   const server = await startServer(":memory:", new FakeClock());
   try {
     const write = (type: string, body: string) =>

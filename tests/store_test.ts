@@ -61,6 +61,24 @@ Deno.test("a store that cannot serve answers 503 with Retry-After, not 500", asy
     kv.close();
   });
 
+  await t.step("a KV handle closed under calls in flight", async () => {
+    const kv = await Deno.openKv(":memory:");
+    await using app = await makeApp({ kv });
+    await seedRegion(app, "iad", 50, { slots: 4 });
+    const answers = Array.from(
+      { length: 40 },
+      (_, i) =>
+        i % 2
+          ? claim(app, "iad", { holder: `h${i}` })
+          : app.request("GET", "/v1/regions/iad/resources"),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    kv.close();
+    const statuses = new Set((await Promise.all(answers)).map((res) => res.status));
+    assert.ok(!statuses.has(500), `answers: ${[...statuses]}`);
+    assert.ok(statuses.has(503), "some calls were in flight");
+  });
+
   await t.step("a closed KV handle (a shutdown)", async () => {
     const kv = await Deno.openKv(":memory:");
     await using app = await makeApp({ kv });
