@@ -184,7 +184,7 @@ async function changeSpec(
       }
       // Slots still held on a resource already removed: a commit that sees it still absent
       // dates them, so the caller ends those leases and none taken after a new registration.
-      const op = kv.atomic().check(before, recorded);
+      const op = kv.atomic().check(before);
       stageLeaseLoss(op, region, id, loss ?? "resource deleted");
       const res = await op.commit();
       if (res.ok) {
@@ -213,10 +213,7 @@ async function changeSpec(
       );
     }
     const lossRecorded = loss !== null && held.size > 0;
-    if (lossRecorded) {
-      op.check(recorded);
-      stageLeaseLoss(op, region, id, loss);
-    }
+    if (lossRecorded) stageLeaseLoss(op, region, id, loss);
     bumpResourcesVersion(op, region);
     markWrite(op, region);
     const res = await op.commit();
@@ -249,7 +246,9 @@ export interface LeaseLoss {
  * leases held on it then are to be lost. The caller loses them right after the commit
  * (finishLeaseLoss); the record lets the region's sweep chain finish the job when that
  * step fails or the process dies first (finishLeaseLosses), and its versionstamp dates the
- * removal, so a lease taken after it is spared.
+ * removal, so a lease taken after it is spared. The commit checks that no record is left
+ * (the caller finishes an earlier one first, finishRecordedLoss): one never replaces another,
+ * whose leases would then end with the wrong reason, or not at all.
  */
 export function stageLeaseLoss(
   op: AtomicWriter,
@@ -258,8 +257,10 @@ export function stageLeaseLoss(
   reason: string,
   before?: string,
 ): void {
+  const key = keys.leaseLoss(region, id);
   const loss: LeaseLoss = before === undefined ? { reason } : { reason, before };
-  op.set(keys.leaseLoss(region, id), loss);
+  op.check({ key, versionstamp: null });
+  op.set(key, loss);
 }
 
 /**

@@ -466,7 +466,6 @@ async function stageLosses(
     if (unfinished.versionstamp !== null) {
       await finishRecordedLoss(kv, clock, region, id, unfinished);
     }
-    plan.check({ key: unfinished.key, versionstamp: null });
     stageLeaseLoss(plan, region, id, "resource gone", before);
     result.gone.push({ region, id });
     result.regions.add(region);
