@@ -5,7 +5,7 @@
  */
 import { NotFoundError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { cursorError, kvCursorOf, markWrite, pageCursor } from "./kv.ts";
+import { listPage, markWrite } from "./kv.ts";
 import { type PendingMessage, stageRetirement } from "./lag.ts";
 import { StatusBatchMessage } from "./queue.ts";
 import { getRegionConfig } from "./regions.ts";
@@ -25,24 +25,18 @@ export async function listDeadLetters(
   page: { cursor?: string; limit: number },
 ): Promise<{ items: DeadLetterSummary[]; cursor: string | null }> {
   await getRegionConfig(kv, region);
-  const listing = `dead-letters/${region}`;
   // Each may hold 1,000 updates (up to 64 KiB): a page reads at most MAX_PAGE of them.
-  const limit = Math.min(page.limit, MAX_PAGE);
-  const iter = kv.list({ prefix: keys.deadLetters(region) }, {
-    cursor: kvCursorOf(listing, page.cursor),
-    limit,
+  const { entries, cursor } = await listPage<unknown>(
+    kv,
+    keys.deadLetters(region),
+    `dead-letters/${region}`,
+    { cursor: page.cursor, limit: Math.min(page.limit, MAX_PAGE) },
+  );
+  const items = entries.map((entry) => {
+    const { updates: _updates, problem: _problem, ...summary } = view(entry);
+    return summary;
   });
-  const items: DeadLetterSummary[] = [];
-  try {
-    for await (const entry of iter) {
-      const { updates: _updates, problem: _problem, ...summary } = view(entry);
-      items.push(summary);
-    }
-  } catch (error) {
-    throw cursorError(error);
-  }
-  const more = items.length === limit && iter.cursor !== "";
-  return { items, cursor: more ? pageCursor(listing, iter.cursor) : null };
+  return { items, cursor };
 }
 
 /** One dead letter with its updates, or 404. */

@@ -100,6 +100,32 @@ export function pageCursor(listing: string, kvCursor: string): string {
   return `${encodeBase64Url(new TextEncoder().encode(listing))}.${kvCursor}`;
 }
 
+/**
+ * Up to `page.limit` entries of `prefix`, from the page cursor of `listing` on (400 for a
+ * cursor of another listing), with the page cursor of the next page (null: no more).
+ */
+export async function listPage<T>(
+  kv: Deno.Kv,
+  prefix: Deno.KvKey,
+  listing: string,
+  page: { cursor?: string; limit: number },
+  consistency: Deno.KvConsistencyLevel = "strong",
+): Promise<{ entries: Deno.KvEntry<T>[]; cursor: string | null }> {
+  const iter = kv.list<T>({ prefix }, {
+    cursor: kvCursorOf(listing, page.cursor),
+    limit: page.limit,
+    consistency,
+  });
+  const entries: Deno.KvEntry<T>[] = [];
+  try {
+    for await (const entry of iter) entries.push(entry);
+  } catch (error) {
+    throw cursorError(error);
+  }
+  const more = entries.length === page.limit && iter.cursor !== "";
+  return { entries, cursor: more ? pageCursor(listing, iter.cursor) : null };
+}
+
 /** The Deno KV cursor in a page cursor of `listing` (see pageCursor); 400 for another's. */
 export function kvCursorOf(listing: string, cursor: string | undefined): string | undefined {
   if (cursor === undefined) return undefined;

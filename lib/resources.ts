@@ -2,7 +2,7 @@
 import type { Clock } from "./clock.ts";
 import { LeaseLostError, NotFoundError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { bumpResourcesVersion, cursorError, kvCursorOf, markWrite, pageCursor } from "./kv.ts";
+import { bumpResourcesVersion, listPage, markWrite } from "./kv.ts";
 import { endLiveLease } from "./leases.ts";
 import { log } from "./log.ts";
 import type { AtomicWriter } from "./atomic.ts";
@@ -405,18 +405,14 @@ export async function listResources(
   consistency: Deno.KvConsistencyLevel = "strong",
 ): Promise<{ items: Resource[]; cursor: string | null }> {
   await getRegionConfig(kv, region, consistency);
-  const listing = `resources/${region}`;
-  const iter = kv.list<ResourceSpec>({ prefix: keys.resources(region) }, {
-    cursor: kvCursorOf(listing, page.cursor),
-    limit: page.limit,
+  const { entries, cursor } = await listPage<ResourceSpec>(
+    kv,
+    keys.resources(region),
+    `resources/${region}`,
+    page,
     consistency,
-  });
-  const specs: ResourceSpec[] = [];
-  try {
-    for await (const entry of iter) specs.push(entry.value);
-  } catch (error) {
-    throw cursorError(error);
-  }
+  );
+  const specs = entries.map((entry) => entry.value);
   if (specs.length === 0) return { items: [], cursor: null };
   const first = specs[0].id;
   const last = specs[specs.length - 1].id;
@@ -436,6 +432,5 @@ export async function listResources(
   const items = specs.map((spec) =>
     resourceView(region, spec, telemetry.get(spec.id) ?? null, claimed.get(spec.id) ?? 0)
   );
-  const more = specs.length === page.limit && iter.cursor !== "";
-  return { items, cursor: more ? pageCursor(listing, iter.cursor) : null };
+  return { items, cursor };
 }
