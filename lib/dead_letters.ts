@@ -7,7 +7,7 @@ import { NotFoundError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
 import { listPage, markWrite } from "./kv.ts";
 import { type PendingMessage, stageRetirement } from "./lag.ts";
-import { StatusBatchMessage } from "./queue.ts";
+import { StatusBatchMessage, whyUnreadable } from "./queue.ts";
 import { getRegionConfig } from "./regions.ts";
 import { DEAD_LETTER_RESOURCES, type DeadLetter, type DeadLetterSummary } from "./schemas.ts";
 
@@ -113,7 +113,6 @@ function view(entry: Deno.KvEntry<unknown>): DeadLetter {
   const id = entry.key.at(-1) as string;
   const parsed = StatusBatchMessage.safeParse(entry.value);
   if (!parsed.success) {
-    const issue = parsed.error.issues[0];
     return {
       id,
       readable: false,
@@ -121,7 +120,7 @@ function view(entry: Deno.KvEntry<unknown>): DeadLetter {
       updateCount: null,
       resources: [],
       updates: null,
-      problem: `${issue?.path.join(".") || "message"}: ${issue?.message}`,
+      problem: whyUnreadable(parsed.error),
     };
   }
   const { enqueuedAt, updates } = parsed.data;

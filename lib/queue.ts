@@ -79,8 +79,7 @@ export async function handleQueueMessage(deps: QueueDeps, raw: unknown): Promise
     const type = typeof raw === "object" && raw !== null && "type" in raw
       ? String(raw.type)
       : typeof raw;
-    const issue = parsed.error.issues[0];
-    const why = `${issue?.path.join(".") || "message"}: ${issue?.message}`;
+    const why = whyUnreadable(parsed.error);
     if (type === "status.batch") {
       throw new Error(`unreadable status batch (${why}): retried until dead-lettered`);
     }
@@ -97,6 +96,12 @@ export async function handleQueueMessage(deps: QueueDeps, raw: unknown): Promise
       await deps.applier.submit(message);
       return "applied";
   }
+}
+
+/** Why a queue message does not parse, for logs and operators: its first issue. */
+export function whyUnreadable(error: z.ZodError): string {
+  const issue = error.issues[0];
+  return `${issue?.path.join(".") || "message"}: ${issue?.message}`;
 }
 
 async function onLeaseExpire(
