@@ -15,7 +15,7 @@ import {
   ForbiddenError,
   ValidationError,
 } from "../lib/errors.ts";
-import { ConsistencyToken, Problem } from "../lib/schemas.ts";
+import { ConsistencyToken, Problem, RegionName } from "../lib/schemas.ts";
 import { problemExamples } from "./_examples.ts";
 
 /** Hono environment: the authenticated caller is set by the auth middleware. */
@@ -251,6 +251,13 @@ export const ConsistencyHeaders = z.object({
     example: "00000000000000110000",
   }),
 });
+
+/** Path parameters of a route under /v1/regions/{region}. */
+export const RegionParams = z.object({ region: RegionName });
+
+/** A page of a listing: its items, and the cursor of the next page (null: no more). */
+export const pageOf = <T extends z.ZodType>(item: T) =>
+  z.object({ items: z.array(item), cursor: z.string().nullable() });
 
 export const PageQuery = z.object({
   cursor: z.string().max(1024).optional().openapi({

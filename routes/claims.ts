@@ -17,7 +17,6 @@ import {
   ClaimState,
   ConsistencyToken,
   LIMITS,
-  RegionName,
   RenewInput,
   RevokeInput,
 } from "../lib/schemas.ts";
@@ -30,12 +29,13 @@ import {
   ConsistencyServedHeader,
   ConsistencyTokenHeader,
   newRouter,
+  pageOf,
   PageQuery,
   problems,
+  RegionParams,
   type RouteDeps,
 } from "./_shared.ts";
 
-const RegionParams = z.object({ region: RegionName });
 const ClaimParams = z.object({
   id: z.string().max(64).openapi({ example: "iad.01JD3J3ZK6S6M2P1TQ4Z3X9V7A" }),
 });
@@ -222,7 +222,7 @@ const listRoute = createRoute({
       headers: ConsistencyServedHeader,
       content: {
         "application/json": {
-          schema: z.object({ items: z.array(Claim), cursor: z.string().nullable() }),
+          schema: pageOf(Claim),
           example: { items: [claimExample], cursor: null },
         },
       },

@@ -1,23 +1,24 @@
 /** /v1/regions/{region}/dead-letters: status messages the queue gave up on (admin). */
-import { createRoute, z } from "@hono/zod-openapi";
+import { createRoute } from "@hono/zod-openapi";
 import {
   discardDeadLetter,
   getDeadLetter,
   listDeadLetters,
   MAX_PAGE,
 } from "../lib/dead_letters.ts";
-import { DeadLetter, DeadLetterSummary, MessageId, RegionName } from "../lib/schemas.ts";
+import { DeadLetter, DeadLetterSummary, MessageId } from "../lib/schemas.ts";
 import {
   allow,
   bearerSecurity,
   ConsistencyTokenHeader,
   newRouter,
+  pageOf,
   PageQuery,
   problems,
+  RegionParams,
   type RouteDeps,
 } from "./_shared.ts";
 
-const RegionParams = z.object({ region: RegionName });
 const LetterParams = RegionParams.extend({ id: MessageId });
 const ROLES =
   "**Roles:** admin (region-scoped tokens: their regions).\n\nA status message becomes a dead letter once its deliveries have all failed (about 51 s of retries), or when this version cannot read it. Its updates were never applied, and it no longer counts in the region's lag.";
@@ -46,7 +47,7 @@ const listRoute = createRoute({
       description: "A page; pass `cursor` back for the next one (null: no more)",
       content: {
         "application/json": {
-          schema: z.object({ items: z.array(DeadLetterSummary), cursor: z.string().nullable() }),
+          schema: pageOf(DeadLetterSummary),
           example: { items: [summaryExample], cursor: null },
         },
       },

@@ -2,7 +2,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { describeRegion, listRegionConfigs, putRegion } from "../lib/regions.ts";
 import { authorizeRegion } from "../lib/auth.ts";
-import { ConsistencyToken, RegionInput, RegionName, RegionView } from "../lib/schemas.ts";
+import { ConsistencyToken, RegionInput, RegionView } from "../lib/schemas.ts";
 import { regionExample, regionWrittenExample } from "./_examples.ts";
 import {
   allow,
@@ -10,10 +10,10 @@ import {
   ConsistencyTokenHeader,
   newRouter,
   problems,
+  RegionParams,
   type RouteDeps,
 } from "./_shared.ts";
 
-const RegionParams = z.object({ region: RegionName });
 const RegionWritten = RegionView.extend({ consistencyToken: ConsistencyToken });
 
 const putRoute = createRoute({

@@ -2,13 +2,7 @@
 import { createRoute, z } from "@hono/zod-openapi";
 import { readYourWrites } from "../lib/consistency.ts";
 import { deleteResource, getResource, listResources, putResource } from "../lib/resources.ts";
-import {
-  ConsistencyToken,
-  RegionName,
-  Resource,
-  ResourceId,
-  ResourceInput,
-} from "../lib/schemas.ts";
+import { ConsistencyToken, Resource, ResourceId, ResourceInput } from "../lib/schemas.ts";
 import { resourceExample } from "./_examples.ts";
 import {
   allow,
@@ -17,12 +11,13 @@ import {
   ConsistencyServedHeader,
   ConsistencyTokenHeader,
   newRouter,
+  pageOf,
   PageQuery,
   problems,
+  RegionParams,
   type RouteDeps,
 } from "./_shared.ts";
 
-const RegionParams = z.object({ region: RegionName });
 const ResourceParams = RegionParams.extend({ id: ResourceId });
 const ResourceWritten = Resource.extend({ consistencyToken: ConsistencyToken });
 const resourceWrittenExample = { ...resourceExample, consistencyToken: "000000000000000d0000" };
@@ -107,7 +102,7 @@ const listRoute = createRoute({
       headers: ConsistencyServedHeader,
       content: {
         "application/json": {
-          schema: z.object({ items: z.array(Resource), cursor: z.string().nullable() }),
+          schema: pageOf(Resource),
           example: { items: [resourceExample], cursor: null },
         },
       },

@@ -1,7 +1,7 @@
 /** POST /v1/regions/{region}/status: the data plane reports (agent, only for its regions). */
 import { createRoute, z } from "@hono/zod-openapi";
 import { ingestStatus } from "../lib/status.ts";
-import { ConsistencyToken, MAX_STATUS_UPDATES, RegionName, StatusBatch } from "../lib/schemas.ts";
+import { ConsistencyToken, MAX_STATUS_UPDATES, StatusBatch } from "../lib/schemas.ts";
 import { statusBatchExample } from "./_examples.ts";
 import {
   allow,
@@ -9,6 +9,7 @@ import {
   ConsistencyTokenHeader,
   newRouter,
   problems,
+  RegionParams,
   type RouteDeps,
 } from "./_shared.ts";
 
@@ -29,7 +30,7 @@ const postRoute = createRoute({
   security: bearerSecurity,
   middleware: [allow(["agent", "admin"], "region", "status batch")],
   request: {
-    params: z.object({ region: RegionName }),
+    params: RegionParams,
     body: {
       content: { "application/json": { schema: StatusBatch, example: statusBatchExample } },
       required: true,
