@@ -108,4 +108,7 @@ export const keys = {
   counter: (region: string, name: CounterName) => regionKey(region, "n", name),
   /** Blind-written by every write to the region: its versionstamp proves a replica has caught up. */
   writeMark: (region: string) => regionKey(region, "wm"),
+
+  /** Read (never written) by the readiness probe: any key proves the store answers. */
+  readinessProbe: () => ["readyz"] as const,
 } as const;

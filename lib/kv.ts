@@ -51,6 +51,16 @@ export function isStoreUnavailable(error: unknown): boolean {
     (error instanceof Error && STORE_DOWN.test(error.message));
 }
 
+/** Whether the store answers a strong read now (readiness): false when it cannot serve. */
+export async function storeAnswers(kv: Deno.Kv): Promise<boolean> {
+  try {
+    await kv.get(keys.readinessProbe());
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Reads any number of keys, 10 at a time (Deno KV's getMany limit), strongly. */
 export async function getAll<T>(
   kv: Deno.Kv,

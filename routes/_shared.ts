@@ -49,6 +49,14 @@ export function fieldIssues(issues: readonly z.core.$ZodIssue[], prefix = ""): F
   });
 }
 
+/** The header every 503 carries. */
+export const RetryAfterHeaders = z.object({
+  "Retry-After": z.string().openapi({
+    description: "Whole seconds to wait before retrying.",
+    example: "1",
+  }),
+});
+
 const HEADER_NAMES: Record<string, string> = {
   "idempotency-key": "Idempotency-Key",
   "allot-claim-secret": "Allot-Claim-Secret",
@@ -203,12 +211,7 @@ const problemResponses = {
       "No capacity (`urn:allot:problem:no-capacity`), or too much contention or backlog, or the store unavailable (`urn:allot:problem:unavailable`); retry after `Retry-After` seconds",
       503,
     ),
-    headers: z.object({
-      "Retry-After": z.string().openapi({
-        description: "Whole seconds to wait before retrying.",
-        example: "1",
-      }),
-    }),
+    headers: RetryAfterHeaders,
   },
 } as const;
 

@@ -1,6 +1,7 @@
 /** Liveness and readiness: no token needed, nothing revealed. */
 import { createRoute, z } from "@hono/zod-openapi";
-import { newRouter, type RouteDeps } from "./_shared.ts";
+import { storeAnswers } from "../lib/kv.ts";
+import { newRouter, RetryAfterHeaders, type RouteDeps } from "./_shared.ts";
 
 const Health = z.object({ status: z.enum(["ok", "unavailable"]) });
 
@@ -32,7 +33,8 @@ const readinessRoute = createRoute({
       content: { "application/json": { schema: Health, example: { status: "ok" } } },
     },
     503: {
-      description: "KV unreachable",
+      description: "KV unreachable; ask again after Retry-After seconds",
+      headers: RetryAfterHeaders,
       content: { "application/json": { schema: Health, example: { status: "unavailable" } } },
     },
   },
@@ -43,11 +45,7 @@ export function healthRoutes({ kv }: RouteDeps) {
   return newRouter()
     .openapi(livenessRoute, (c) => c.json({ status: "ok" as const }, 200))
     .openapi(readinessRoute, async (c) => {
-      try {
-        await kv.get(["readyz"]);
-        return c.json({ status: "ok" as const }, 200);
-      } catch {
-        return c.json({ status: "unavailable" as const }, 503);
-      }
+      if (await storeAnswers(kv)) return c.json({ status: "ok" as const }, 200);
+      return c.json({ status: "unavailable" as const }, 503, { "Retry-After": "1" });
     });
 }

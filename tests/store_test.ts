@@ -87,4 +87,16 @@ Deno.test("a store that cannot serve answers 503 with Retry-After, not 500", asy
     kv.close();
     await expectUnavailable(app, granted.body.id);
   });
+
+  await t.step("readiness says so, with Retry-After; liveness does not", async () => {
+    const kv = await Deno.openKv(":memory:");
+    await using app = await makeApp({ kv });
+    assert.equal((await app.request("GET", "/readyz")).status, 200);
+    kv.close();
+    const ready = await app.request("GET", "/readyz");
+    assert.equal(ready.status, 503);
+    assert.deepEqual(ready.body, { status: "unavailable" });
+    assert.equal(ready.headers.get("retry-after"), "1");
+    assert.equal((await app.request("GET", "/healthz")).status, 200);
+  });
 });
