@@ -36,11 +36,12 @@ export function bumpResourcesVersion(op: AtomicWriter, region: string): void {
 }
 
 /**
- * What Deno KV says when it cannot serve now: its handle closed under a call in flight, or
- * SQLite busy, out of disk or unable to open its file.
+ * What Deno KV says when it cannot serve now: its handle closed under a call in flight;
+ * SQLite busy, out of disk or unable to open its file; or a KV Connect server refusing a
+ * call (a 4xx such as 429: Deno retries 5xx and lost connections itself, without end).
  */
 const STORE_DOWN =
-  /database is closed|database (table )?is locked|database or disk is full|disk I\/O error|unable to open database/i;
+  /database is closed|database (table )?is locked|database or disk is full|disk I\/O error|unable to open database|^KV Connect failed/i;
 
 /**
  * Whether an error is the store failing rather than allot: its handle closed (a shutdown),

@@ -100,3 +100,39 @@ Deno.test("a store that cannot serve answers 503 with Retry-After, not 500", asy
     assert.equal((await app.request("GET", "/healthz")).status, 200);
   });
 });
+
+/**
+ * A KV Connect server (ALLOT_KV as a URL) that completes the metadata exchange, then refuses
+ * every data call with `status`, as a rate-limited remote store does.
+ */
+function refusingKvConnect(status: number): Deno.HttpServer<Deno.NetAddr> {
+  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+    const { pathname, host } = new URL(req.url);
+    await req.arrayBuffer();
+    if (pathname !== "/") return new Response("slow down", { status });
+    return Response.json({
+      version: 3,
+      databaseId: crypto.randomUUID(),
+      endpoints: [{ url: `http://${host}/data`, consistency: "strong" }],
+      token: "data-plane-token-0000000000000000",
+      expiresAt: new Date(Date.now() + 3_600_000).toISOString(),
+    });
+  });
+  return server;
+}
+
+Deno.test("a KV Connect store that refuses calls (429) answers 503 with Retry-After", async () => {
+  await using server = refusingKvConnect(429);
+  const previous = Deno.env.get("DENO_KV_ACCESS_TOKEN");
+  Deno.env.set("DENO_KV_ACCESS_TOKEN", "kv-connect-test-token-000000000000");
+  try {
+    const kv = await Deno.openKv(`http://127.0.0.1:${server.addr.port}/`);
+    await using app = await makeApp({ kv });
+    await expectUnavailable(app, "iad.01JD3J3ZK6S6M2P1TQ4Z3X9V7A");
+    assert.equal((await app.request("GET", "/readyz")).status, 503);
+    kv.close();
+  } finally {
+    if (previous === undefined) Deno.env.delete("DENO_KV_ACCESS_TOKEN");
+    else Deno.env.set("DENO_KV_ACCESS_TOKEN", previous);
+  }
+});
