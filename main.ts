@@ -10,6 +10,7 @@ import { handleQueueMessage } from "./lib/queue.ts";
 import { StatusApplier } from "./lib/applier.ts";
 import { GroupEnder } from "./lib/ender.ts";
 import { encodeBase64Url } from "./lib/base64.ts";
+import { watchRegions } from "./lib/region_watch.ts";
 
 function generatedAdminToken(): TokenSpec {
   const token = `allot_${encodeBase64Url(crypto.getRandomValues(new Uint8Array(24)))}`;
@@ -39,6 +40,8 @@ const ender = new GroupEnder(kv, clock);
 kv.listenQueue(async (message) => {
   await handleQueueMessage({ kv, clock, applier, ender }, message);
 });
+// A region whose queue stalls still moves to fallback, and its gauges follow its lag.
+watchRegions(kv, clock);
 const tokens = TokenRegistry.from(
   config.tokens.length > 0 ? config.tokens : [generatedAdminToken()],
 );

@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { StatusApplier } from "../lib/applier.ts";
 import { handleQueueMessage, type StatusBatchMessage } from "../lib/queue.ts";
+import { evaluateEveryRegion, watchRegions } from "../lib/region_watch.ts";
 import { ingestStatus } from "../lib/status.ts";
-import { claim, makeApp, type TestApp, TOKENS } from "./_helpers.ts";
+import { claim, FakeClock, makeApp, type TestApp, TOKENS } from "./_helpers.ts";
 
 const LAG = { enterMs: 2000, exitMs: 500 };
 
@@ -295,4 +296,53 @@ Deno.test("a region-scoped token lists only the claims it may read, also of a po
     token: TOKENS.clientFra,
   });
   assert.equal(read.status, 403, "which it may not read either");
+});
+
+Deno.test("a region whose queue stalls, with no claim or read, moves to fallback by the region watch", async (t) => {
+  await using app = await makeApp();
+  await twoRegions(app);
+  await app.request("PUT", "/v1/regions/lone", { body: { lag: LAG } });
+  const pending = await stall(app, "iad");
+  app.clock.advance(LAG.enterMs + 1);
+  const crossedAt = app.clock.now();
+
+  await t.step("one pass switches it when the lag crosses, and dates the switch then", async () => {
+    assert.equal(await evaluateEveryRegion(app.kv, app.clock), 0);
+    app.clock.advance(60_000);
+    const h = await health(app, "iad");
+    assert.equal(h.mode, "fallback");
+    assert.equal(h.modeSince, new Date(crossedAt).toISOString(), "switched by the pass");
+    assert.equal(h.modeHistory[0].lagMs, LAG.enterMs + 1);
+    assert.equal((await health(app, "fra")).mode, "primary", "regions without lag stay");
+  });
+
+  await t.step("once applied, the next pass brings it back", async () => {
+    await new StatusApplier(app.kv, app.clock).apply(pending);
+    const returnedAt = app.clock.now();
+    await evaluateEveryRegion(app.kv, app.clock);
+    app.clock.advance(1_000);
+    const h = await health(app, "iad");
+    assert.equal(h.mode, "primary");
+    assert.equal(h.modeSince, new Date(returnedAt).toISOString());
+  });
+
+  await t.step("watchRegions runs passes on its timer until stopped", async () => {
+    await stall(app, "iad", 2);
+    // Reads (at the app's clock) see a lag between exitMs and enterMs, which changes no
+    // mode either way; only the watch, whose clock is past enterMs, can switch it.
+    app.clock.advance(1_000);
+    const watchClock = new FakeClock(app.clock.now() + LAG.enterMs);
+    const watch = watchRegions(app.kv, watchClock, 1);
+    try {
+      const deadline = Date.now() + 10_000;
+      while ((await health(app, "iad")).mode !== "fallback" && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    } finally {
+      watch.stop();
+    }
+    const h = await health(app, "iad");
+    assert.equal(h.mode, "fallback");
+    assert.equal(h.modeSince, new Date(watchClock.now()).toISOString(), "switched by the watch");
+  });
 });
