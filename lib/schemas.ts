@@ -54,23 +54,30 @@ export type Labels = z.infer<typeof Labels>;
 export const ResourceState = z.enum(["ready", "draining", "gone"]);
 export type ResourceState = z.infer<typeof ResourceState>;
 
-/** Any positive (safe) integer: leases longer than a region allows are clamped, not refused. */
-const PositiveMs = z.number().int().positive();
+/**
+ * Any positive integer, however large (zod's `int()` stops at 2^53): leases longer than a
+ * region allows, and limits beyond LEASE_CEILING_MS, are clamped where used, not refused.
+ */
+const PositiveMs = z.number().positive().multipleOf(1, "must be an integer");
+/** How the document shows PositiveMs: an `.openapi` that sets the type drops the generated rest. */
+const INTEGER_MS = { type: "integer", exclusiveMinimum: 0 } as const;
+/** A PositiveMs with a default, documented. */
+const msDefaulting = (ms: number) => PositiveMs.default(ms).openapi({ ...INTEGER_MS, default: ms });
 
 export const RegionInput = z.strictObject({
   backup: RegionName.nullable().default(null).openapi({
     description: "Region whose pool serves new claims while this one lags; never itself.",
   }),
   lag: z.strictObject({
-    enterMs: PositiveMs.default(2000),
-    exitMs: PositiveMs.default(500),
+    enterMs: msDefaulting(2000),
+    exitMs: msDefaulting(500),
   }).default({ enterMs: 2000, exitMs: 500 }).refine((lag) => lag.exitMs < lag.enterMs, {
     message: "must be less than lag.enterMs",
     path: ["exitMs"],
   }),
   lease: z.strictObject({
-    defaultMs: PositiveMs.default(60_000),
-    maxMs: PositiveMs.default(3_600_000),
+    defaultMs: msDefaulting(60_000),
+    maxMs: msDefaulting(3_600_000),
   }).default({ defaultMs: 60_000, maxMs: 3_600_000 }).refine(
     (lease) => lease.defaultMs <= lease.maxMs,
     { message: "must not exceed lease.maxMs", path: ["defaultMs"] },
@@ -103,6 +110,7 @@ export type Resource = z.infer<typeof Resource>;
 export const ClaimInput = z.strictObject({
   holder: z.string().min(1).max(LIMITS.holder).openapi({ example: "worker-7" }),
   leaseMs: PositiveMs.optional().openapi({
+    ...INTEGER_MS,
     description: "Requested lease; clamped to the region's lease.maxMs.",
   }),
   labels: Labels.optional().openapi({ description: "Only resources carrying all these labels." }),
@@ -159,7 +167,9 @@ export const ClaimGrant = Claim.extend({
 }).openapi("ClaimGrant");
 export type ClaimGrant = z.infer<typeof ClaimGrant>;
 
-export const RenewInput = z.strictObject({ leaseMs: PositiveMs.optional() }).openapi("RenewInput");
+export const RenewInput = z.strictObject({
+  leaseMs: PositiveMs.optional().openapi(INTEGER_MS),
+}).openapi("RenewInput");
 export const RevokeInput = z.strictObject({
   reason: z.string().min(1).max(LIMITS.reason),
 }).openapi("RevokeInput");

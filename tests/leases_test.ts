@@ -59,7 +59,7 @@ Deno.test("lease lengths are clamped to the region's lease.maxMs and tell the tr
   });
 
   await t.step("any positive leaseMs is clamped, however large, on claim and renew", async () => {
-    for (const leaseMs of [31 * 24 * 3600 * 1000, Number.MAX_SAFE_INTEGER]) {
+    for (const leaseMs of [31 * 24 * 3600 * 1000, Number.MAX_SAFE_INTEGER, 1e16, 1e300]) {
       const res = await claim(app, "iad", { holder: "h", leaseMs });
       assert.equal(res.status, 201, JSON.stringify(res.body));
       assert.equal(res.body.leaseMs, 5000);
@@ -73,7 +73,7 @@ Deno.test("lease lengths are clamped to the region's lease.maxMs and tell the tr
   await t.step(
     "a region may allow any positive lease; a lease stops at LEASE_CEILING_MS",
     async () => {
-      const huge = { defaultMs: Number.MAX_SAFE_INTEGER, maxMs: Number.MAX_SAFE_INTEGER };
+      const huge = { defaultMs: Number.MAX_SAFE_INTEGER, maxMs: 1e300 };
       const put = await app.request("PUT", "/v1/regions/iad", { body: { lease: huge } });
       assert.equal(put.status, 200, JSON.stringify(put.body));
       assert.deepEqual(put.body.lease, huge);
@@ -81,13 +81,18 @@ Deno.test("lease lengths are clamped to the region's lease.maxMs and tell the tr
       assert.equal(res.status, 201, JSON.stringify(res.body));
       assert.equal(res.body.leaseMs, LEASE_CEILING_MS);
       assert.equal(res.body.leaseExpiresAt, iso(now + 700 + LEASE_CEILING_MS));
-      const renewed = await renew(app, res.body.id, res.body.secret, {
-        leaseMs: Number.MAX_SAFE_INTEGER,
-      });
+      const renewed = await renew(app, res.body.id, res.body.secret, { leaseMs: 1e300 });
       assert.equal(renewed.status, 200, JSON.stringify(renewed.body));
       assert.equal(renewed.body.leaseExpiresAt, iso(now + 700 + LEASE_CEILING_MS));
     },
   );
+
+  await t.step("a fraction is refused, naming the field", async () => {
+    const res = await claim(app, "iad", { holder: "h", leaseMs: 1.5 });
+    assertProblem(res, 422);
+    assert.equal(res.body.field, "leaseMs");
+    assert.match(res.body.detail, /must be an integer/);
+  });
 });
 
 Deno.test("an expired lease is taken over with a larger fencing token and its holder gets 409", async () => {
