@@ -83,6 +83,10 @@ const createRouteDef = createRoute({
     201: {
       description: "Granted (or replayed: see `Idempotent-Replayed`)",
       headers: ConsistencyTokenHeader.extend({
+        Location: z.string().openapi({
+          description: "The claim's own URL (`GET`, `DELETE`; `/renew`)",
+          example: "/v1/claims/iad.01JD3J3ZK6S6M2P1TQ4Z3X9V7A",
+        }),
         "Allot-Served-By": z.string().openapi({
           description: "Region whose pool served it",
           example: "iad",
@@ -255,6 +259,7 @@ export function claimRoutes({ kv, clock, allocator, ender, renewer }: RouteDeps)
         input: c.req.valid("json"),
         idempotencyKey: c.req.valid("header")["idempotency-key"],
       }, allocator);
+      c.header("Location", `/v1/claims/${grant.id}`);
       c.header("Allot-Served-By", grant.servedBy);
       c.header("Allot-Consistency-Token", grant.consistencyToken);
       if (replayed) c.header("Idempotent-Replayed", "true");

@@ -90,6 +90,21 @@ Deno.test("a release sent again answers 204 as the first did; only a lease that 
   });
 });
 
+Deno.test("a granted claim's Location names it, also when replayed", async () => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 2);
+  const granted = await claim(app, "iad", { holder: "h" }, { "idempotency-key": "k1" });
+  assert.equal(granted.status, 201);
+  const location = granted.headers.get("location");
+  assert.equal(location, `/v1/claims/${granted.body.id}`);
+  const read = await app.request("GET", location!, { token: TOKENS.client });
+  assert.equal(read.status, 200);
+  assert.equal(read.body.id, granted.body.id);
+  const replayed = await claim(app, "iad", { holder: "h" }, { "idempotency-key": "k1" });
+  assert.equal(replayed.headers.get("idempotent-replayed"), "true");
+  assert.equal(replayed.headers.get("location"), location);
+});
+
 Deno.test("another claim's secret does not open a claim", async () => {
   await using t = await makeApp();
   await seedRegion(t, "iad", 2);
