@@ -7,7 +7,8 @@
  * import { AllotClient, withRetry } from "./client.ts";
  *
  * const allot = new AllotClient("http://localhost:8000", { token: Deno.env.get("ALLOT_TOKEN")! });
- * const claim = await withRetry(() => allot.claim("iad", { holder: "worker-7" }));
+ * const idempotencyKey = crypto.randomUUID(); // the same for every attempt
+ * const claim = await withRetry(() => allot.claim("iad", { holder: "worker-7" }, { idempotencyKey }));
  * await allot.renew(claim, 120_000);
  * await allot.release(claim);
  * ```
@@ -116,6 +117,23 @@ async function expect<R extends ClientResponse<unknown, number, string>, S exten
   return await res.json() as BodyOf<R, S>;
 }
 
+/**
+ * A region, resource or claim id as one path segment. Hono RPC does not escape parameters
+ * and fetch resolves `..`, so `release({ id: "../regions/iad/resources/r1" })` would send
+ * a DELETE to that resource: anything that is not a plain id is refused before sending.
+ */
+function segment(what: string, value: string): string {
+  if (!/^[A-Za-z0-9][A-Za-z0-9._:~-]*$/.test(value)) {
+    throw new TypeError(`Invalid ${what} ${JSON.stringify(value)}: not an allot id`);
+  }
+  return encodeURIComponent(value);
+}
+
+const resourceParams = (region: string, id: string) => ({
+  region: segment("region", region),
+  id: segment("resource id", id),
+});
+
 /** Options of a client. */
 export interface ClientOptions {
   /** A bearer token from the server's ALLOT_TOKENS. */
@@ -145,7 +163,7 @@ export class AllotClient {
     { idempotencyKey }: { idempotencyKey?: string } = {},
   ): Promise<ClaimGrant> {
     const res = await this.#api.regions[":region"].claims.$post({
-      param: { region },
+      param: { region: segment("region", region) },
       json: input,
       header: { "idempotency-key": idempotencyKey },
     });
@@ -155,7 +173,7 @@ export class AllotClient {
   /** Extends a live lease by `leaseMs` from now (default: its current length). */
   async renew(claim: ClaimHandle, leaseMs?: number): Promise<Written<Claim>> {
     const res = await this.#api.claims[":id"].renew.$post({
-      param: { id: claim.id },
+      param: { id: segment("claim id", claim.id) },
       header: { "allot-claim-secret": claim.secret },
       json: leaseMs === undefined ? {} : { leaseMs },
     });
@@ -165,7 +183,7 @@ export class AllotClient {
   /** Releases a live lease; resolves to the release's consistency token. */
   async release(claim: ClaimHandle): Promise<{ consistencyToken: string }> {
     const res = await this.#api.claims[":id"].$delete({
-      param: { id: claim.id },
+      param: { id: segment("claim id", claim.id) },
       header: { "allot-claim-secret": claim.secret },
     });
     if (res.status !== 204) throw await problemFrom(res);
@@ -175,7 +193,7 @@ export class AllotClient {
   /** Reads a claim; a `consistencyToken` from a write makes the read reflect it. */
   async getClaim(id: string, { consistencyToken }: { consistencyToken?: string } = {}) {
     const res = await this.#api.claims[":id"].$get({
-      param: { id },
+      param: { id: segment("claim id", id) },
       header: { "allot-consistency-token": consistencyToken },
     });
     return await expect(res, 200);
@@ -196,21 +214,27 @@ export class AllotClient {
     } = {},
   ): Promise<Page<Claim>> {
     const res = await this.#api.regions[":region"].claims.$get({
-      param: { region },
+      param: { region: segment("region", region) },
       query: { ...query, limit: limit?.toString() },
       header: { "allot-consistency-token": consistencyToken },
     });
     return await expect(res, 200);
   }
 
-  /** Every region this token may see, with its health. */
-  async regions(): Promise<RegionView[]> {
-    return (await expect(await this.#api.regions.$get(), 200)).items;
+  /** One page of the regions this token may see, in name order, with their health. */
+  async regions(
+    { cursor, limit }: { cursor?: string; limit?: number } = {},
+  ): Promise<Page<RegionView>> {
+    const res = await this.#api.regions.$get({ query: { cursor, limit: limit?.toString() } });
+    return await expect(res, 200);
   }
 
   /** One region's configuration and health. */
   async region(region: string): Promise<RegionView> {
-    return await expect(await this.#api.regions[":region"].$get({ param: { region } }), 200);
+    const res = await this.#api.regions[":region"].$get({
+      param: { region: segment("region", region) },
+    });
+    return await expect(res, 200);
   }
 
   /** Creates or replaces a region's configuration (admin); omitted fields take defaults. */
@@ -218,7 +242,10 @@ export class AllotClient {
     region: string,
     input: z.input<typeof RegionInput> = {},
   ): Promise<Written<RegionView>> {
-    const res = await this.#api.regions[":region"].$put({ param: { region }, json: input });
+    const res = await this.#api.regions[":region"].$put({
+      param: { region: segment("region", region) },
+      json: input,
+    });
     return res.status === 200 ? await expect(res, 200) : await expect(res, 201);
   }
 
@@ -229,16 +256,54 @@ export class AllotClient {
     input: z.input<typeof ResourceInput> = {},
   ): Promise<Written<Resource>> {
     const res = await this.#api.regions[":region"].resources[":id"].$put({
-      param: { region, id },
+      param: resourceParams(region, id),
       json: input,
     });
     return res.status === 200 ? await expect(res, 200) : await expect(res, 201);
   }
 
+  /** Removes a resource (admin, agent); its live leases become lost. */
+  async deleteResource(region: string, id: string): Promise<{ consistencyToken: string }> {
+    const res = await this.#api.regions[":region"].resources[":id"].$delete({
+      param: resourceParams(region, id),
+    });
+    return await expect(res, 200);
+  }
+
+  /** Reads a resource; a `consistencyToken` from a write makes the read reflect it. */
+  async getResource(
+    region: string,
+    id: string,
+    { consistencyToken }: { consistencyToken?: string } = {},
+  ): Promise<Resource> {
+    const res = await this.#api.regions[":region"].resources[":id"].$get({
+      param: resourceParams(region, id),
+      header: { "allot-consistency-token": consistencyToken },
+    });
+    return await expect(res, 200);
+  }
+
+  /** One page of a region's resources, in id order. */
+  async listResources(
+    region: string,
+    { consistencyToken, limit, cursor }: {
+      cursor?: string;
+      limit?: number;
+      consistencyToken?: string;
+    } = {},
+  ): Promise<Page<Resource>> {
+    const res = await this.#api.regions[":region"].resources.$get({
+      param: { region: segment("region", region) },
+      query: { cursor, limit: limit?.toString() },
+      header: { "allot-consistency-token": consistencyToken },
+    });
+    return await expect(res, 200);
+  }
+
   /** Reports a batch of status updates (agent); resolves once they are durable in the queue. */
   async reportStatus(region: string, updates: StatusUpdate[]) {
     const res = await this.#api.regions[":region"].status.$post({
-      param: { region },
+      param: { region: segment("region", region) },
       json: { updates },
     });
     return await expect(res, 202);
@@ -246,7 +311,10 @@ export class AllotClient {
 
   /** Ends a live lease now (admin); its holder gets LeaseLostError afterwards. */
   async revoke(id: string, reason: string): Promise<Written<Claim>> {
-    const res = await this.#api.claims[":id"].revoke.$post({ param: { id }, json: { reason } });
+    const res = await this.#api.claims[":id"].revoke.$post({
+      param: { id: segment("claim id", id) },
+      json: { reason },
+    });
     return await expect(res, 200);
   }
 }

@@ -3,7 +3,7 @@ import type { Clock } from "./clock.ts";
 import { NotFoundError, UnavailableError, ValidationError } from "./errors.ts";
 import { evaluateMode } from "./fallback.ts";
 import { keys } from "./keys.ts";
-import { counterValue, markWrite } from "./kv.ts";
+import { counterValue, listPage, markWrite } from "./kv.ts";
 import type { RegionConfig, RegionInput, RegionView } from "./schemas.ts";
 
 /** Pool figures of a region. */
@@ -115,4 +115,26 @@ export async function describeRegion(
     deadLettered: lag.deadLettered,
     ...counts,
   };
+}
+
+/**
+ * A page of regions in name order, each with its health (describeRegion), keeping only those
+ * in `visible` (null: all). A page holds fewer than `limit` when some are not visible: follow
+ * `cursor` until it is null.
+ */
+export async function listRegions(
+  kv: Deno.Kv,
+  clock: Clock,
+  page: { cursor?: string; limit: number },
+  visible: ReadonlySet<string> | null,
+): Promise<{ items: RegionView[]; cursor: string | null }> {
+  const { entries, cursor } = await listPage<RegionConfig>(
+    kv,
+    keys.regionConfigs(),
+    "regions",
+    page,
+  );
+  const names = entries.map((entry) => entry.value.name)
+    .filter((name) => visible === null || visible.has(name));
+  return { items: await Promise.all(names.map((name) => describeRegion(kv, clock, name))), cursor };
 }

@@ -149,16 +149,25 @@ function start() {
 async function refresh() {
   const mine = session;
   try {
-    const res = await api("/v1/regions");
-    if (mine !== session) return;
-    if (res.status === 401 || res.status === 403) {
-      const problem = await res.json().catch(() => ({ detail: res.statusText }));
-      signOut(`That token was refused (${res.status}): ${problem.detail}`);
-      return;
+    /** @type {Region[]} */
+    const items = [];
+    /** @type {string | null} */
+    let cursor = "";
+    while (cursor !== null) {
+      const query = cursor === "" ? "" : `&cursor=${encodeURIComponent(cursor)}`;
+      const res = await api(`/v1/regions?limit=100${query}`);
+      if (mine !== session) return;
+      if (res.status === 401 || res.status === 403) {
+        const problem = await res.json().catch(() => ({ detail: res.statusText }));
+        signOut(`That token was refused (${res.status}): ${problem.detail}`);
+        return;
+      }
+      if (!res.ok) throw new Error(`GET /v1/regions answered ${res.status}`);
+      /** @type {{ items: Region[], cursor: string | null }} */
+      const page = await res.json();
+      items.push(...page.items);
+      cursor = page.cursor;
     }
-    if (!res.ok) throw new Error(`GET /v1/regions answered ${res.status}`);
-    /** @type {{ items: Region[] }} */
-    const { items } = await res.json();
     const claims = await Promise.all(items.map((region) => activeClaims(region.name)));
     if (mine !== session) return;
     render(items, claims);

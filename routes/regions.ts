@@ -1,6 +1,6 @@
 /** /v1/regions: configuration (admin) and health (any role). */
 import { createRoute, z } from "@hono/zod-openapi";
-import { describeRegion, listRegionConfigs, putRegion } from "../lib/regions.ts";
+import { describeRegion, listRegions, putRegion } from "../lib/regions.ts";
 import { authorizeRegion } from "../lib/auth.ts";
 import { ConsistencyToken, RegionInput, RegionView } from "../lib/schemas.ts";
 import { regionExample, regionWrittenExample } from "./_examples.ts";
@@ -9,6 +9,8 @@ import {
   bearerSecurity,
   ConsistencyTokenHeader,
   newRouter,
+  pageOf,
+  PageQuery,
   problems,
   RegionParams,
   type RouteDeps,
@@ -58,22 +60,23 @@ const listRoute = createRoute({
   path: "/v1/regions",
   tags: ["regions"],
   operationId: "listRegions",
-  summary: "Every region the token may see, with health (any role)",
+  summary: "A page of the regions the token may see, in name order, with health (any role)",
   description:
-    "**Roles:** admin, agent, client; a region-scoped token sees only its regions.\n\nEach region's mode is evaluated on the way (so reading health also moves a region into or out of fallback).",
+    "**Roles:** admin, agent, client; a region-scoped token sees only its regions (a page may then hold fewer than `limit`: follow `cursor` until it is null).\n\nEach region's mode is evaluated on the way (so reading health also moves a region into or out of fallback).",
   security: bearerSecurity,
   middleware: [allow(["admin", "agent", "client"])],
+  request: { query: PageQuery },
   responses: {
     200: {
-      description: "Regions",
+      description: "A page; pass `cursor` back for the next one (null: no more)",
       content: {
         "application/json": {
-          schema: z.object({ items: z.array(RegionView) }),
-          example: { items: [regionExample] },
+          schema: pageOf(RegionView),
+          example: { items: [regionExample], cursor: null },
         },
       },
     },
-    ...problems(401, 503),
+    ...problems(400, 401, 503),
   },
 });
 
@@ -113,14 +116,8 @@ export function regionRoutes({ kv, clock }: RouteDeps) {
       return c.json(view, created ? 201 : 200);
     })
     .openapi(listRoute, async (c) => {
-      const principal = c.get("principal");
-      const configs = (await listRegionConfigs(kv)).filter((config) =>
-        principal.regions === null || principal.regions.has(config.name)
-      );
-      const items = await Promise.all(
-        configs.map((config) => describeRegion(kv, clock, config.name)),
-      );
-      return c.json({ items }, 200);
+      const page = c.req.valid("query");
+      return c.json(await listRegions(kv, clock, page, c.get("principal").regions), 200);
     })
     .openapi(getRoute, async (c) => {
       const { region } = c.req.valid("param");

@@ -5,6 +5,7 @@ import { ingestStatus } from "../lib/status.ts";
 import {
   assertProblem,
   claim,
+  listPages,
   makeApp,
   seedRegion,
   snapshotKv,
@@ -344,7 +345,40 @@ Deno.test("region-scoped tokens see and act in their own regions only", async (t
     }
     const all = await as(TOKENS.client, "GET", "/v1/regions");
     assert.deepEqual(all.body.items.map((r: { name: string }) => r.name).sort(), ["fra", "iad"]);
+    assert.equal(all.body.cursor, null);
   });
+
+  await t.step(
+    "the region listing pages in name order; a scoped token's pages skip others",
+    async () => {
+      for (const name of ["ams", "gru", "sin"]) {
+        await as(
+          TOKENS.admin,
+          "PUT",
+          `/v1/regions/${name}`,
+          {},
+        );
+      }
+      const names = (items: Array<{ name: string }>) => items.map((r) => r.name);
+      const paged = await listPages<{ name: string }>(app, "/v1/regions?limit=2", TOKENS.client);
+      assert.deepEqual(names(paged.items), ["ams", "fra", "gru", "iad", "sin"]);
+      assert.equal(paged.pages, 3);
+      const scoped = await listPages<{ name: string }>(
+        app,
+        "/v1/regions?limit=1",
+        TOKENS.clientFra,
+      );
+      assert.deepEqual(names(scoped.items), ["fra"]);
+      const foreign = await as(TOKENS.client, "GET", "/v1/regions/iad/resources?limit=1");
+      const reused = await as(
+        TOKENS.client,
+        "GET",
+        `/v1/regions?cursor=${encodeURIComponent(foreign.body.cursor)}`,
+      );
+      assertProblem(reused, 400);
+      assert.equal(reused.body.field, "cursor");
+    },
+  );
 
   await t.step("a fra agent manages fra resources", async () => {
     assert.equal((await as(TOKENS.agentFra, "GET", "/v1/regions/fra")).status, 200);

@@ -77,8 +77,60 @@ Deno.test("the typed client claims, renews, reads, lists and releases over real 
   const { consistencyToken } = await s.client.release(grant);
   assert.match(consistencyToken, /^[0-9a-f]{20}$/);
   assert.equal((await s.client.getClaim(grant.id, { consistencyToken })).state, "released");
-  const [region] = await s.client.regions();
+  const { items: [region], cursor } = await s.client.regions();
   assert.deepEqual([region.name, region.claimed, region.free], ["iad", 0, 2]);
+  assert.equal(cursor, null);
+});
+
+Deno.test("the client pages regions and resources, reads and deletes a resource", async () => {
+  await using s = await serve();
+  for (const region of ["a1", "b2", "c3"]) await s.admin.putRegion(region);
+  const first = await s.client.regions({ limit: 2 });
+  assert.deepEqual(first.items.map((r) => r.name), ["a1", "b2"]);
+  const rest = await s.client.regions({ limit: 2, cursor: first.cursor! });
+  assert.deepEqual(rest.items.map((r) => r.name), ["c3"]);
+
+  await s.admin.putResource("a1", "host:1", { slots: 2 });
+  await s.agent.putResource("a1", "host:2");
+  assert.deepEqual((await s.client.getResource("a1", "host:1")).slots, 2, "':' in an id");
+  const page = await s.client.listResources("a1", { limit: 1 });
+  assert.deepEqual(page.items.map((r) => r.id), ["host:1"]);
+  const next = await s.client.listResources("a1", { cursor: page.cursor! });
+  assert.deepEqual(next.items.map((r) => r.id), ["host:2"]);
+  const { consistencyToken } = await s.agent.deleteResource("a1", "host:2");
+  const after = await s.client.listResources("a1", { consistencyToken });
+  assert.deepEqual(after.items.map((r) => r.id), ["host:1"]);
+  const gone = await s.client.getResource("a1", "host:2").catch((e) => e);
+  assert.ok(gone instanceof AllotProblem && gone.status === 404, String(gone));
+});
+
+Deno.test("the client refuses ids that would leave their path segment, sending nothing", async () => {
+  let sent = 0;
+  await using s = await serve();
+  await seed(s.admin, "iad", 1);
+  const counting = new AllotClient(s.url, {
+    token: TOKENS.admin,
+    fetch: (input, init) => {
+      sent++;
+      return fetch(input, init);
+    },
+  });
+  const attempts = [
+    () => counting.release({ id: "../regions/iad/resources/r0", secret: "x" }),
+    () => counting.getClaim(".."),
+    () => counting.claim("iad/../fra", { holder: "h" }),
+    () => counting.deleteResource("iad", "../../regions"),
+    () => counting.putResource("iad", "a/b"),
+    () => counting.region("iad?x=1"),
+    () => counting.revoke("", "why"),
+  ];
+  for (const attempt of attempts) {
+    const error = await attempt().then(() => null, (e) => e);
+    assert.ok(error instanceof TypeError, String(error));
+    assert.match(error.message, /not an allot id/);
+  }
+  assert.equal(sent, 0);
+  assert.equal((await s.admin.getResource("iad", "r0")).id, "r0", "nothing was deleted");
 });
 
 Deno.test("the client reports status as an agent and reads the region's backlog", async () => {

@@ -36,7 +36,7 @@ Deno.test("the dashboard script is served as JavaScript and reads the API with t
   assert.equal(res.status, 200);
   assert.match(res.headers.get("content-type") ?? "", /^text\/javascript/);
   const js = await res.text();
-  assert.ok(js.includes('api("/v1/regions")'));
+  assert.ok(js.includes("api(`/v1/regions?limit=100${query}`)"), "follows the listing's cursor");
   assert.ok(js.includes("sessionStorage"));
   assert.ok(!js.includes("innerHTML"), "API data is only ever set as text");
 });
