@@ -27,6 +27,7 @@ import {
 } from "./idempotency.ts";
 import type { ResourceSpec } from "./pool.ts";
 import { getRegionConfig } from "./regions.ts";
+import { finishUnfinishedLoss } from "./resources.ts";
 import type { Claim, ClaimState, RegionConfig } from "./schemas.ts";
 import { stageSweeper, type SweeperBeat, sweeperKeys, type SweeperState } from "./sweeper.ts";
 
@@ -166,7 +167,7 @@ export async function renewAlone(
       [RegionConfig, ResourceSpec, SweeperState, SweeperBeat]
     >(renewReadKeys(record));
     if (spec.value === null || spec.value.state === "gone") {
-      await loseToGoneResource(kv, clock, record);
+      await loseToGoneResource(kv, clock, record, spec.value);
     }
     const op = kv.atomic();
     let renewed = renewedRecord(clock, entry, config.value, job.leaseMs);
@@ -193,13 +194,27 @@ export async function renewAlone(
   throw new UnavailableError(`Cannot renew claim "${claimId}": too many concurrent changes`);
 }
 
-/** Ends a lease whose resource is gone as lost, then refuses the renew with 409. */
-async function loseToGoneResource(kv: Deno.Kv, clock: Clock, record: ClaimRecord): Promise<never> {
-  await endLease(kv, clock, record.id, { state: "lost", reason: "resource gone" })
-    .catch((error) => {
-      if (!(error instanceof LeaseLostError)) throw error;
-    });
-  throw new LeaseLostError(`Claim "${record.id}" is no longer active: its resource is gone`);
+/**
+ * Ends a lease whose resource is gone or deleted as lost, then refuses the renew with 409.
+ * A removal whose lease loss was cut short (a crash, a store error) left its record: finishing
+ * it ends this lease with the removal's own reason.
+ */
+async function loseToGoneResource(
+  kv: Deno.Kv,
+  clock: Clock,
+  record: ClaimRecord,
+  spec: ResourceSpec | null,
+): Promise<never> {
+  await finishUnfinishedLoss(kv, clock, record.servedBy, record.resource);
+  const reason = spec === null ? "resource deleted" : "resource gone";
+  await endLease(kv, clock, record.id, { state: "lost", reason }).catch((error) => {
+    if (!(error instanceof LeaseLostError)) throw error;
+  });
+  throw new LeaseLostError(
+    `Claim "${record.id}" is no longer active: its resource is ${
+      spec === null ? "deleted" : "gone"
+    }`,
+  );
 }
 
 /**

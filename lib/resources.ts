@@ -286,6 +286,19 @@ export async function finishLeaseLoss(
   return { lost: 0, lastCommit: res.ok ? res.versionstamp : null };
 }
 
+/** Finishes the resource's lease-loss record, if a removal left one unfinished. */
+export async function finishUnfinishedLoss(
+  kv: Deno.Kv,
+  clock: Clock,
+  region: string,
+  id: string,
+): Promise<void> {
+  const record = await kv.get<LeaseLoss>(keys.leaseLoss(region, id));
+  if (record.versionstamp !== null) {
+    await finishRecordedLoss(kv, clock, region, id, record as Deno.KvEntry<LeaseLoss>);
+  }
+}
+
 /** Loses the leases a lease-loss record names, then deletes it (unless it changed since). */
 export async function finishRecordedLoss(
   kv: Deno.Kv,

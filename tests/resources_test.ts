@@ -462,6 +462,16 @@ Deno.test("a DELETE interrupted before its lease loss is finished by its retry, 
   assert.deepEqual(await poolOf(app, "iad"), { free: 0, claimed: 0, total: 0 });
 });
 
+Deno.test("a renew over a DELETE's unfinished lease loss ends the lease as deleted, with 409", async () => {
+  await using app = await makeApp();
+  const held = await deletedMidLoss(app);
+  assertProblem(await renew(app, held.body.id, held.body.secret), 409);
+  const after = await getClaim(app, held.body.id);
+  assert.deepEqual([after.state, after.reason], ["lost", "resource deleted"]);
+  const records = await Array.fromAsync(app.kv.list({ prefix: keys.leaseLosses("iad") }));
+  assert.deepEqual(records, [], "the record is finished");
+});
+
 Deno.test("a PUT gone over a DELETE's unfinished lease loss ends those leases as deleted", async () => {
   await using app = await makeApp();
   const held = await deletedMidLoss(app);
