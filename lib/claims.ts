@@ -166,6 +166,7 @@ export async function renewAlone(
     const [config, spec, sweeperState, sweeperBeat] = await kv.getMany<
       [RegionConfig, ResourceSpec, SweeperState, SweeperBeat]
     >(renewReadKeys(record));
+    await refuseIfExpired(kv, clock, record); // again after the read: it may have run out
     if (spec.value === null || spec.value.state === "gone") {
       await loseToGoneResource(kv, clock, record, spec.value);
     }

@@ -121,6 +121,11 @@ export class GroupRenewer implements Renewer {
     const effects = new CommitEffects();
     const staged: Array<{ waiting: Waiting; key: Deno.KvKey; renewed: ClaimRecord }> = [];
     for (const { waiting, entry } of live) {
+      // Again after the second read: a renew must not commit a lease that has run out.
+      if (entry.value.expiresAt <= this.clock.now()) {
+        alone.push(waiting);
+        continue;
+      }
       const [configKey, specKey] = renewReadKeys(entry.value);
       const spec = read<ResourceSpec>(specKey).value;
       // A lease on a gone resource is lost (and answered 409) by the lone path.

@@ -171,6 +171,42 @@ Deno.test("a renew past expiry or on a gone resource gets 409 from the lone path
   assert.equal(stats.alone, 2);
 });
 
+/** A KV handle that runs `then` (once) when a getMany asks for a region's config. */
+function onConfigRead(inner: Deno.Kv, then: () => void): Deno.Kv {
+  let armed = true;
+  return new Proxy(inner, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop, target);
+      if (prop !== "getMany") return typeof value === "function" ? value.bind(target) : value;
+      return (list: Deno.KvKey[], options?: { consistency?: Deno.KvConsistencyLevel }) => {
+        if (armed && list.some((key) => key[0] === "regions")) {
+          armed = false;
+          then();
+        }
+        return target.getMany(list, options);
+      };
+    },
+  });
+}
+
+Deno.test("a lease that runs out while its renew reads is refused, not revived", async (t) => {
+  for (const path of ["grouped", "alone"] as const) {
+    await t.step(path, async () => {
+      await using app = await makeApp();
+      await seedRegion(app, "iad", 1);
+      const g = (await claim(app, "iad", { holder: "h", leaseMs: 1000 })).body;
+      const kv = onConfigRead(app.kv, () => app.clock.advance(1000));
+      const job: RenewJob = { guard: () => {}, leaseMs: 60_000 };
+      const renewing = path === "grouped"
+        ? new GroupRenewer(kv, app.clock).renew(g.id, job)
+        : renewAlone(kv, app.clock, g.id, job);
+      await assert.rejects(renewing, /expired/);
+      const after = await getClaim(app, g.id);
+      assert.deepEqual([after.state, after.endedAt], ["expired", iso(app.clock.now())]);
+    });
+  }
+});
+
 Deno.test("a renew group that loses a race is retried renew by renew, and every caller is answered", async () => {
   await using t = await makeApp();
   await seedRegion(t, "iad", 20);
