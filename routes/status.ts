@@ -16,7 +16,10 @@ import {
 const Accepted = z.object({
   accepted: z.number().int().openapi({ description: "Updates made durable in the queue." }),
   messages: z.number().int().openapi({ description: "Queue messages the batch was split into." }),
-  consistencyToken: ConsistencyToken,
+  consistencyToken: ConsistencyToken.openapi({
+    description:
+      "Dates the enqueue: a read presenting it sees the batch in the region's `pending`; the updates reach the resources within the region's lag.",
+  }),
 }).openapi("StatusAccepted");
 
 const postRoute = createRoute({
