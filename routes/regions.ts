@@ -1,5 +1,5 @@
 /** /v1/regions: configuration (admin) and health (any role). */
-import { createRoute, z } from "@hono/zod-openapi";
+import { createRoute } from "@hono/zod-openapi";
 import { describeRegion, listRegions, putRegion } from "../lib/regions.ts";
 import { authorizeRegion } from "../lib/auth.ts";
 import { ConsistencyToken, RegionInput, RegionView } from "../lib/schemas.ts";
