@@ -55,10 +55,11 @@ export const ResourceState = z.enum(["ready", "draining", "gone"]);
 export type ResourceState = z.infer<typeof ResourceState>;
 
 /**
- * Any positive integer, however large (zod's `int()` stops at 2^53): leases longer than a
- * region allows, and limits beyond LEASE_CEILING_MS, are clamped where used, not refused.
+ * Any positive integer, however large (zod's `int()` stops at 2^53; its `multipleOf(1)` lets
+ * 4.000000000000001 through): leases longer than a region allows, and limits beyond
+ * LEASE_CEILING_MS, are clamped where used, not refused.
  */
-const PositiveMs = z.number().positive().multipleOf(1, "must be an integer");
+const PositiveMs = z.number().positive().refine(Number.isInteger, "must be an integer");
 /** How the document shows PositiveMs: an `.openapi` that sets the type drops the generated rest. */
 const INTEGER_MS = { type: "integer", exclusiveMinimum: 0 } as const;
 /** A PositiveMs with a default, documented. */

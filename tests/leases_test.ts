@@ -87,11 +87,18 @@ Deno.test("lease lengths are clamped to the region's lease.maxMs and tell the tr
     },
   );
 
-  await t.step("a fraction is refused, naming the field", async () => {
-    const res = await claim(app, "iad", { holder: "h", leaseMs: 1.5 });
-    assertProblem(res, 422);
-    assert.equal(res.body.field, "leaseMs");
-    assert.match(res.body.detail, /must be an integer/);
+  await t.step("a fraction is refused, naming the field, however close to an integer", async () => {
+    for (const leaseMs of [1.5, 3599999.9999999995, 100000000000.00005, 5e-324]) {
+      const res = await claim(app, "iad", { holder: "h", leaseMs }, { "idempotency-key": "k" });
+      assertProblem(res, 422);
+      assert.equal(res.body.field, "leaseMs");
+      assert.match(res.body.detail, /must be an integer/);
+    }
+    const region = await app.request("PUT", "/v1/regions/iad", {
+      body: { lease: { defaultMs: 1, maxMs: 0.9999999999999999 } },
+    });
+    assertProblem(region, 422);
+    assert.equal(region.body.field, "lease.maxMs");
   });
 });
 
