@@ -166,7 +166,6 @@ export async function renewAlone(
     const [config, spec, sweeperState, sweeperBeat] = await kv.getMany<
       [RegionConfig, ResourceSpec, SweeperState, SweeperBeat]
     >(renewReadKeys(record));
-    await refuseIfExpired(kv, clock, record); // again after the read: it may have run out
     if (spec.value === null || spec.value.state === "gone") {
       await loseToGoneResource(kv, clock, record, spec.value);
     }
@@ -186,6 +185,8 @@ export async function renewAlone(
       renewed.expiresAt,
     );
     markWrite(op, record.servedBy);
+    // Again after the last read: the lease may have run out meanwhile, and must not be revived.
+    await refuseIfExpired(kv, clock, record);
     const res = await op.commit();
     if (res.ok) {
       const view = claimView({ key: entry.key, value: renewed, versionstamp: res.versionstamp });

@@ -121,7 +121,7 @@ export class GroupRenewer implements Renewer {
     const effects = new CommitEffects();
     const staged: Array<{ waiting: Waiting; key: Deno.KvKey; renewed: ClaimRecord }> = [];
     for (const { waiting, entry } of live) {
-      // Again after the second read: a renew must not commit a lease that has run out.
+      // Again after the last read: a renew must not commit a lease that has run out.
       if (entry.value.expiresAt <= this.clock.now()) {
         alone.push(waiting);
         continue;

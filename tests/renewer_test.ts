@@ -171,39 +171,65 @@ Deno.test("a renew past expiry or on a gone resource gets 409 from the lone path
   assert.equal(stats.alone, 2);
 });
 
-/** A KV handle that runs `then` (once) when a getMany asks for a region's config. */
-function onConfigRead(inner: Deno.Kv, then: () => void): Deno.Kv {
+/** A KV handle that runs `then` (once) when a get or getMany asks for a key `matches` picks. */
+function onRead(inner: Deno.Kv, matches: (key: Deno.KvKey) => boolean, then: () => void) {
   let armed = true;
+  const fire = (list: Deno.KvKey[]) => {
+    if (armed && list.some(matches)) {
+      armed = false;
+      then();
+    }
+  };
   return new Proxy(inner, {
     get(target, prop) {
       const value = Reflect.get(target, prop, target);
-      if (prop !== "getMany") return typeof value === "function" ? value.bind(target) : value;
-      return (list: Deno.KvKey[], options?: { consistency?: Deno.KvConsistencyLevel }) => {
-        if (armed && list.some((key) => key[0] === "regions")) {
-          armed = false;
-          then();
-        }
-        return target.getMany(list, options);
-      };
+      if (prop === "getMany") {
+        return (list: Deno.KvKey[], options?: { consistency?: Deno.KvConsistencyLevel }) => {
+          fire(list);
+          return target.getMany(list, options);
+        };
+      }
+      if (prop === "get") {
+        return (key: Deno.KvKey, options?: { consistency?: Deno.KvConsistencyLevel }) => {
+          fire([key]);
+          return target.get(key, options);
+        };
+      }
+      return typeof value === "function" ? value.bind(target) : value;
     },
   });
 }
 
 Deno.test("a lease that runs out while its renew reads is refused, not revived", async (t) => {
-  for (const path of ["grouped", "alone"] as const) {
-    await t.step(path, async () => {
-      await using app = await makeApp();
-      await seedRegion(app, "iad", 1);
-      const g = (await claim(app, "iad", { holder: "h", leaseMs: 1000 })).body;
-      const kv = onConfigRead(app.kv, () => app.clock.advance(1000));
-      const job: RenewJob = { guard: () => {}, leaseMs: 60_000 };
-      const renewing = path === "grouped"
-        ? new GroupRenewer(kv, app.clock).renew(g.id, job)
-        : renewAlone(kv, app.clock, g.id, job);
-      await assert.rejects(renewing, /expired/);
-      const after = await getClaim(app, g.id);
-      assert.deepEqual([after.state, after.endedAt], ["expired", iso(app.clock.now())]);
-    });
+  const reads = {
+    "the region's config": (key: Deno.KvKey) => key[0] === "regions",
+    "its Idempotency-Key, to write it again": (key: Deno.KvKey) => key[2] === "idem",
+  };
+  for (const [read, matches] of Object.entries(reads)) {
+    for (const path of ["grouped", "alone"] as const) {
+      await t.step(`${path}, during ${read}`, async () => {
+        await using app = await makeApp();
+        const lease = { defaultMs: 60_000, maxMs: 7 * 86_400_000 };
+        await seedRegion(app, "iad", 1, { config: { lease } });
+        const g = (await claim(app, "iad", { holder: "h", leaseMs: 1000 }, {
+          "idempotency-key": "k",
+        })).body;
+        let fired = false;
+        const kv = onRead(app.kv, matches, () => {
+          fired = true;
+          app.clock.advance(1000);
+        });
+        // Two days: near enough the key's expiry that the renew writes the key again.
+        const job: RenewJob = { guard: () => {}, leaseMs: 2 * 86_400_000 };
+        const renewing = path === "grouped"
+          ? new GroupRenewer(kv, app.clock).renew(g.id, job)
+          : renewAlone(kv, app.clock, g.id, job);
+        await assert.rejects(renewing, /expired/);
+        assert.ok(fired, "the lease ran out during that read");
+        const after = await getClaim(app, g.id);
+        assert.deepEqual([after.state, after.endedAt], ["expired", iso(app.clock.now())]);
+      });
+    }
   }
 });
 
