@@ -37,11 +37,12 @@ export function bumpResourcesVersion(op: AtomicWriter, region: string): void {
 
 /**
  * What Deno KV says when it cannot serve now: its handle closed under a call in flight;
- * SQLite busy, out of disk or unable to open its file; or a KV Connect server refusing a
- * call (a 4xx such as 429: Deno retries 5xx and lost connections itself, without end).
+ * SQLite busy, out of disk or unable to open its file; or a KV Connect server asking to be
+ * called later (429, 408: Deno retries 5xx and lost connections itself, without end). Other
+ * refusals (400, 401, 413...) would fail again however long the caller waits: they stay 500s.
  */
 const STORE_DOWN =
-  /database is closed|database (table )?is locked|database or disk is full|disk I\/O error|unable to open database|^KV Connect failed/i;
+  /database is closed|database (table )?is locked|database or disk is full|disk I\/O error|unable to open database|^KV Connect failed to call .*\(status=(429|408)\b/i;
 
 /**
  * Whether an error is the store failing rather than allot: its handle closed (a shutdown),

@@ -121,18 +121,46 @@ function refusingKvConnect(status: number): Deno.HttpServer<Deno.NetAddr> {
   return server;
 }
 
-Deno.test("a KV Connect store that refuses calls (429) answers 503 with Retry-After", async () => {
-  await using server = refusingKvConnect(429);
+/** A KV handle opened over a KV Connect server that refuses every data call with `status`. */
+async function withRefusingKvConnect(status: number, use: (kv: Deno.Kv) => Promise<void>) {
+  await using server = refusingKvConnect(status);
   const previous = Deno.env.get("DENO_KV_ACCESS_TOKEN");
   Deno.env.set("DENO_KV_ACCESS_TOKEN", "kv-connect-test-token-000000000000");
   try {
     const kv = await Deno.openKv(`http://127.0.0.1:${server.addr.port}/`);
-    await using app = await makeApp({ kv });
-    await expectUnavailable(app, "iad.01JD3J3ZK6S6M2P1TQ4Z3X9V7A");
-    assert.equal((await app.request("GET", "/readyz")).status, 503);
-    kv.close();
+    try {
+      await use(kv);
+    } finally {
+      kv.close();
+    }
   } finally {
     if (previous === undefined) Deno.env.delete("DENO_KV_ACCESS_TOKEN");
     else Deno.env.set("DENO_KV_ACCESS_TOKEN", previous);
+  }
+}
+
+Deno.test("a KV Connect store that asks to be called later (429, 408) answers 503 with Retry-After", async (t) => {
+  for (const status of [429, 408]) {
+    await t.step(String(status), () =>
+      withRefusingKvConnect(status, async (kv) => {
+        await using app = await makeApp({ kv });
+        await expectUnavailable(app, "iad.01JD3J3ZK6S6M2P1TQ4Z3X9V7A");
+        assert.equal((await app.request("GET", "/readyz")).status, 503);
+      }));
+  }
+});
+
+Deno.test("a KV Connect refusal that a retry cannot cure (400, 401, 413) is a 500, not a 503", async (t) => {
+  for (const status of [400, 401, 413]) {
+    await t.step(String(status), () =>
+      withRefusingKvConnect(status, async (kv) => {
+        await using app = await makeApp({ kv });
+        // Straight to the app: its helper refuses a 500, which no operation documents.
+        const res = await app.app.request("/v1/regions/iad", {
+          headers: { authorization: `Bearer ${TOKENS.admin}` },
+        });
+        assert.equal(res.status, 500);
+        assert.equal(res.headers.get("retry-after"), null);
+      }));
   }
 });
