@@ -3,7 +3,7 @@ import type { Clock } from "./clock.ts";
 import { NotFoundError, UnavailableError, ValidationError } from "./errors.ts";
 import { evaluateMode } from "./fallback.ts";
 import { keys } from "./keys.ts";
-import { counterValue, listPage, markWrite } from "./kv.ts";
+import { counterValue, getAll, kvCursorOf, listPage, markWrite, pageCursor } from "./kv.ts";
 import type { RegionConfig, RegionInput, RegionView } from "./schemas.ts";
 
 /** Pool figures of a region. */
@@ -118,9 +118,8 @@ export async function describeRegion(
 }
 
 /**
- * A page of regions in name order, each with its health (describeRegion), keeping only those
- * in `visible` (null: all). A page holds fewer than `limit` when some are not visible: follow
- * `cursor` until it is null.
+ * A page of regions in name order, each with its health (describeRegion): every region, or
+ * (`visible`, a region-scoped token's) only those of these that exist.
  */
 export async function listRegions(
   kv: Deno.Kv,
@@ -128,13 +127,32 @@ export async function listRegions(
   page: { cursor?: string; limit: number },
   visible: ReadonlySet<string> | null,
 ): Promise<{ items: RegionView[]; cursor: string | null }> {
-  const { entries, cursor } = await listPage<RegionConfig>(
-    kv,
-    keys.regionConfigs(),
-    "regions",
-    page,
-  );
-  const names = entries.map((entry) => entry.value.name)
-    .filter((name) => visible === null || visible.has(name));
+  const { names, cursor } = visible === null
+    ? await pageOfAllRegions(kv, page)
+    : await pageOfVisibleRegions(kv, page, visible);
   return { items: await Promise.all(names.map((name) => describeRegion(kv, clock, name))), cursor };
+}
+
+async function pageOfAllRegions(kv: Deno.Kv, page: { cursor?: string; limit: number }) {
+  const listing = await listPage<RegionConfig>(kv, keys.regionConfigs(), "regions", page);
+  return { names: listing.entries.map((entry) => entry.value.name), cursor: listing.cursor };
+}
+
+/**
+ * The page of the existing regions among `visible`, read by name. Paging the whole prefix
+ * and filtering would hand a scoped token cursors that name regions it may not see.
+ */
+async function pageOfVisibleRegions(
+  kv: Deno.Kv,
+  page: { cursor?: string; limit: number },
+  visible: ReadonlySet<string>,
+) {
+  const listing = "regions/visible";
+  const after = kvCursorOf(listing, page.cursor) ?? "";
+  const wanted = [...visible].filter((name) => name > after).sort();
+  const configs = await getAll<RegionConfig>(kv, wanted.map((name) => keys.regionConfig(name)));
+  const existing = wanted.filter((_, i) => configs[i].versionstamp !== null);
+  const names = existing.slice(0, page.limit);
+  const more = existing.length > names.length;
+  return { names, cursor: more ? pageCursor(listing, names[names.length - 1]) : null };
 }

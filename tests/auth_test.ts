@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { digestsEqual, sha256Hex } from "../lib/auth.ts";
 import { keys } from "../lib/keys.ts";
+import { listRegions } from "../lib/regions.ts";
 import { ingestStatus } from "../lib/status.ts";
 import {
   assertProblem,
@@ -379,6 +380,48 @@ Deno.test("region-scoped tokens see and act in their own regions only", async (t
       assert.equal(reused.body.field, "cursor");
     },
   );
+
+  await t.step("a scoped token's region cursors name only regions it may see", async () => {
+    for (const name of ["secret-x", "zzz"]) {
+      await as(TOKENS.admin, "PUT", `/v1/regions/${name}`, {});
+    }
+    const visible = new Set(["ams", "fra", "not-created", "sin"]);
+    const names: string[] = [];
+    const cursors: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await listRegions(app.kv, app.clock, { cursor, limit: 1 }, visible);
+      names.push(...page.items.map((r) => r.name));
+      cursor = page.cursor ?? undefined;
+      if (cursor) cursors.push(cursor);
+    } while (cursor);
+    assert.deepEqual(names, ["ams", "fra", "sin"]);
+    const decode = (part: string) => {
+      try {
+        const bytes = Uint8Array.from(
+          atob(part.replace(/-/g, "+").replace(/_/g, "/")),
+          (ch) => ch.charCodeAt(0),
+        );
+        return new TextDecoder().decode(bytes);
+      } catch {
+        return part;
+      }
+    };
+    for (const c of cursors) {
+      const seen = `${c} ${c.split(".").map(decode).join(" ")}`;
+      assert.doesNotMatch(seen, /secret|zzz|gru|iad/, `cursor ${c} names another region`);
+    }
+    const fra = await as(TOKENS.clientFra, "GET", "/v1/regions?limit=1");
+    assert.deepEqual(fra.body.items.map((r: { name: string }) => r.name), ["fra"]);
+    assert.equal(fra.body.cursor, null);
+    const foreign = await as(TOKENS.client, "GET", "/v1/regions?limit=1");
+    const reused = await as(
+      TOKENS.clientFra,
+      "GET",
+      `/v1/regions?cursor=${encodeURIComponent(foreign.body.cursor)}`,
+    );
+    assertProblem(reused, 400);
+  });
 
   await t.step("a fra agent manages fra resources", async () => {
     assert.equal((await as(TOKENS.agentFra, "GET", "/v1/regions/fra")).status, 200);
