@@ -10,6 +10,11 @@ import { evaluateMode } from "./fallback.ts";
 import { log } from "./log.ts";
 import { listRegionConfigs } from "./regions.ts";
 
+/** A closed handle (a shutdown) never serves again: the watch ends rather than log forever. */
+const isClosed = (error: unknown) =>
+  error instanceof Deno.errors.BadResource ||
+  (error instanceof Error && /database is closed/i.test(error.message));
+
 /** How often an isolate running the watch evaluates every region. */
 export const WATCH_EVERY_MS = 5_000;
 
@@ -45,6 +50,10 @@ export function watchRegions(
     try {
       await evaluateEveryRegion(kv, clock);
     } catch (error) {
+      if (isClosed(error)) {
+        log("info", "region watch: the KV handle is closed; the watch stops");
+        return;
+      }
       log("warn", "region watch: cannot list regions", { error: String(error) });
     }
     if (!stopped) timer = setTimeout(pass, everyMs);

@@ -346,3 +346,27 @@ Deno.test("a region whose queue stalls, with no claim or read, moves to fallback
     assert.equal(h.modeSince, new Date(watchClock.now()).toISOString(), "switched by the watch");
   });
 });
+
+Deno.test("the region watch ends by itself once its KV handle is closed", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const listed: number[] = [];
+  const counting = new Proxy(kv, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop, target);
+      if (prop === "list") listed.push(Date.now());
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  kv.close();
+  const watch = watchRegions(counting, new FakeClock(), 1);
+  try {
+    const deadline = Date.now() + 10_000;
+    while (listed.length === 0 && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(listed.length, 1, "one pass found the handle closed, and no pass followed");
+  } finally {
+    watch.stop();
+  }
+});
