@@ -1,6 +1,7 @@
 /**
- * Entry point: opens KV once, registers the queue listener at start-up (as Deno
- * Deploy requires), and serves. Everything else is built by createApp.
+ * Entry point: opens KV once, serves, registers the queue listener at start-up (as Deno
+ * Deploy requires), and shuts down cleanly on SIGTERM/SIGINT. Everything else is built by
+ * createApp.
  */
 import { createApp } from "./app.ts";
 import { TokenRegistry } from "./lib/auth.ts";
@@ -12,38 +13,80 @@ import { GroupEnder } from "./lib/ender.ts";
 import { encodeBase64Url } from "./lib/base64.ts";
 import { watchRegions } from "./lib/region_watch.ts";
 
+/** An admin token for a run without ALLOT_TOKENS (printed once the server listens). */
 function generatedAdminToken(): TokenSpec {
   const token = `allot_${encodeBase64Url(crypto.getRandomValues(new Uint8Array(24)))}`;
-  console.log(
-    `No ALLOT_TOKENS configured: generated an admin token for this run (shown once):\n\n  ${token}\n\n` +
-      `Set ALLOT_TOKENS to choose your own, e.g. ALLOT_TOKENS='[{"token":"...","role":"admin"}]'`,
-  );
   return { token, role: "admin" };
+}
+
+/** Prints why the process cannot start, naming the setting to fix, and exits 2. */
+function cannotStart(message: string): never {
+  console.error(message);
+  Deno.exit(2);
 }
 
 let config;
 try {
   config = loadConfigFromEnv();
 } catch (error) {
-  if (error instanceof ConfigError) {
-    console.error(error.message);
-    Deno.exit(2);
-  }
+  if (error instanceof ConfigError) cannotStart(error.message);
   throw error;
 }
 
-const kv = await Deno.openKv(config.kvPath);
+let kv: Deno.Kv;
+try {
+  kv = await Deno.openKv(config.kvPath);
+} catch (error) {
+  cannotStart(
+    `ALLOT_KV: cannot open ${JSON.stringify(config.kvPath ?? "(Deno's default)")}: ${
+      error instanceof Error ? error.message : error
+    }`,
+  );
+}
 const clock = systemClock;
 const applier = new StatusApplier(kv, clock);
+const generated = config.tokens.length > 0 ? null : generatedAdminToken();
+const tokens = TokenRegistry.from(generated ? [generated] : config.tokens);
+const app = createApp({ kv, tokens, clock, applier });
+
+let server: Deno.HttpServer;
+try {
+  server = Deno.serve({ port: config.port }, app.fetch);
+} catch (error) {
+  if (!(error instanceof Deno.errors.AddrInUse)) throw error;
+  cannotStart(`PORT: ${config.port} is already in use`);
+}
+if (generated) {
+  console.log(
+    `No ALLOT_TOKENS configured: generated an admin token for this run (shown once):\n\n  ${generated.token}\n\n` +
+      `Set ALLOT_TOKENS to choose your own, e.g. ALLOT_TOKENS='[{"token":"...","role":"admin"}]'`,
+  );
+}
+
 // Expiry sweeps end leases in shared commits, like releases.
 const ender = new GroupEnder(kv, clock);
 kv.listenQueue(async (message) => {
   await handleQueueMessage({ kv, clock, applier, ender }, message);
 });
 // A region whose queue stalls still moves to fallback, and its gauges follow its lag.
-watchRegions(kv, clock);
-const tokens = TokenRegistry.from(
-  config.tokens.length > 0 ? config.tokens : [generatedAdminToken()],
-);
-const app = createApp({ kv, tokens, clock, applier });
-Deno.serve({ port: config.port }, app.fetch);
+const watch = watchRegions(kv, clock);
+
+// A deploy stops the process with SIGTERM: answer what is in flight, then close the store,
+// so no caller is left without an answer to a claim that committed. A second signal forces.
+let stopping = false;
+async function shutDown(): Promise<void> {
+  if (stopping) Deno.exit(1);
+  stopping = true;
+  watch.stop();
+  // A connection that never finishes its request must not hold the process up for ever.
+  await Promise.race([server.shutdown(), new Promise((resolve) => setTimeout(resolve, 10_000))]);
+  kv.close();
+  Deno.exit(0);
+}
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  try {
+    Deno.addSignalListener(signal, shutDown);
+  } catch {
+    // No signals here (Deno Deploy stops isolates itself).
+  }
+}

@@ -46,6 +46,13 @@ async function startMain() {
     return {
       base,
       output: () => output,
+      /** Sends `signal` and resolves with the exit status. */
+      stop: async (signal: Deno.Signal) => {
+        child.kill(signal);
+        const status = await child.status;
+        await drained;
+        return status;
+      },
       request: (method: string, path: string, token?: string, body?: unknown) =>
         fetch(`${base}${path}`, {
           method,
@@ -56,7 +63,11 @@ async function startMain() {
           body: body === undefined ? undefined : JSON.stringify(body),
         }),
       async [Symbol.asyncDispose]() {
-        child.kill("SIGTERM");
+        try {
+          child.kill("SIGTERM");
+        } catch {
+          // already stopped
+        }
         await child.status;
         await drained;
       },
@@ -111,4 +122,64 @@ Deno.test("main.ts serves health, claims and status with only the permissions De
     await page.body?.cancel();
   }
   assert.doesNotMatch(main.output(), /PermissionDenied|NotCapable|Requires (write|run) access/);
+});
+
+Deno.test("on SIGTERM and SIGINT main.ts answers the requests in flight, then exits 0", async (t) => {
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    await t.step(signal, async () => {
+      await using main = await startMain();
+      assert.equal((await main.request("PUT", "/v1/regions/iad", ADMIN, {})).status, 201);
+      for (let i = 0; i < 20; i++) {
+        const res = await main.request("PUT", `/v1/regions/iad/resources/r${i}`, ADMIN, {});
+        assert.equal(res.status, 201);
+      }
+      const claims = Array.from(
+        { length: 60 },
+        (_, i) =>
+          main.request("POST", "/v1/regions/iad/claims", CLIENT, { holder: `h${i}` }).then(
+            async (res) => {
+              await res.body?.cancel();
+              return res.status;
+            },
+            (error) => `no answer: ${error}`,
+          ),
+      );
+      await Promise.race(claims);
+      const status = await main.stop(signal);
+      const answers = await Promise.all(claims);
+      assert.deepEqual({ ...status }, { success: true, code: 0, signal: null }, main.output());
+      for (const answer of answers) {
+        assert.ok(answer === 201 || answer === 503, `a claim in flight got ${answer}`);
+      }
+    });
+  }
+});
+
+/** Runs main.ts to its exit with `env`; resolves with its exit code and its output. */
+async function runMainToExit(env: Record<string, string>) {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", "--allow-env", "--allow-read", "--allow-write", "main.ts"],
+    cwd: ROOT,
+    env: { NO_COLOR: "1", ...env },
+    stdin: "null",
+  }).output();
+  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  return { code, stdout: decode(stdout), stderr: decode(stderr) };
+}
+
+Deno.test("main.ts refuses to start with a clear message and exit code 2", async (t) => {
+  await t.step("an ALLOT_KV it cannot open", async () => {
+    const run = await runMainToExit({ ALLOT_KV: "/nonexistent-dir/allot/kv.sqlite", PORT: "0" });
+    assert.equal(run.code, 2, run.stderr);
+    assert.match(run.stderr, /^ALLOT_KV: cannot open "\/nonexistent-dir\/allot\/kv.sqlite": /);
+    assert.doesNotMatch(run.stderr, /\bat \S+:\d+:\d+/, "no stack trace");
+  });
+
+  await t.step("a PORT in use, before it prints a token or takes queue work", async () => {
+    using taken = Deno.listen({ hostname: "0.0.0.0", port: 0 });
+    const run = await runMainToExit({ ALLOT_KV: ":memory:", PORT: String(taken.addr.port) });
+    assert.equal(run.code, 2, run.stderr);
+    assert.equal(run.stderr.trim(), `PORT: ${taken.addr.port} is already in use`);
+    assert.doesNotMatch(run.stdout, /allot_/, "no generated token was printed");
+  });
 });
