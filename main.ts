@@ -77,7 +77,7 @@ let stopping = false;
 async function shutDown(): Promise<void> {
   if (stopping) Deno.exit(1);
   stopping = true;
-  watch.stop();
+  await watch.stop();
   // A connection that never finishes its request must not hold the process up for ever.
   await Promise.race([server.shutdown(), new Promise((resolve) => setTimeout(resolve, 10_000))]);
   kv.close();

@@ -109,6 +109,9 @@ export const keys = {
   /** Blind-written by every write to the region: its versionstamp proves a replica has caught up. */
   writeMark: (region: string) => regionKey(region, "wm"),
 
+  /** Which process runs the region watch (region_watch.ts), and until when. */
+  regionWatch: () => ["watch"] as const,
+
   /** Read (never written) by the readiness probe: any key proves the store answers. */
   readinessProbe: () => ["readyz"] as const,
 } as const;

@@ -8,7 +8,8 @@
 import type { Clock } from "./clock.ts";
 import { evaluateMode } from "./fallback.ts";
 import { log } from "./log.ts";
-import { listRegionConfigs } from "./regions.ts";
+import { keys } from "./keys.ts";
+import { regionNames } from "./regions.ts";
 
 /** A closed handle (a shutdown) never serves again: the watch ends rather than log forever. */
 const isClosed = (error: unknown) =>
@@ -24,10 +25,11 @@ export const WATCH_EVERY_MS = 5_000;
  */
 export async function evaluateEveryRegion(kv: Deno.Kv, clock: Clock): Promise<number> {
   let failed = 0;
-  for (const { name } of await listRegionConfigs(kv)) {
+  for await (const name of regionNames(kv)) {
     try {
       await evaluateMode(kv, clock, name);
     } catch (error) {
+      if (isClosed(error)) throw error; // no other region can be read either
       failed++;
       log("warn", "region watch: evaluation failed", { region: name, error: String(error) });
     }
@@ -35,34 +37,65 @@ export async function evaluateEveryRegion(kv: Deno.Kv, clock: Clock): Promise<nu
   return failed;
 }
 
+/** Who runs the watch, until when (keys.regionWatch). */
+interface WatchLease {
+  owner: string;
+  until: number;
+}
+
 /**
- * Runs evaluateEveryRegion every `everyMs`, one pass at a time, until stopped. Mode changes
- * are compare-and-swap commits, so any number of isolates may watch at once.
+ * Takes the watch for `owner` until `until`, or keeps it: false while another process holds
+ * it. So one process watches at a time, however many run (every isolate on Deno Deploy), and
+ * another takes over once the holder stops renewing. Mode changes are compare-and-swap
+ * commits, so two watching at once during a takeover do no harm.
+ */
+export async function takeWatch(
+  kv: Deno.Kv,
+  clock: Clock,
+  owner: string,
+  until: number,
+): Promise<boolean> {
+  const held = await kv.get<WatchLease>(keys.regionWatch());
+  if (held.value && held.value.owner !== owner && held.value.until > clock.now()) return false;
+  const lease: WatchLease = { owner, until };
+  const res = await kv.atomic().check(held).set(keys.regionWatch(), lease).commit();
+  return res.ok;
+}
+
+/**
+ * Runs evaluateEveryRegion every `everyMs`, one pass at a time, until stopped, in the one
+ * process that holds the watch (takeWatch; a holder that stops is replaced within 3 periods).
  */
 export function watchRegions(
   kv: Deno.Kv,
   clock: Clock,
   everyMs = WATCH_EVERY_MS,
-): { stop(): void } {
+): { stop(): Promise<void> } {
+  const owner = crypto.randomUUID();
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let running: Promise<void> = Promise.resolve();
   let stopped = false;
   const pass = async () => {
     try {
-      await evaluateEveryRegion(kv, clock);
+      if (await takeWatch(kv, clock, owner, clock.now() + 3 * everyMs)) {
+        await evaluateEveryRegion(kv, clock);
+      }
     } catch (error) {
       if (isClosed(error)) {
         log("info", "region watch: the KV handle is closed; the watch stops");
         return;
       }
-      log("warn", "region watch: cannot list regions", { error: String(error) });
+      log("warn", "region watch: cannot read the regions", { error: String(error) });
     }
-    if (!stopped) timer = setTimeout(pass, everyMs);
+    if (!stopped) timer = setTimeout(() => running = pass(), everyMs);
   };
-  timer = setTimeout(pass, everyMs);
+  timer = setTimeout(() => running = pass(), everyMs);
   return {
+    /** Stops the watch; resolves once a pass in flight has finished. */
     stop() {
       stopped = true;
       clearTimeout(timer);
+      return running;
     },
   };
 }

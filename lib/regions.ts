@@ -63,18 +63,11 @@ export async function putRegion(
   throw new UnavailableError(`Cannot configure region "${region}": too many concurrent changes`);
 }
 
-/** Every region's configuration, by name. */
-export async function listRegionConfigs(
-  kv: Deno.Kv,
-  consistency: Deno.KvConsistencyLevel = "strong",
-): Promise<RegionConfig[]> {
-  const out: RegionConfig[] = [];
-  for await (
-    const entry of kv.list<RegionConfig>({ prefix: keys.regionConfigs() }, { consistency })
-  ) {
-    out.push(entry.value);
+/** Every region's name, in order, read from the store page by page (never all at once). */
+export async function* regionNames(kv: Deno.Kv): AsyncGenerator<string> {
+  for await (const entry of kv.list<RegionConfig>({ prefix: keys.regionConfigs() })) {
+    yield entry.value.name;
   }
-  return out;
 }
 
 /** Pool counters of a region (maintained by every claim, release and resource change). */

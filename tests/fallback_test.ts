@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { StatusApplier } from "../lib/applier.ts";
+import { keys } from "../lib/keys.ts";
 import { handleQueueMessage, type StatusBatchMessage } from "../lib/queue.ts";
-import { evaluateEveryRegion, watchRegions } from "../lib/region_watch.ts";
+import { evaluateEveryRegion, takeWatch, watchRegions } from "../lib/region_watch.ts";
 import { ingestStatus } from "../lib/status.ts";
 import { claim, FakeClock, makeApp, type TestApp, TOKENS } from "./_helpers.ts";
 
@@ -339,7 +340,7 @@ Deno.test("a region whose queue stalls, with no claim or read, moves to fallback
         await new Promise((resolve) => setTimeout(resolve, 5));
       }
     } finally {
-      watch.stop();
+      await watch.stop();
     }
     const h = await health(app, "iad");
     assert.equal(h.mode, "fallback");
@@ -349,11 +350,11 @@ Deno.test("a region whose queue stalls, with no claim or read, moves to fallback
 
 Deno.test("the region watch ends by itself once its KV handle is closed", async () => {
   const kv = await Deno.openKv(":memory:");
-  const listed: number[] = [];
+  const reads: string[] = [];
   const counting = new Proxy(kv, {
     get(target, prop) {
       const value = Reflect.get(target, prop, target);
-      if (prop === "list") listed.push(Date.now());
+      if (prop === "get" || prop === "list") reads.push(prop);
       return typeof value === "function" ? value.bind(target) : value;
     },
   });
@@ -361,12 +362,38 @@ Deno.test("the region watch ends by itself once its KV handle is closed", async 
   const watch = watchRegions(counting, new FakeClock(), 1);
   try {
     const deadline = Date.now() + 10_000;
-    while (listed.length === 0 && Date.now() < deadline) {
+    while (reads.length === 0 && Date.now() < deadline) {
       await new Promise((resolve) => setTimeout(resolve, 5));
     }
     await new Promise((resolve) => setTimeout(resolve, 50));
-    assert.equal(listed.length, 1, "one pass found the handle closed, and no pass followed");
+    assert.equal(reads.length, 1, "one pass found the handle closed, and no pass followed");
   } finally {
-    watch.stop();
+    await watch.stop();
   }
+});
+
+Deno.test("one process holds the region watch at a time; another takes over once it lapses", async (t) => {
+  await using app = await makeApp();
+  const { kv, clock } = app;
+  const until = () => clock.now() + 15_000;
+
+  await t.step("of ten racing for a free watch, exactly one gets it", async () => {
+    const won = await Promise.all(
+      Array.from({ length: 10 }, (_, i) => takeWatch(kv, clock, `p${i}`, until())),
+    );
+    assert.equal(won.filter(Boolean).length, 1);
+  });
+
+  await t.step("its holder keeps it; the others wait until it lapses", async () => {
+    await kv.delete(keys.regionWatch());
+    assert.equal(await takeWatch(kv, clock, "a", until()), true);
+    assert.equal(await takeWatch(kv, clock, "b", until()), false);
+    clock.advance(5_000);
+    assert.equal(await takeWatch(kv, clock, "a", until()), true, "renewed");
+    clock.advance(14_999);
+    assert.equal(await takeWatch(kv, clock, "b", until()), false, "not lapsed yet");
+    clock.advance(1);
+    assert.equal(await takeWatch(kv, clock, "b", until()), true, "lapsed: b takes over");
+    assert.equal(await takeWatch(kv, clock, "a", until()), false);
+  });
 });
