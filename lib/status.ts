@@ -8,7 +8,7 @@ import { ATOMIC_LIMITS, type AtomicPlan, encodedSize, isSizeLimitError } from ".
 import type { Clock } from "./clock.ts";
 import { TooLargeError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { addCounter, bumpResourcesVersion, counterValue, getAll, markWrite } from "./kv.ts";
+import { bumpResourcesVersion, counterValue, countStatus, getAll, markWrite } from "./kv.ts";
 import { type CachedResource, ResourceCache } from "./resource_cache.ts";
 import type { PendingMessage } from "./lag.ts";
 import { readHeldSlotsOf, type ResourceSpec, stageSpecChange } from "./pool.ts";
@@ -35,6 +35,12 @@ export const UPDATES_PER_MESSAGE = 500;
 const MESSAGE_BYTES = 48 * 1024;
 /** Ingest refuses new batches while this many updates of a region wait (bounded backlog). */
 export const MAX_PENDING_UPDATES = 100_000;
+/**
+ * Ingest refuses new batches while this many updates of all regions together wait: the
+ * regions share one queue (and the expiry sweeps ride it too), so one bound per region
+ * would let an agent of many regions grow it by 100,000 a region.
+ */
+export const MAX_PENDING_UPDATES_TOTAL = 200_000;
 /**
  * Redelivery delays for a status message before it is dead-lettered: as many as Deno
  * KV allows (5), spread over ~50 s, since a crash during a delivery uses one up.
@@ -82,16 +88,22 @@ export async function ingestStatus(
   updates: readonly StatusUpdate[],
 ): Promise<{ accepted: number; messages: StatusBatchMessage[]; consistencyToken: string }> {
   await getRegionConfig(kv, region);
-  const [enqueued, applied, dead] = (await kv.getMany([
-    keys.counter(region, "enqueued"),
-    keys.counter(region, "applied"),
-    keys.counter(region, "dead"),
+  const names = ["enqueued", "applied", "dead"] as const;
+  const counts = (await kv.getMany([
+    ...names.map((name) => keys.counter(region, name)),
+    ...names.map((name) => keys.statusTotal(name)),
   ])).map(counterValue);
-  if (enqueued - applied - dead + updates.length > MAX_PENDING_UPDATES) {
+  const waiting = counts[0] - counts[1] - counts[2];
+  if (waiting + updates.length > MAX_PENDING_UPDATES) {
     throw new UnavailableError(
-      `Cannot accept status for region "${region}": ${
-        enqueued - applied - dead
-      } updates are still waiting to be applied`,
+      `Cannot accept status for region "${region}": ${waiting} updates are still waiting to be applied`,
+      2,
+    );
+  }
+  const waitingEverywhere = counts[3] - counts[4] - counts[5];
+  if (waitingEverywhere + updates.length > MAX_PENDING_UPDATES_TOTAL) {
+    throw new UnavailableError(
+      `Cannot accept status for region "${region}": ${waitingEverywhere} updates of all regions are still waiting to be applied`,
       2,
     );
   }
@@ -116,7 +128,7 @@ export async function ingestStatus(
       { count: message.updates.length } satisfies PendingMessage,
     );
   }
-  addCounter(op, region, "enqueued", updates.length);
+  countStatus(op, region, "enqueued", updates.length);
   markWrite(op, region);
   const res = await op.commit().catch((error) => {
     // The estimate should have caught it; this is the backstop: a 413, never a 500.
@@ -410,7 +422,7 @@ export async function planApply(
     for (const { message, pending } of live) {
       plan.check(pending);
       plan.delete(pending.key);
-      addCounter(plan, message.region, "applied", pending.value!.count);
+      countStatus(plan, message.region, "applied", pending.value!.count);
       result.processed += pending.value!.count;
       result.regions.add(message.region);
       result.completed++;

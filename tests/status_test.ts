@@ -1,7 +1,13 @@
 import assert from "node:assert/strict";
 import { StatusApplier } from "../lib/applier.ts";
 import { handleQueueMessage, type StatusBatchMessage } from "../lib/queue.ts";
-import { ingestStatus, mergeUpdates } from "../lib/status.ts";
+import {
+  ingestStatus,
+  MAX_PENDING_UPDATES,
+  MAX_PENDING_UPDATES_TOTAL,
+  mergeUpdates,
+} from "../lib/status.ts";
+import { UnavailableError } from "../lib/errors.ts";
 import { AtomicPlan, encodedSize } from "../lib/atomic.ts";
 import { TooLargeError } from "../lib/errors.ts";
 import type { StatusUpdate } from "../lib/schemas.ts";
@@ -1063,4 +1069,51 @@ Deno.test("mergeUpdates(): an update no newer than a field's seq changes nothing
       ]);
     },
   );
+});
+
+Deno.test("status ingest bounds the backlog per region and over all regions, then accepts again", async (t) => {
+  await using app = await makeApp();
+  for (const region of ["iad", "fra", "sin"]) {
+    assert.equal((await app.request("PUT", `/v1/regions/${region}`, { body: {} })).status, 201);
+  }
+  let seq = 0;
+  const batch = (size = 1000): StatusUpdate[] =>
+    Array.from({ length: size }, (_, i) => ({ resource: `r${i}`, seq: ++seq, state: "ready" }));
+  const fill = async (region: string, updates: number) => {
+    const messages: StatusBatchMessage[] = [];
+    for (let n = 0; n < updates; n += 1000) {
+      messages.push(...(await ingestStatus(app.kv, app.clock, region, batch())).messages);
+    }
+    return messages;
+  };
+
+  const iad = await fill("iad", MAX_PENDING_UPDATES);
+  await t.step("a region at its bound refuses the next batch with 503 + Retry-After", async () => {
+    const refused = await app.request("POST", "/v1/regions/iad/status", {
+      token: TOKENS.agent,
+      body: { updates: batch(1) },
+    });
+    assertProblem(refused, 503);
+    assert.equal(refused.headers.get("retry-after"), "2");
+    assert.match(refused.body.detail, /region "iad": 100000 updates are still waiting/);
+  });
+
+  await fill("fra", MAX_PENDING_UPDATES_TOTAL - MAX_PENDING_UPDATES);
+  await t.step(
+    "all regions at the total bound: a region with no backlog of its own refuses too",
+    async () => {
+      await assert.rejects(
+        ingestStatus(app.kv, app.clock, "sin", batch(1)),
+        (error) =>
+          error instanceof UnavailableError &&
+          /200000 updates of all regions are still waiting/.test(error.message),
+      );
+    },
+  );
+
+  await t.step("once messages are applied, both bounds accept again", async () => {
+    await new StatusApplier(app.kv, app.clock).apply(iad.slice(0, 4));
+    assert.equal((await ingestStatus(app.kv, app.clock, "sin", batch())).accepted, 1000);
+    assert.equal((await ingestStatus(app.kv, app.clock, "iad", batch(500))).accepted, 500);
+  });
 });
