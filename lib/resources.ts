@@ -153,7 +153,8 @@ export async function deleteResource(
  * Commits a spec change; `loss` (a reason) when it takes the resource away, which records
  * the lease loss in the same commit when a lease holds a slot (the commit checks the
  * slots it read free, so none is taken meanwhile). An earlier removal's loss not yet
- * finished (a crash) is finished first, so that its leases end with its own reason.
+ * finished (a crash) is finished first, by any change, so that its leases end with its own
+ * reason before the resource is changed or registered again.
  */
 async function changeSpec(
   kv: Deno.Kv,
@@ -174,7 +175,9 @@ async function changeSpec(
       ]),
       readHeldSlots(kv, region, id),
     ]);
-    if (loss !== null && held.size > 0 && recorded.versionstamp !== null) {
+    // Any change, a registration again included: the leases that removal took away must
+    // not live on (renewed, say) on the resource registered anew.
+    if (held.size > 0 && recorded.versionstamp !== null) {
       await finishRecordedLoss(kv, clock, region, id, recorded);
       continue;
     }

@@ -357,6 +357,7 @@ export async function planApply(
     after: CachedResource & { spec: ResourceSpec };
   }> = [];
   const losses: Loss[] = [];
+  const registeredAgain: Array<{ region: string; id: string }> = [];
   for (const { region, id, updates } of groups) {
     const read = regions.get(region)!;
     const current = read.resources.get(id)!;
@@ -401,12 +402,15 @@ export async function planApply(
     }
     if (merged.goneBy.length > 0) {
       losses.push({ region, id, before: lossCut(merged, acceptedAt) });
+    } else if (tombstone !== null && merged.spec !== null) {
+      registeredAgain.push({ region, id });
     }
     read.resources.set(id, after);
     result.effective += merged.used;
     result.regions.add(region);
   }
   await stageLosses(kv, clock, plan, losses, result);
+  await finishUnfinishedLosses(kv, clock, registeredAgain);
   const held = await readHeldSlotsOf(
     kv,
     changes.map(({ region, before, after }) => ({
@@ -469,18 +473,34 @@ async function stageLosses(
   losses: readonly Loss[],
   result: PlannedApply,
 ): Promise<void> {
+  await finishUnfinishedLosses(kv, clock, losses);
+  for (const { region, id, before } of losses) {
+    stageLeaseLoss(plan, region, id, "resource gone", before);
+    result.gone.push({ region, id });
+    result.regions.add(region);
+  }
+}
+
+/**
+ * Finishes the lease losses a removal left unfinished (a crash) on these resources, before
+ * the plan records another or reads their held slots: a new record in its place would lose
+ * those leases with another reason, or not at all, and a resource registered anew must not
+ * carry them on (renewed).
+ */
+async function finishUnfinishedLosses(
+  kv: Deno.Kv,
+  clock: Clock,
+  resources: ReadonlyArray<{ region: string; id: string }>,
+): Promise<void> {
   const recorded = await getAll<LeaseLoss>(
     kv,
-    losses.map(({ region, id }) => keys.leaseLoss(region, id)),
+    resources.map(({ region, id }) => keys.leaseLoss(region, id)),
   );
-  for (const [i, { region, id, before }] of losses.entries()) {
+  for (const [i, { region, id }] of resources.entries()) {
     const unfinished = recorded[i];
     if (unfinished.versionstamp !== null) {
       await finishRecordedLoss(kv, clock, region, id, unfinished);
     }
-    stageLeaseLoss(plan, region, id, "resource gone", before);
-    result.gone.push({ region, id });
-    result.regions.add(region);
   }
 }
 

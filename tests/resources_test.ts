@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { deleteResource, finishLeaseLosses, loseLeases } from "../lib/resources.ts";
 import { keys } from "../lib/keys.ts";
+import { StatusApplier } from "../lib/applier.ts";
+import { ingestStatus } from "../lib/status.ts";
 import {
   assertProblem,
   claim,
@@ -470,6 +472,35 @@ Deno.test("a renew over a DELETE's unfinished lease loss ends the lease as delet
   assert.deepEqual([after.state, after.reason], ["lost", "resource deleted"]);
   const records = await Array.fromAsync(app.kv.list({ prefix: keys.leaseLosses("iad") }));
   assert.deepEqual(records, [], "the record is finished");
+});
+
+Deno.test("registered again over a DELETE's unfinished lease loss, its old leases end as deleted first", async () => {
+  await using app = await makeApp();
+  const held = await deletedMidLoss(app);
+  assert.equal((await putResource(app, "r1", { slots: 1 })).status, 201, "registered again");
+  const after = await getClaim(app, held.body.id);
+  assert.deepEqual([after.state, after.reason], ["lost", "resource deleted"]);
+  assertProblem(await renew(app, held.body.id, held.body.secret), 409);
+  const records = await Array.fromAsync(app.kv.list({ prefix: keys.leaseLosses("iad") }));
+  assert.deepEqual(records, []);
+  const next = await claim(app, "iad", { holder: "next" });
+  assert.equal(next.status, 201, "the slot is free for a new claim");
+  assert.deepEqual(await poolOf(app, "iad"), { free: 0, claimed: 1, total: 1 });
+});
+
+Deno.test("a status report registering it again over a DELETE's unfinished lease loss ends those leases first", async () => {
+  await using app = await makeApp();
+  const held = await deletedMidLoss(app);
+  const { messages } = await ingestStatus(app.kv, app.clock, "iad", [
+    { resource: "r1", seq: 1, state: "ready" },
+  ]);
+  await new StatusApplier(app.kv, app.clock).apply(messages);
+  assert.equal((await app.request("GET", "/v1/regions/iad/resources/r1")).status, 200);
+  const after = await getClaim(app, held.body.id);
+  assert.deepEqual([after.state, after.reason], ["lost", "resource deleted"]);
+  assertProblem(await renew(app, held.body.id, held.body.secret), 409);
+  assert.equal((await claim(app, "iad", { holder: "next" })).status, 201);
+  assert.deepEqual(await poolOf(app, "iad"), { free: 0, claimed: 1, total: 1 });
 });
 
 Deno.test("a PUT gone over a DELETE's unfinished lease loss ends those leases as deleted", async () => {
