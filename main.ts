@@ -77,9 +77,10 @@ let stopping = false;
 async function shutDown(): Promise<void> {
   if (stopping) Deno.exit(1);
   stopping = true;
-  await watch.stop();
-  // A connection that never finishes its request must not hold the process up for ever.
-  await Promise.race([server.shutdown(), new Promise((resolve) => setTimeout(resolve, 10_000))]);
+  // Everything under one cap: a connection that never finishes its request, or a store that
+  // never answers, must not hold the process up for ever.
+  const drained = Promise.all([server.shutdown(), watch.stop()]);
+  await Promise.race([drained, new Promise((resolve) => setTimeout(resolve, 10_000))]);
   kv.close();
   Deno.exit(0);
 }

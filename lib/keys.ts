@@ -24,9 +24,6 @@ export function freeIndexHash(resource: string, slot: number): number {
   return hash >>> 0;
 }
 
-/** The status pipeline's counters: updates enqueued, applied, and dead-lettered. */
-export type StatusCounterName = "enqueued" | "applied" | "dead";
-
 /** Counters kept with `sum` so hot writers never conflict on them. */
 export type CounterName =
   | "slots"
@@ -109,8 +106,11 @@ export const keys = {
 
   /** Pool and pipeline counters. */
   counter: (region: string, name: CounterName) => regionKey(region, "n", name),
-  /** Status pipeline counters summed over every region: the queue they share is one. */
-  statusTotal: (name: StatusCounterName) => ["n", name] as const,
+  /**
+   * Status updates waiting in all regions together (StatusBacklog), as the region watch last
+   * summed them: the regions share one queue, which status ingest bounds as a whole.
+   */
+  statusBacklog: () => ["backlog"] as const,
   /** Blind-written by every write to the region: its versionstamp proves a replica has caught up. */
   writeMark: (region: string) => regionKey(region, "wm"),
 

@@ -2,7 +2,7 @@
 import type { AtomicWriter } from "./atomic.ts";
 import { encodeBase64Url } from "./base64.ts";
 import { BadRequestError } from "./errors.ts";
-import { type CounterName, keys, type StatusCounterName } from "./keys.ts";
+import { type CounterName, keys } from "./keys.ts";
 
 const U64 = 2n ** 64n;
 
@@ -16,21 +16,6 @@ export function addCounter(
   if (delta === 0) return;
   const value = delta > 0 ? BigInt(delta) : U64 + BigInt(delta);
   op.sum(keys.counter(region, name), value);
-}
-
-/**
- * Counts status updates through the pipeline, in their region's counter and in the total
- * over every region (the backlog bounds of status ingest read both).
- */
-export function countStatus(
-  op: AtomicWriter,
-  region: string,
-  name: StatusCounterName,
-  delta: number,
-): void {
-  if (delta === 0) return;
-  addCounter(op, region, name, delta);
-  op.sum(keys.statusTotal(name), delta > 0 ? BigInt(delta) : U64 + BigInt(delta));
 }
 
 /** A counter's value as a signed number. */

@@ -8,7 +8,7 @@
 import type { AtomicWriter } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { keys } from "./keys.ts";
-import { counterValue, countStatus } from "./kv.ts";
+import { addCounter, counterValue } from "./kv.ts";
 
 /** Pending-index value: how many updates the message carries. */
 export interface PendingMessage {
@@ -134,5 +134,5 @@ export function stageRetirement(
     op.delete(entry.key);
     count += entry.value.count;
   }
-  countStatus(op, region, "dead", count);
+  addCounter(op, region, "dead", count);
 }

@@ -4,12 +4,15 @@
  * region whose status queue has stalled takes no apply, and may take no claim or read
  * while its lag grows: its mode would not enter fallback, its mode history would date the
  * switch by the next claim instead of the crossing, and its lag gauge would stay flat.
+ * Each pass also sums the updates waiting in all regions (StatusBacklog), which status
+ * ingest bounds as a whole.
  */
 import type { Clock } from "./clock.ts";
 import { evaluateMode } from "./fallback.ts";
 import { log } from "./log.ts";
 import { keys } from "./keys.ts";
 import { regionNames } from "./regions.ts";
+import type { StatusBacklog } from "./status.ts";
 
 /** A closed handle (a shutdown) never serves again: the watch ends rather than log forever. */
 const isClosed = (error: unknown) =>
@@ -21,19 +24,29 @@ export const WATCH_EVERY_MS = 5_000;
 
 /**
  * Evaluates every region's mode once (evaluateMode: switching it if its lag says so, and
- * updating its gauges). One region failing does not stop the others; returns how many failed.
+ * updating its gauges), then records the updates waiting in all regions together. One
+ * region failing does not stop the others (returns how many failed); `stopping` ends the
+ * pass early, recording nothing.
  */
-export async function evaluateEveryRegion(kv: Deno.Kv, clock: Clock): Promise<number> {
+export async function evaluateEveryRegion(
+  kv: Deno.Kv,
+  clock: Clock,
+  stopping: () => boolean = () => false,
+): Promise<number> {
   let failed = 0;
+  let pending = 0;
   for await (const name of regionNames(kv)) {
+    if (stopping()) return failed;
     try {
-      await evaluateMode(kv, clock, name);
+      pending += (await evaluateMode(kv, clock, name)).lag.pending;
     } catch (error) {
       if (isClosed(error)) throw error; // no other region can be read either
       failed++;
       log("warn", "region watch: evaluation failed", { region: name, error: String(error) });
     }
   }
+  const backlog: StatusBacklog = { pending, at: clock.now() };
+  await kv.set(keys.statusBacklog(), backlog);
   return failed;
 }
 
@@ -62,9 +75,17 @@ export async function takeWatch(
   return res.ok;
 }
 
+/** Gives the watch up if `owner` holds it, so a process started next takes it at once. */
+export async function releaseWatch(kv: Deno.Kv, owner: string): Promise<void> {
+  const held = await kv.get<WatchLease>(keys.regionWatch());
+  if (held.value?.owner !== owner) return;
+  await kv.atomic().check(held).delete(keys.regionWatch()).commit();
+}
+
 /**
  * Runs evaluateEveryRegion every `everyMs`, one pass at a time, until stopped, in the one
- * process that holds the watch (takeWatch; a holder that stops is replaced within 3 periods).
+ * process that holds the watch (takeWatch; a holder that stops without giving it up is
+ * replaced 3 to 4 periods after its last pass, plus however far its clock ran ahead).
  */
 export function watchRegions(
   kv: Deno.Kv,
@@ -78,7 +99,7 @@ export function watchRegions(
   const pass = async () => {
     try {
       if (await takeWatch(kv, clock, owner, clock.now() + 3 * everyMs)) {
-        await evaluateEveryRegion(kv, clock);
+        await evaluateEveryRegion(kv, clock, () => stopped);
       }
     } catch (error) {
       if (isClosed(error)) {
@@ -91,11 +112,12 @@ export function watchRegions(
   };
   timer = setTimeout(() => running = pass(), everyMs);
   return {
-    /** Stops the watch; resolves once a pass in flight has finished. */
-    stop() {
+    /** Stops the watch: ends a pass in flight at its next region, then gives the watch up. */
+    async stop() {
       stopped = true;
       clearTimeout(timer);
-      return running;
+      await running;
+      await releaseWatch(kv, owner).catch(() => {}); // a closed store: the lease lapses
     },
   };
 }

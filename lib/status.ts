@@ -8,7 +8,7 @@ import { ATOMIC_LIMITS, type AtomicPlan, encodedSize, isSizeLimitError } from ".
 import type { Clock } from "./clock.ts";
 import { TooLargeError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { bumpResourcesVersion, counterValue, countStatus, getAll, markWrite } from "./kv.ts";
+import { addCounter, bumpResourcesVersion, counterValue, getAll, markWrite } from "./kv.ts";
 import { type CachedResource, ResourceCache } from "./resource_cache.ts";
 import type { PendingMessage } from "./lag.ts";
 import { readHeldSlotsOf, type ResourceSpec, stageSpecChange } from "./pool.ts";
@@ -36,11 +36,20 @@ const MESSAGE_BYTES = 48 * 1024;
 /** Ingest refuses new batches while this many updates of a region wait (bounded backlog). */
 export const MAX_PENDING_UPDATES = 100_000;
 /**
- * Ingest refuses new batches while this many updates of all regions together wait: the
- * regions share one queue (and the expiry sweeps ride it too), so one bound per region
- * would let an agent of many regions grow it by 100,000 a region.
+ * Ingest refuses new batches while about this many updates of all regions together wait:
+ * the regions share one queue (and the expiry sweeps ride it too), so one bound per region
+ * would let an agent of many regions grow it by 100,000 a region. "About": the figure is
+ * the region watch's last sum (StatusBacklog), a few seconds old.
  */
 export const MAX_PENDING_UPDATES_TOTAL = 200_000;
+/** A backlog sum older than this (its watch gone) bounds nothing: ingest fails open. */
+const BACKLOG_FRESH_MS = 60_000;
+
+/** Status updates waiting in all regions together, summed by the region watch at `at`. */
+export interface StatusBacklog {
+  pending: number;
+  at: number;
+}
 /**
  * Redelivery delays for a status message before it is dead-lettered: as many as Deno
  * KV allows (5), spread over ~50 s, since a crash during a delivery uses one up.
@@ -88,22 +97,28 @@ export async function ingestStatus(
   updates: readonly StatusUpdate[],
 ): Promise<{ accepted: number; messages: StatusBatchMessage[]; consistencyToken: string }> {
   await getRegionConfig(kv, region);
-  const names = ["enqueued", "applied", "dead"] as const;
-  const counts = (await kv.getMany([
-    ...names.map((name) => keys.counter(region, name)),
-    ...names.map((name) => keys.statusTotal(name)),
-  ])).map(counterValue);
-  const waiting = counts[0] - counts[1] - counts[2];
+  const [enqueued, applied, dead, backlog] = await kv.getMany<
+    [Deno.KvU64, Deno.KvU64, Deno.KvU64, StatusBacklog]
+  >([
+    keys.counter(region, "enqueued"),
+    keys.counter(region, "applied"),
+    keys.counter(region, "dead"),
+    keys.statusBacklog(),
+  ]);
+  const waiting = counterValue(enqueued) - counterValue(applied) - counterValue(dead);
   if (waiting + updates.length > MAX_PENDING_UPDATES) {
     throw new UnavailableError(
       `Cannot accept status for region "${region}": ${waiting} updates are still waiting to be applied`,
       2,
     );
   }
-  const waitingEverywhere = counts[3] - counts[4] - counts[5];
-  if (waitingEverywhere + updates.length > MAX_PENDING_UPDATES_TOTAL) {
+  const everywhere = backlog.value;
+  if (
+    everywhere !== null && clock.now() - everywhere.at <= BACKLOG_FRESH_MS &&
+    everywhere.pending + updates.length > MAX_PENDING_UPDATES_TOTAL
+  ) {
     throw new UnavailableError(
-      `Cannot accept status for region "${region}": ${waitingEverywhere} updates of all regions are still waiting to be applied`,
+      `Cannot accept status for region "${region}": about ${everywhere.pending} updates of all regions are still waiting to be applied`,
       2,
     );
   }
@@ -128,7 +143,7 @@ export async function ingestStatus(
       { count: message.updates.length } satisfies PendingMessage,
     );
   }
-  countStatus(op, region, "enqueued", updates.length);
+  addCounter(op, region, "enqueued", updates.length);
   markWrite(op, region);
   const res = await op.commit().catch((error) => {
     // The estimate should have caught it; this is the backstop: a 413, never a 500.
@@ -426,7 +441,7 @@ export async function planApply(
     for (const { message, pending } of live) {
       plan.check(pending);
       plan.delete(pending.key);
-      countStatus(plan, message.region, "applied", pending.value!.count);
+      addCounter(plan, message.region, "applied", pending.value!.count);
       result.processed += pending.value!.count;
       result.regions.add(message.region);
       result.completed++;

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { StatusApplier } from "../lib/applier.ts";
 import { keys } from "../lib/keys.ts";
 import { handleQueueMessage, type StatusBatchMessage } from "../lib/queue.ts";
-import { evaluateEveryRegion, takeWatch, watchRegions } from "../lib/region_watch.ts";
+import { evaluateEveryRegion, releaseWatch, takeWatch, watchRegions } from "../lib/region_watch.ts";
 import { ingestStatus } from "../lib/status.ts";
 import { claim, FakeClock, makeApp, type TestApp, TOKENS } from "./_helpers.ts";
 
@@ -395,5 +395,39 @@ Deno.test("one process holds the region watch at a time; another takes over once
     clock.advance(1);
     assert.equal(await takeWatch(kv, clock, "b", until()), true, "lapsed: b takes over");
     assert.equal(await takeWatch(kv, clock, "a", until()), false);
+  });
+
+  await t.step("only its holder gives it up; then another takes it at once", async () => {
+    await releaseWatch(kv, "a");
+    assert.equal(await takeWatch(kv, clock, "a", until()), false, "a did not hold it");
+    await releaseWatch(kv, "b");
+    assert.equal(await takeWatch(kv, clock, "a", until()), true);
+  });
+
+  await t.step("a stopped watch gives it up, so a process started next need not wait", async () => {
+    await releaseWatch(kv, "a");
+    const watch = watchRegions(kv, clock, 1);
+    const deadline = Date.now() + 10_000;
+    while ((await kv.get(keys.regionWatch())).value === null && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    assert.notEqual((await kv.get(keys.regionWatch())).value, null, "it took the watch");
+    await watch.stop();
+    assert.equal((await kv.get(keys.regionWatch())).value, null);
+    assert.equal(await takeWatch(kv, clock, "next", until()), true);
+  });
+});
+
+Deno.test("a pass asked to stop ends at its next region and records no backlog sum", async () => {
+  await using app = await makeApp();
+  await twoRegions(app, 1);
+  let asked = 0;
+  await evaluateEveryRegion(app.kv, app.clock, () => ++asked > 1);
+  assert.equal(asked, 2, "it asked before each region and stopped before the second");
+  assert.equal((await app.kv.get(keys.statusBacklog())).value, null);
+  await evaluateEveryRegion(app.kv, app.clock);
+  assert.deepEqual((await app.kv.get(keys.statusBacklog())).value, {
+    pending: 0,
+    at: app.clock.now(),
   });
 });

@@ -8,6 +8,7 @@ import {
   mergeUpdates,
 } from "../lib/status.ts";
 import { UnavailableError } from "../lib/errors.ts";
+import { evaluateEveryRegion } from "../lib/region_watch.ts";
 import { AtomicPlan, encodedSize } from "../lib/atomic.ts";
 import { TooLargeError } from "../lib/errors.ts";
 import type { StatusUpdate } from "../lib/schemas.ts";
@@ -1086,6 +1087,9 @@ Deno.test("status ingest bounds the backlog per region and over all regions, the
     }
     return messages;
   };
+  const refusedEverywhere = (error: unknown) =>
+    error instanceof UnavailableError &&
+    /about 2\d{5} updates of all regions are still waiting/.test(error.message);
 
   const iad = await fill("iad", MAX_PENDING_UPDATES);
   await t.step("a region at its bound refuses the next batch with 503 + Retry-After", async () => {
@@ -1100,20 +1104,26 @@ Deno.test("status ingest bounds the backlog per region and over all regions, the
 
   await fill("fra", MAX_PENDING_UPDATES_TOTAL - MAX_PENDING_UPDATES);
   await t.step(
-    "all regions at the total bound: a region with no backlog of its own refuses too",
+    "all regions at the total bound, as the watch summed them: every region refuses",
     async () => {
-      await assert.rejects(
-        ingestStatus(app.kv, app.clock, "sin", batch(1)),
-        (error) =>
-          error instanceof UnavailableError &&
-          /200000 updates of all regions are still waiting/.test(error.message),
-      );
+      assert.equal(await evaluateEveryRegion(app.kv, app.clock), 0);
+      await assert.rejects(ingestStatus(app.kv, app.clock, "sin", batch(1)), refusedEverywhere);
     },
   );
 
-  await t.step("once messages are applied, both bounds accept again", async () => {
+  await t.step("once applied, the next pass lets them in again", async () => {
     await new StatusApplier(app.kv, app.clock).apply(iad.slice(0, 4));
+    await assert.rejects(ingestStatus(app.kv, app.clock, "sin", batch(1)), refusedEverywhere);
+    await evaluateEveryRegion(app.kv, app.clock);
     assert.equal((await ingestStatus(app.kv, app.clock, "sin", batch())).accepted, 1000);
     assert.equal((await ingestStatus(app.kv, app.clock, "iad", batch(500))).accepted, 500);
+  });
+
+  await t.step("a sum no watch has renewed for a minute bounds nothing", async () => {
+    await fill("sin", 1000);
+    await evaluateEveryRegion(app.kv, app.clock);
+    await assert.rejects(ingestStatus(app.kv, app.clock, "sin", batch(1)), refusedEverywhere);
+    app.clock.advance(60_001);
+    assert.equal((await ingestStatus(app.kv, app.clock, "sin", batch(1))).accepted, 1);
   });
 });
