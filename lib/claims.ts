@@ -27,7 +27,7 @@ import {
 } from "./idempotency.ts";
 import type { ResourceSpec } from "./pool.ts";
 import { getRegionConfig } from "./regions.ts";
-import { finishUnfinishedLoss } from "./resources.ts";
+import { finishUnfinishedLosses } from "./resources.ts";
 import type { Claim, ClaimState, RegionConfig } from "./schemas.ts";
 import { stageSweeper, type SweeperBeat, sweeperKeys, type SweeperState } from "./sweeper.ts";
 
@@ -207,7 +207,7 @@ async function loseToGoneResource(
   record: ClaimRecord,
   spec: ResourceSpec | null,
 ): Promise<never> {
-  await finishUnfinishedLoss(kv, clock, record.servedBy, record.resource);
+  await finishUnfinishedLosses(kv, clock, [{ region: record.servedBy, id: record.resource }]);
   const reason = spec === null ? "resource deleted" : "resource gone";
   await endLease(kv, clock, record.id, { state: "lost", reason }).catch((error) => {
     if (!(error instanceof LeaseLostError)) throw error;

@@ -2,7 +2,7 @@
 import type { Clock } from "./clock.ts";
 import { LeaseLostError, NotFoundError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { bumpResourcesVersion, listPage, markWrite } from "./kv.ts";
+import { bumpResourcesVersion, getAll, listPage, markWrite } from "./kv.ts";
 import { endLiveLease } from "./leases.ts";
 import { log } from "./log.ts";
 import type { AtomicWriter } from "./atomic.ts";
@@ -289,16 +289,25 @@ export async function finishLeaseLoss(
   return { lost: 0, lastCommit: res.ok ? res.versionstamp : null };
 }
 
-/** Finishes the resource's lease-loss record, if a removal left one unfinished. */
-export async function finishUnfinishedLoss(
+/**
+ * Finishes the lease losses a removal left unfinished (a crash) on these resources: before
+ * another is recorded in its place (which would lose those leases with another reason, or
+ * not at all), and before a resource registered anew or renewed carries them on.
+ */
+export async function finishUnfinishedLosses(
   kv: Deno.Kv,
   clock: Clock,
-  region: string,
-  id: string,
+  resources: ReadonlyArray<{ region: string; id: string }>,
 ): Promise<void> {
-  const record = await kv.get<LeaseLoss>(keys.leaseLoss(region, id));
-  if (record.versionstamp !== null) {
-    await finishRecordedLoss(kv, clock, region, id, record as Deno.KvEntry<LeaseLoss>);
+  const recorded = await getAll<LeaseLoss>(
+    kv,
+    resources.map(({ region, id }) => keys.leaseLoss(region, id)),
+  );
+  for (const [i, { region, id }] of resources.entries()) {
+    const unfinished = recorded[i];
+    if (unfinished.versionstamp !== null) {
+      await finishRecordedLoss(kv, clock, region, id, unfinished as Deno.KvEntry<LeaseLoss>);
+    }
   }
 }
 

@@ -17,8 +17,7 @@ import { getRegionConfig } from "./regions.ts";
 import {
   afterTombstone,
   type FieldSeq,
-  finishRecordedLoss,
-  type LeaseLoss,
+  finishUnfinishedLosses,
   stageLeaseLoss,
   type Telemetry,
 } from "./resources.ts";
@@ -493,29 +492,6 @@ async function stageLosses(
     stageLeaseLoss(plan, region, id, "resource gone", before);
     result.gone.push({ region, id });
     result.regions.add(region);
-  }
-}
-
-/**
- * Finishes the lease losses a removal left unfinished (a crash) on these resources, before
- * the plan records another or reads their held slots: a new record in its place would lose
- * those leases with another reason, or not at all, and a resource registered anew must not
- * carry them on (renewed).
- */
-async function finishUnfinishedLosses(
-  kv: Deno.Kv,
-  clock: Clock,
-  resources: ReadonlyArray<{ region: string; id: string }>,
-): Promise<void> {
-  const recorded = await getAll<LeaseLoss>(
-    kv,
-    resources.map(({ region, id }) => keys.leaseLoss(region, id)),
-  );
-  for (const [i, { region, id }] of resources.entries()) {
-    const unfinished = recorded[i];
-    if (unfinished.versionstamp !== null) {
-      await finishRecordedLoss(kv, clock, region, id, unfinished);
-    }
   }
 }
 
