@@ -111,6 +111,11 @@ export const keys = {
    * summed them: the regions share one queue, which status ingest bounds as a whole.
    */
   statusBacklog: () => ["backlog"] as const,
+  /**
+   * Status updates ever enqueued in all regions (a sum): what ingest adds to the watch's last
+   * StatusBacklog, by its difference since that pass.
+   */
+  statusEnqueuedEverywhere: () => ["backlog", "enqueued"] as const,
   /** Blind-written by every write to the region: its versionstamp proves a replica has caught up. */
   writeMark: (region: string) => regionKey(region, "wm"),
 

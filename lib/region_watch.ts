@@ -11,6 +11,7 @@ import type { Clock } from "./clock.ts";
 import { evaluateMode } from "./fallback.ts";
 import { log } from "./log.ts";
 import { keys } from "./keys.ts";
+import { counterValue } from "./kv.ts";
 import { regionNames } from "./regions.ts";
 import type { StatusBacklog } from "./status.ts";
 
@@ -24,9 +25,9 @@ export const WATCH_EVERY_MS = 5_000;
 
 /**
  * Evaluates every region's mode once (evaluateMode: switching it if its lag says so, and
- * updating its gauges), then records the updates waiting in all regions together. One
- * region failing does not stop the others (returns how many failed); `stopping` ends the
- * pass early, recording nothing.
+ * updating its gauges), then records the updates waiting in all regions together, unless a
+ * region failed. One region failing does not stop the others (returns how many failed);
+ * `stopping` ends the pass early, recording nothing.
  */
 export async function evaluateEveryRegion(
   kv: Deno.Kv,
@@ -35,6 +36,9 @@ export async function evaluateEveryRegion(
 ): Promise<number> {
   let failed = 0;
   let pending = 0;
+  // Read first: what is enqueued between this read and a region's evaluation counts twice
+  // (in its pending and in ingest's difference), never not at all.
+  const enqueued = counterValue(await kv.get(keys.statusEnqueuedEverywhere()));
   for await (const name of regionNames(kv)) {
     if (stopping()) return failed;
     try {
@@ -45,8 +49,11 @@ export async function evaluateEveryRegion(
       log("warn", "region watch: evaluation failed", { region: name, error: String(error) });
     }
   }
-  const backlog: StatusBacklog = { pending, at: clock.now() };
-  await kv.set(keys.statusBacklog(), backlog);
+  // A region left out would lower the sum: the last whole one stands until it ages out.
+  if (failed === 0) {
+    const backlog: StatusBacklog = { pending, enqueued, at: clock.now() };
+    await kv.set(keys.statusBacklog(), backlog);
+  }
   return failed;
 }
 

@@ -8,6 +8,7 @@ import { ATOMIC_LIMITS, type AtomicPlan, encodedSize, isSizeLimitError } from ".
 import type { Clock } from "./clock.ts";
 import { TooLargeError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
+import { log } from "./log.ts";
 import { addCounter, bumpResourcesVersion, counterValue, getAll, markWrite } from "./kv.ts";
 import { type CachedResource, ResourceCache } from "./resource_cache.ts";
 import type { PendingMessage } from "./lag.ts";
@@ -35,19 +36,35 @@ const MESSAGE_BYTES = 48 * 1024;
 /** Ingest refuses new batches while this many updates of a region wait (bounded backlog). */
 export const MAX_PENDING_UPDATES = 100_000;
 /**
- * Ingest refuses new batches while about this many updates of all regions together wait:
- * the regions share one queue (and the expiry sweeps ride it too), so one bound per region
- * would let an agent of many regions grow it by 100,000 a region. "About": the figure is
- * the region watch's last sum (StatusBacklog), a few seconds old.
+ * Ingest refuses new batches while this many updates of all regions together wait: the
+ * regions share one queue (and the expiry sweeps ride it too), so one bound per region
+ * would let an agent of many regions grow it by 100,000 a region. The figure is the region
+ * watch's last sum plus what was enqueued since (StatusBacklog): updates applied since that
+ * pass still count until the next one.
  */
 export const MAX_PENDING_UPDATES_TOTAL = 200_000;
 /** A backlog sum older than this (its watch gone) bounds nothing: ingest fails open. */
 const BACKLOG_FRESH_MS = 60_000;
 
-/** Status updates waiting in all regions together, summed by the region watch at `at`. */
+/**
+ * Status updates waiting in all regions together, summed by the region watch at `at`, and
+ * keys.statusEnqueuedEverywhere as it read it just before: ingest bounds `pending` plus
+ * what has been enqueued since. Each pass sets both afresh, so neither drifts for long.
+ */
 export interface StatusBacklog {
   pending: number;
+  enqueued: number;
   at: number;
+}
+
+/** Updates of all regions waiting now, by the last pass's sum and what came since. */
+function waitingEverywhere(
+  backlog: StatusBacklog | null,
+  enqueuedNow: number,
+  now: number,
+): number | null {
+  if (backlog === null || now - backlog.at > BACKLOG_FRESH_MS) return null;
+  return backlog.pending + Math.max(0, enqueuedNow - backlog.enqueued);
 }
 /**
  * Redelivery delays for a status message before it is dead-lettered: as many as Deno
@@ -96,13 +113,14 @@ export async function ingestStatus(
   updates: readonly StatusUpdate[],
 ): Promise<{ accepted: number; messages: StatusBatchMessage[]; consistencyToken: string }> {
   await getRegionConfig(kv, region);
-  const [enqueued, applied, dead, backlog] = await kv.getMany<
-    [Deno.KvU64, Deno.KvU64, Deno.KvU64, StatusBacklog]
+  const [enqueued, applied, dead, backlog, enqueuedEverywhere] = await kv.getMany<
+    [Deno.KvU64, Deno.KvU64, Deno.KvU64, StatusBacklog, Deno.KvU64]
   >([
     keys.counter(region, "enqueued"),
     keys.counter(region, "applied"),
     keys.counter(region, "dead"),
     keys.statusBacklog(),
+    keys.statusEnqueuedEverywhere(),
   ]);
   const waiting = counterValue(enqueued) - counterValue(applied) - counterValue(dead);
   if (waiting + updates.length > MAX_PENDING_UPDATES) {
@@ -111,13 +129,14 @@ export async function ingestStatus(
       2,
     );
   }
-  const everywhere = backlog.value;
-  if (
-    everywhere !== null && clock.now() - everywhere.at <= BACKLOG_FRESH_MS &&
-    everywhere.pending + updates.length > MAX_PENDING_UPDATES_TOTAL
-  ) {
+  const everywhere = waitingEverywhere(
+    backlog.value,
+    counterValue(enqueuedEverywhere),
+    clock.now(),
+  );
+  if (everywhere !== null && everywhere + updates.length > MAX_PENDING_UPDATES_TOTAL) {
     throw new UnavailableError(
-      `Cannot accept status for region "${region}": about ${everywhere.pending} updates of all regions are still waiting to be applied`,
+      `Cannot accept status for region "${region}": about ${everywhere} updates of all regions are still waiting to be applied`,
       2,
     );
   }
@@ -143,6 +162,7 @@ export async function ingestStatus(
     );
   }
   addCounter(op, region, "enqueued", updates.length);
+  op.sum(keys.statusEnqueuedEverywhere(), BigInt(updates.length));
   markWrite(op, region);
   const res = await op.commit().catch((error) => {
     // The estimate should have caught it; this is the backstop: a 413, never a 500.
@@ -371,7 +391,8 @@ export async function planApply(
     after: CachedResource & { spec: ResourceSpec };
   }> = [];
   const losses: Loss[] = [];
-  const registeredAgain: Array<{ region: string; id: string }> = [];
+  /** Resources a report brings back, registered again or no longer gone. */
+  const back: Array<{ region: string; id: string }> = [];
   for (const { region, id, updates } of groups) {
     const read = regions.get(region)!;
     const current = read.resources.get(id)!;
@@ -416,15 +437,24 @@ export async function planApply(
     }
     if (merged.goneBy.length > 0) {
       losses.push({ region, id, before: lossCut(merged, acceptedAt) });
-    } else if (tombstone !== null && merged.spec !== null) {
-      registeredAgain.push({ region, id });
+    } else if (
+      (tombstone !== null || current.spec?.state === "gone") &&
+      merged.spec !== null && merged.spec.state !== "gone"
+    ) {
+      back.push({ region, id });
     }
     read.resources.set(id, after);
     result.effective += merged.used;
     result.regions.add(region);
   }
   await stageLosses(kv, clock, plan, losses, result);
-  await finishUnfinishedLosses(kv, clock, registeredAgain);
+  // A removal's loss cut short must not carry its leases onto the resource brought back; a
+  // failure here leaves that to the region's sweep chain rather than fail the apply group.
+  await finishUnfinishedLosses(kv, clock, back).catch((error) => {
+    log("warn", "a lease loss left by a removal could not be finished; the sweep will", {
+      error: String(error),
+    });
+  });
   const held = await readHeldSlotsOf(
     kv,
     changes.map(({ region, before, after }) => ({

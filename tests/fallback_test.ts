@@ -428,6 +428,7 @@ Deno.test("a pass asked to stop ends at its next region and records no backlog s
   await evaluateEveryRegion(app.kv, app.clock);
   assert.deepEqual((await app.kv.get(keys.statusBacklog())).value, {
     pending: 0,
+    enqueued: 0,
     at: app.clock.now(),
   });
 });

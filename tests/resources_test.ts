@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
-import { deleteResource, finishLeaseLosses, loseLeases } from "../lib/resources.ts";
+import {
+  deleteResource,
+  finishLeaseLosses,
+  loseLeases,
+  putResource as putSpec,
+} from "../lib/resources.ts";
 import { keys } from "../lib/keys.ts";
 import { StatusApplier } from "../lib/applier.ts";
 import { ingestStatus } from "../lib/status.ts";
@@ -437,16 +442,22 @@ Deno.test("a DELETE's lease loss never reaches a claim made after it, on the res
   );
 });
 
-/** Resource r1 in region iad, deleted while a lease held it by a DELETE that crashed before its lease loss. */
-async function deletedMidLoss(app: TestApp) {
+/**
+ * Resource r1 in region iad, removed while a lease held it by a DELETE (or a PUT gone) that
+ * crashed before its lease loss.
+ */
+async function deletedMidLoss(app: TestApp, by: "DELETE" | "PUT gone" = "DELETE") {
   await seedRegion(app, "iad", 0);
   await putResource(app, "r1", { slots: 1 });
   const held = await claim(app, "iad", { holder: "h" });
-  // The DELETE commits, then "crashes" on the listing its lease loss starts with.
+  // The removal commits, then "crashes" on the listing its lease loss starts with.
   const crashing = onSlotListing(app.kv, 2, () => {
     throw new Error("injected: crashed before the lease loss");
   });
-  await assert.rejects(deleteResource(crashing, app.clock, "iad", "r1"), /injected/);
+  const removal = by === "DELETE"
+    ? deleteResource(crashing, app.clock, "iad", "r1")
+    : putSpec(crashing, app.clock, "iad", "r1", { slots: 1, labels: {}, state: "gone" });
+  await assert.rejects(removal, /injected/);
   assert.equal((await getClaim(app, held.body.id)).state, "active", "the crash left it held");
   return held;
 }
@@ -488,19 +499,25 @@ Deno.test("registered again over a DELETE's unfinished lease loss, its old lease
   assert.deepEqual(await poolOf(app, "iad"), { free: 0, claimed: 1, total: 1 });
 });
 
-Deno.test("a status report registering it again over a DELETE's unfinished lease loss ends those leases first", async () => {
-  await using app = await makeApp();
-  const held = await deletedMidLoss(app);
-  const { messages } = await ingestStatus(app.kv, app.clock, "iad", [
-    { resource: "r1", seq: 1, state: "ready" },
-  ]);
-  await new StatusApplier(app.kv, app.clock).apply(messages);
-  assert.equal((await app.request("GET", "/v1/regions/iad/resources/r1")).status, 200);
-  const after = await getClaim(app, held.body.id);
-  assert.deepEqual([after.state, after.reason], ["lost", "resource deleted"]);
-  assertProblem(await renew(app, held.body.id, held.body.secret), 409);
-  assert.equal((await claim(app, "iad", { holder: "next" })).status, 201);
-  assert.deepEqual(await poolOf(app, "iad"), { free: 0, claimed: 1, total: 1 });
+Deno.test("a status report bringing it back over a removal's unfinished lease loss ends those leases first", async (t) => {
+  const removals = { DELETE: "resource deleted", "PUT gone": "resource gone" } as const;
+  for (const [by, reason] of Object.entries(removals) as Array<[keyof typeof removals, string]>) {
+    await t.step(by, async () => {
+      await using app = await makeApp();
+      const held = await deletedMidLoss(app, by);
+      const { messages } = await ingestStatus(app.kv, app.clock, "iad", [
+        { resource: "r1", seq: 1, state: "ready" },
+      ]);
+      await new StatusApplier(app.kv, app.clock).apply(messages);
+      const back = await app.request("GET", "/v1/regions/iad/resources/r1");
+      assert.equal(back.body.state, "ready");
+      const after = await getClaim(app, held.body.id);
+      assert.deepEqual([after.state, after.reason], ["lost", reason]);
+      assertProblem(await renew(app, held.body.id, held.body.secret), 409);
+      assert.equal((await claim(app, "iad", { holder: "next" })).status, 201);
+      assert.deepEqual(await poolOf(app, "iad"), { free: 0, claimed: 1, total: 1 });
+    });
+  }
 });
 
 Deno.test("a PUT gone over a DELETE's unfinished lease loss ends those leases as deleted", async () => {

@@ -1089,7 +1089,8 @@ Deno.test("status ingest bounds the backlog per region and over all regions, the
   };
   const refusedEverywhere = (error: unknown) =>
     error instanceof UnavailableError &&
-    /about 2\d{5} updates of all regions are still waiting/.test(error.message);
+    /about \d+ updates of all regions are still waiting/.test(error.message);
+  assert.equal(await evaluateEveryRegion(app.kv, app.clock), 0, "a pass of an empty backlog");
 
   const iad = await fill("iad", MAX_PENDING_UPDATES);
   await t.step("a region at its bound refuses the next batch with 503 + Retry-After", async () => {
@@ -1102,28 +1103,42 @@ Deno.test("status ingest bounds the backlog per region and over all regions, the
     assert.match(refused.body.detail, /region "iad": 100000 updates are still waiting/);
   });
 
-  await fill("fra", MAX_PENDING_UPDATES_TOTAL - MAX_PENDING_UPDATES);
   await t.step(
-    "all regions at the total bound, as the watch summed them: every region refuses",
+    "all regions at the total bound, no pass since: a region with none of its own refuses",
     async () => {
-      assert.equal(await evaluateEveryRegion(app.kv, app.clock), 0);
+      await fill("fra", MAX_PENDING_UPDATES_TOTAL - MAX_PENDING_UPDATES);
       await assert.rejects(ingestStatus(app.kv, app.clock, "sin", batch(1)), refusedEverywhere);
     },
   );
 
-  await t.step("once applied, the next pass lets them in again", async () => {
+  await t.step("applied updates count until the next pass, then they let others in", async () => {
     await new StatusApplier(app.kv, app.clock).apply(iad.slice(0, 4));
     await assert.rejects(ingestStatus(app.kv, app.clock, "sin", batch(1)), refusedEverywhere);
     await evaluateEveryRegion(app.kv, app.clock);
     assert.equal((await ingestStatus(app.kv, app.clock, "sin", batch())).accepted, 1000);
     assert.equal((await ingestStatus(app.kv, app.clock, "iad", batch(500))).accepted, 500);
+    await assert.rejects(ingestStatus(app.kv, app.clock, "sin", batch(1000)), refusedEverywhere);
+  });
+
+  await t.step("a pass that could not read a region leaves the last sum standing", async () => {
+    const before = await app.kv.get(keys.statusBacklog());
+    const failing = new Proxy(app.kv, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop, target);
+        if (prop !== "getMany") return typeof value === "function" ? value.bind(target) : value;
+        return (list: Deno.KvKey[], options?: { consistency?: Deno.KvConsistencyLevel }) =>
+          list.some((key) => key[0] === "regions" && key[1] === "fra")
+            ? Promise.reject(new Error("injected: fra cannot be read"))
+            : target.getMany(list, options);
+      },
+    });
+    assert.equal(await evaluateEveryRegion(failing, app.clock), 1);
+    assert.equal((await app.kv.get(keys.statusBacklog())).versionstamp, before.versionstamp);
   });
 
   await t.step("a sum no watch has renewed for a minute bounds nothing", async () => {
-    await fill("sin", 1000);
-    await evaluateEveryRegion(app.kv, app.clock);
-    await assert.rejects(ingestStatus(app.kv, app.clock, "sin", batch(1)), refusedEverywhere);
+    await assert.rejects(ingestStatus(app.kv, app.clock, "sin", batch(1000)), refusedEverywhere);
     app.clock.advance(60_001);
-    assert.equal((await ingestStatus(app.kv, app.clock, "sin", batch(1))).accepted, 1);
+    assert.equal((await ingestStatus(app.kv, app.clock, "sin", batch(1000))).accepted, 1000);
   });
 });
