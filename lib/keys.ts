@@ -106,16 +106,6 @@ export const keys = {
 
   /** Pool and pipeline counters. */
   counter: (region: string, name: CounterName) => regionKey(region, "n", name),
-  /**
-   * Status updates waiting in all regions together (StatusBacklog), as the region watch last
-   * summed them: the regions share one queue, which status ingest bounds as a whole.
-   */
-  statusBacklog: () => ["backlog"] as const,
-  /**
-   * Status updates ever enqueued in all regions (a sum): what ingest adds to the watch's last
-   * StatusBacklog, by its difference since that pass.
-   */
-  statusEnqueuedEverywhere: () => ["backlog", "enqueued"] as const,
   /** Blind-written by every write to the region: its versionstamp proves a replica has caught up. */
   writeMark: (region: string) => regionKey(region, "wm"),
 

@@ -4,16 +4,12 @@
  * region whose status queue has stalled takes no apply, and may take no claim or read
  * while its lag grows: its mode would not enter fallback, its mode history would date the
  * switch by the next claim instead of the crossing, and its lag gauge would stay flat.
- * Each pass also sums the updates waiting in all regions (StatusBacklog), which status
- * ingest bounds as a whole.
  */
 import type { Clock } from "./clock.ts";
 import { evaluateMode } from "./fallback.ts";
 import { log } from "./log.ts";
 import { keys } from "./keys.ts";
-import { counterValue } from "./kv.ts";
 import { regionNames } from "./regions.ts";
-import type { StatusBacklog } from "./status.ts";
 
 /** A closed handle (a shutdown) never serves again: the watch ends rather than log forever. */
 const isClosed = (error: unknown) =>
@@ -25,9 +21,8 @@ export const WATCH_EVERY_MS = 5_000;
 
 /**
  * Evaluates every region's mode once (evaluateMode: switching it if its lag says so, and
- * updating its gauges), then records the updates waiting in all regions together, unless a
- * region failed. One region failing does not stop the others (returns how many failed);
- * `stopping` ends the pass early, recording nothing.
+ * updating its gauges). One region failing does not stop the others (returns how many
+ * failed); `stopping` ends the pass early.
  */
 export async function evaluateEveryRegion(
   kv: Deno.Kv,
@@ -35,24 +30,15 @@ export async function evaluateEveryRegion(
   stopping: () => boolean = () => false,
 ): Promise<number> {
   let failed = 0;
-  let pending = 0;
-  // Read first: what is enqueued between this read and a region's evaluation counts twice
-  // (in its pending and in ingest's difference), never not at all.
-  const enqueued = counterValue(await kv.get(keys.statusEnqueuedEverywhere()));
   for await (const name of regionNames(kv)) {
     if (stopping()) return failed;
     try {
-      pending += (await evaluateMode(kv, clock, name)).lag.pending;
+      await evaluateMode(kv, clock, name);
     } catch (error) {
       if (isClosed(error)) throw error; // no other region can be read either
       failed++;
       log("warn", "region watch: evaluation failed", { region: name, error: String(error) });
     }
-  }
-  // A region left out would lower the sum: the last whole one stands until it ages out.
-  if (failed === 0) {
-    const backlog: StatusBacklog = { pending, enqueued, at: clock.now() };
-    await kv.set(keys.statusBacklog(), backlog);
   }
   return failed;
 }

@@ -36,37 +36,6 @@ const MESSAGE_BYTES = 48 * 1024;
 /** Ingest refuses new batches while this many updates of a region wait (bounded backlog). */
 export const MAX_PENDING_UPDATES = 100_000;
 /**
- * Ingest refuses new batches while this many updates of all regions together wait: the
- * regions share one queue (and the expiry sweeps ride it too), so one bound per region
- * would let an agent of many regions grow it by 100,000 a region. The figure is the region
- * watch's last sum plus what was enqueued since (StatusBacklog): updates applied since that
- * pass still count until the next one.
- */
-export const MAX_PENDING_UPDATES_TOTAL = 200_000;
-/** A backlog sum older than this (its watch gone) bounds nothing: ingest fails open. */
-const BACKLOG_FRESH_MS = 60_000;
-
-/**
- * Status updates waiting in all regions together, summed by the region watch at `at`, and
- * keys.statusEnqueuedEverywhere as it read it just before: ingest bounds `pending` plus
- * what has been enqueued since. Each pass sets both afresh, so neither drifts for long.
- */
-export interface StatusBacklog {
-  pending: number;
-  enqueued: number;
-  at: number;
-}
-
-/** Updates of all regions waiting now, by the last pass's sum and what came since. */
-function waitingEverywhere(
-  backlog: StatusBacklog | null,
-  enqueuedNow: number,
-  now: number,
-): number | null {
-  if (backlog === null || now - backlog.at > BACKLOG_FRESH_MS) return null;
-  return backlog.pending + Math.max(0, enqueuedNow - backlog.enqueued);
-}
-/**
  * Redelivery delays for a status message before it is dead-lettered: as many as Deno
  * KV allows (5), spread over ~50 s, since a crash during a delivery uses one up.
  */
@@ -113,30 +82,15 @@ export async function ingestStatus(
   updates: readonly StatusUpdate[],
 ): Promise<{ accepted: number; messages: StatusBatchMessage[]; consistencyToken: string }> {
   await getRegionConfig(kv, region);
-  const [enqueued, applied, dead, backlog, enqueuedEverywhere] = await kv.getMany<
-    [Deno.KvU64, Deno.KvU64, Deno.KvU64, StatusBacklog, Deno.KvU64]
-  >([
+  const [enqueued, applied, dead] = (await kv.getMany([
     keys.counter(region, "enqueued"),
     keys.counter(region, "applied"),
     keys.counter(region, "dead"),
-    keys.statusBacklog(),
-    keys.statusEnqueuedEverywhere(),
-  ]);
-  const waiting = counterValue(enqueued) - counterValue(applied) - counterValue(dead);
+  ])).map(counterValue);
+  const waiting = enqueued - applied - dead;
   if (waiting + updates.length > MAX_PENDING_UPDATES) {
     throw new UnavailableError(
       `Cannot accept status for region "${region}": ${waiting} updates are still waiting to be applied`,
-      2,
-    );
-  }
-  const everywhere = waitingEverywhere(
-    backlog.value,
-    counterValue(enqueuedEverywhere),
-    clock.now(),
-  );
-  if (everywhere !== null && everywhere + updates.length > MAX_PENDING_UPDATES_TOTAL) {
-    throw new UnavailableError(
-      `Cannot accept status for region "${region}": about ${everywhere} updates of all regions are still waiting to be applied`,
       2,
     );
   }
@@ -162,7 +116,6 @@ export async function ingestStatus(
     );
   }
   addCounter(op, region, "enqueued", updates.length);
-  op.sum(keys.statusEnqueuedEverywhere(), BigInt(updates.length));
   markWrite(op, region);
   const res = await op.commit().catch((error) => {
     // The estimate should have caught it; this is the backstop: a 413, never a 500.

@@ -29,7 +29,7 @@ const postRoute = createRoute({
   operationId: "reportStatus",
   summary: "Report a batch of resource status updates (agent)",
   description:
-    `**Roles:** agent, admin (region-scoped tokens: only their regions).\n\nUp to ${MAX_STATUS_UPDATES} updates. The batch is validated whole (one bad update rejects it, naming its index and field) and answered 202 once durable in the queue; updates are applied asynchronously, idempotently by per-resource seq (replays and reorderings are harmless). Until they are applied the region's \`lagMs\` grows; past \`lag.enterMs\` its new claims move to its backup. 503 + \`Retry-After\` while the region's backlog (100,000 updates) or that of all regions together (200,000) is over its bound.`,
+    `**Roles:** agent, admin (region-scoped tokens: only their regions).\n\nUp to ${MAX_STATUS_UPDATES} updates. The batch is validated whole (one bad update rejects it, naming its index and field) and answered 202 once durable in the queue; updates are applied asynchronously, idempotently by per-resource seq (replays and reorderings are harmless). Until they are applied the region's \`lagMs\` grows; past \`lag.enterMs\` its new claims move to its backup. 503 + \`Retry-After\` while the region's backlog is over its bound (100,000 updates).`,
   security: bearerSecurity,
   middleware: [allow(["agent", "admin"], "region", "status batch")],
   request: {
