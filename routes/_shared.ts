@@ -262,6 +262,14 @@ export const RegionParams = z.object({ region: RegionName });
 export const pageOf = <T extends z.ZodType>(item: T) =>
   z.object({ items: z.array(item), cursor: z.string().nullable() });
 
+/** A listing's 200 answer: a page of `item`s, illustrated by a page holding `example`. */
+export const pageResponse = <T extends z.ZodType>(item: T, example: unknown) => ({
+  description: "A page; pass `cursor` back for the next one (null: no more)",
+  content: {
+    "application/json": { schema: pageOf(item), example: { items: [example], cursor: null } },
+  },
+});
+
 export const PageQuery = z.object({
   cursor: z.string().max(1024).optional().openapi({
     description: "The `cursor` of the previous page; omit for the first page.",

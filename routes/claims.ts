@@ -29,8 +29,8 @@ import {
   ConsistencyServedHeader,
   ConsistencyTokenHeader,
   newRouter,
-  pageOf,
   PageQuery,
+  pageResponse,
   problems,
   RegionParams,
   type RouteDeps,
@@ -221,16 +221,7 @@ const listRoute = createRoute({
     headers: ConsistencyHeaders,
   },
   responses: {
-    200: {
-      description: "A page; pass `cursor` back for the next one (null: no more)",
-      headers: ConsistencyServedHeader,
-      content: {
-        "application/json": {
-          schema: pageOf(Claim),
-          example: { items: [claimExample], cursor: null },
-        },
-      },
-    },
+    200: { ...pageResponse(Claim, claimExample), headers: ConsistencyServedHeader },
     ...problems(400, 401, 403, 404, 503),
   },
 });

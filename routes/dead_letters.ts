@@ -12,8 +12,8 @@ import {
   bearerSecurity,
   ConsistencyTokenHeader,
   newRouter,
-  pageOf,
   PageQuery,
+  pageResponse,
   problems,
   RegionParams,
   type RouteDeps,
@@ -43,15 +43,7 @@ const listRoute = createRoute({
   middleware: [allow(["admin"], "region")],
   request: { params: RegionParams, query: PageQuery },
   responses: {
-    200: {
-      description: "A page; pass `cursor` back for the next one (null: no more)",
-      content: {
-        "application/json": {
-          schema: pageOf(DeadLetterSummary),
-          example: { items: [summaryExample], cursor: null },
-        },
-      },
-    },
+    200: pageResponse(DeadLetterSummary, summaryExample),
     ...problems(400, 401, 403, 404, 503),
   },
 });

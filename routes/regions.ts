@@ -9,8 +9,8 @@ import {
   bearerSecurity,
   ConsistencyTokenHeader,
   newRouter,
-  pageOf,
   PageQuery,
+  pageResponse,
   problems,
   RegionParams,
   type RouteDeps,
@@ -67,15 +67,7 @@ const listRoute = createRoute({
   middleware: [allow(["admin", "agent", "client"])],
   request: { query: PageQuery },
   responses: {
-    200: {
-      description: "A page; pass `cursor` back for the next one (null: no more)",
-      content: {
-        "application/json": {
-          schema: pageOf(RegionView),
-          example: { items: [regionExample], cursor: null },
-        },
-      },
-    },
+    200: pageResponse(RegionView, regionExample),
     ...problems(400, 401, 503),
   },
 });

@@ -11,8 +11,8 @@ import {
   ConsistencyServedHeader,
   ConsistencyTokenHeader,
   newRouter,
-  pageOf,
   PageQuery,
+  pageResponse,
   problems,
   RegionParams,
   type RouteDeps,
@@ -97,16 +97,7 @@ const listRoute = createRoute({
   middleware: [allow(["admin", "agent", "client"], "region")],
   request: { params: RegionParams, query: PageQuery, headers: ConsistencyHeaders },
   responses: {
-    200: {
-      description: "A page; pass `cursor` back for the next one (null: no more)",
-      headers: ConsistencyServedHeader,
-      content: {
-        "application/json": {
-          schema: pageOf(Resource),
-          example: { items: [resourceExample], cursor: null },
-        },
-      },
-    },
+    200: { ...pageResponse(Resource, resourceExample), headers: ConsistencyServedHeader },
     ...problems(400, 401, 403, 404, 503),
   },
 });
