@@ -44,13 +44,19 @@ export function bumpResourcesVersion(op: AtomicWriter, region: string): void {
 const STORE_DOWN =
   /database is closed|database (table )?is locked|database or disk is full|disk I\/O error|unable to open database|^KV Connect failed to call .*\(status=(429|408)\b/i;
 
+/** Whether an error is the KV handle being closed (a shutdown): it never serves again. */
+export function isStoreClosed(error: unknown): boolean {
+  return error instanceof Deno.errors.BadResource ||
+    (error instanceof Error && /database is closed/i.test(error.message));
+}
+
 /**
  * Whether an error is the store failing rather than allot: its handle closed (a shutdown),
- * or SQLite unable to serve. The request may succeed if retried, so it is a 503, not a 500.
+ * SQLite unable to serve, or a KV Connect server asking to be called later. The request may
+ * succeed if retried, so it is a 503, not a 500.
  */
 export function isStoreUnavailable(error: unknown): boolean {
-  return error instanceof Deno.errors.BadResource ||
-    (error instanceof Error && STORE_DOWN.test(error.message));
+  return isStoreClosed(error) || (error instanceof Error && STORE_DOWN.test(error.message));
 }
 
 /** Whether the store answers a strong read now (readiness): false when it cannot serve. */

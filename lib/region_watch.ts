@@ -9,12 +9,8 @@ import type { Clock } from "./clock.ts";
 import { evaluateMode } from "./fallback.ts";
 import { log } from "./log.ts";
 import { keys } from "./keys.ts";
+import { isStoreClosed } from "./kv.ts";
 import { regionNames } from "./regions.ts";
-
-/** A closed handle (a shutdown) never serves again: the watch ends rather than log forever. */
-const isClosed = (error: unknown) =>
-  error instanceof Deno.errors.BadResource ||
-  (error instanceof Error && /database is closed/i.test(error.message));
 
 /** How often an isolate running the watch evaluates every region. */
 export const WATCH_EVERY_MS = 5_000;
@@ -35,7 +31,7 @@ export async function evaluateEveryRegion(
     try {
       await evaluateMode(kv, clock, name);
     } catch (error) {
-      if (isClosed(error)) throw error; // no other region can be read either
+      if (isStoreClosed(error)) throw error; // no other region can be read either
       failed++;
       log("warn", "region watch: evaluation failed", { region: name, error: String(error) });
     }
@@ -95,7 +91,8 @@ export function watchRegions(
         await evaluateEveryRegion(kv, clock, () => stopped);
       }
     } catch (error) {
-      if (isClosed(error)) {
+      // A closed handle never serves again: the watch ends rather than log for ever.
+      if (isStoreClosed(error)) {
         log("info", "region watch: the KV handle is closed; the watch stops");
         return;
       }
