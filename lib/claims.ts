@@ -290,18 +290,25 @@ export async function listClaims(
   await getRegionConfig(kv, region, consistency);
   const scanBudget = query.limit * 10;
   const listing = `claims/${region}`;
+  // One entry past a full page (or a spent scan budget) tells whether another page follows.
   const iter = kv.list<ClaimRecord>({ prefix: keys.claims(region) }, {
     cursor: kvCursorOf(listing, query.cursor),
-    limit: scanBudget,
+    limit: scanBudget + 1,
     consistency,
   });
   const items: Claim[] = [];
   let scanned = 0;
+  let afterScanned = "";
   let cursor: string | null = null;
   const now = clock.now();
   try {
     for await (const entry of iter) {
+      if (items.length === query.limit || scanned === scanBudget) {
+        cursor = pageCursor(listing, afterScanned);
+        break;
+      }
       scanned++;
+      afterScanned = iter.cursor;
       const record = recordAsOf(entry.value, now);
       if (
         (query.holder === undefined || record.holder === query.holder) &&
@@ -309,15 +316,10 @@ export async function listClaims(
         (!query.askedIn || query.askedIn.has(record.region))
       ) {
         items.push(claimView(entry, now));
-        if (items.length >= query.limit) {
-          cursor = iter.cursor;
-          break;
-        }
       }
     }
   } catch (error) {
     throw cursorError(error);
   }
-  if (cursor === null && scanned >= scanBudget) cursor = iter.cursor;
-  return { items, cursor: cursor ? pageCursor(listing, cursor) : null };
+  return { items, cursor };
 }

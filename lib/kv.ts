@@ -129,19 +129,29 @@ export async function listPage<T>(
   page: { cursor?: string; limit: number },
   consistency: Deno.KvConsistencyLevel = "strong",
 ): Promise<{ entries: Deno.KvEntry<T>[]; cursor: string | null }> {
+  // One entry past the page tells whether another page follows, so the last full page
+  // answers `cursor: null` rather than sending its reader to an empty page.
   const iter = kv.list<T>({ prefix }, {
     cursor: kvCursorOf(listing, page.cursor),
-    limit: page.limit,
+    limit: page.limit + 1,
     consistency,
   });
   const entries: Deno.KvEntry<T>[] = [];
+  let afterPage = "";
+  let next: string | null = null;
   try {
-    for await (const entry of iter) entries.push(entry);
+    for await (const entry of iter) {
+      if (entries.length === page.limit) {
+        next = pageCursor(listing, afterPage);
+        break;
+      }
+      entries.push(entry);
+      afterPage = iter.cursor;
+    }
   } catch (error) {
     throw cursorError(error);
   }
-  const more = entries.length === page.limit && iter.cursor !== "";
-  return { entries, cursor: more ? pageCursor(listing, iter.cursor) : null };
+  return { entries, cursor: next };
 }
 
 /** The Deno KV cursor in a page cursor of `listing` (see pageCursor); 400 for another's. */

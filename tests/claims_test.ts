@@ -305,3 +305,50 @@ Deno.test("a page cursor works only on the listing it came from; any other is 40
   ];
   for (const path of foreign) assertProblem(await app.request("GET", path), 400, "cursor");
 });
+
+Deno.test("a listing's last page has a null cursor, even when it is full", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 4);
+  for (let i = 0; i < 4; i++) {
+    assert.equal((await claim(app, "iad", { holder: i < 2 ? "even" : "odd" })).status, 201);
+  }
+  /** Every page of `path` at `limit`: each page's size and whether it has a cursor. */
+  async function pages(path: string, limit: number) {
+    const seen: Array<[number, boolean]> = [];
+    let cursor: string | null = null;
+    do {
+      const after: string = cursor === null ? "" : `&cursor=${encodeURIComponent(cursor)}`;
+      const page = await app.request(
+        "GET",
+        `${path}${path.includes("?") ? "&" : "?"}limit=${limit}${after}`,
+      );
+      assert.equal(page.status, 200, JSON.stringify(page.body));
+      cursor = page.body.cursor;
+      seen.push([page.body.items.length, cursor !== null]);
+    } while (cursor !== null);
+    return seen;
+  }
+  await t.step("resources and regions", async () => {
+    assert.deepEqual(await pages("/v1/regions/iad/resources", 2), [[2, true], [2, false]]);
+    assert.deepEqual(await pages("/v1/regions/iad/resources", 4), [[4, false]]);
+    assert.deepEqual(await pages("/v1/regions/iad/resources", 3), [[3, true], [1, false]]);
+    assert.deepEqual(await pages("/v1/regions", 1), [[1, false]]);
+  });
+  await t.step("claims, filtered or not", async () => {
+    assert.deepEqual(await pages("/v1/regions/iad/claims", 2), [[2, true], [2, false]]);
+    assert.deepEqual(await pages("/v1/regions/iad/claims", 4), [[4, false]]);
+    assert.deepEqual(await pages("/v1/regions/iad/claims?holder=odd", 2), [[2, false]]);
+    assert.deepEqual(await pages("/v1/regions/iad/claims?holder=nobody", 1), [[0, false]]);
+  });
+  await t.step("claims past a page's scan budget (10 × limit)", async () => {
+    await seedRegion(app, "fra", 12);
+    for (let i = 0; i < 12; i++) {
+      assert.equal((await claim(app, "fra", { holder: "h" })).status, 201);
+    }
+    assert.deepEqual(await pages("/v1/regions/fra/claims?holder=nobody", 1), [[0, true], [
+      0,
+      false,
+    ]]);
+    assert.deepEqual(await pages("/v1/regions/fra/claims?holder=nobody", 2), [[0, false]]);
+  });
+});

@@ -58,11 +58,7 @@ Deno.test("dead letters are listed, read and discarded by an admin", async (t) =
         `/v1/regions/iad/dead-letters?limit=1&cursor=${encodeURIComponent(one.body.cursor)}`,
       );
       assert.deepEqual(next.body.items.map((i: { id: string }) => i.id), [second.id]);
-      const end = await app.request(
-        "GET",
-        `/v1/regions/iad/dead-letters?limit=1&cursor=${encodeURIComponent(next.body.cursor)}`,
-      );
-      assert.deepEqual(end.body, { items: [], cursor: null }, "a full page may be the last");
+      assert.equal(next.body.cursor, null, "a full last page says nothing follows");
     },
   );
 

@@ -7,14 +7,16 @@ const AGENT = "deploy-agent-token-0001";
 
 /**
  * Starts main.ts as Deno Deploy runs it: network, environment and reading its own
- * files only (no --allow-write, no --allow-run), configured by the environment alone.
+ * files only (no --allow-run), configured by the environment alone. Its KV is in memory,
+ * or the file `kvPath` (which alone it may write).
  */
-async function startMain() {
+async function startMain(kvPath?: string) {
+  const write = kvPath === undefined ? [] : [`--allow-write=${kvPath}`];
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", "--allow-env", "--allow-read", "main.ts"],
+    args: ["run", "--allow-net", "--allow-env", "--allow-read", ...write, "main.ts"],
     cwd: ROOT,
     env: {
-      ALLOT_KV: ":memory:",
+      ALLOT_KV: kvPath ?? ":memory:",
       PORT: "0",
       ALLOT_TOKENS: JSON.stringify([
         { token: ADMIN, role: "admin" },
@@ -124,36 +126,65 @@ Deno.test("main.ts serves health, claims and status with only the permissions De
   assert.doesNotMatch(main.output(), /PermissionDenied|NotCapable|Requires (write|run) access/);
 });
 
-Deno.test("on SIGTERM and SIGINT main.ts answers the requests in flight, then exits 0", async (t) => {
+Deno.test("on SIGTERM and SIGINT main.ts answers every claim it commits, then exits 0", async (t) => {
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     await t.step(signal, async () => {
-      await using main = await startMain();
-      assert.equal((await main.request("PUT", "/v1/regions/iad", ADMIN, {})).status, 201);
-      for (let i = 0; i < 20; i++) {
-        const res = await main.request("PUT", `/v1/regions/iad/resources/r${i}`, ADMIN, {});
-        assert.equal(res.status, 201);
-      }
-      const claims = Array.from(
-        { length: 60 },
-        (_, i) =>
-          main.request("POST", "/v1/regions/iad/claims", CLIENT, { holder: `h${i}` }).then(
-            async (res) => {
-              await res.body?.cancel();
-              return res.status;
-            },
-            (error) => `no answer: ${error}`,
-          ),
-      );
-      await Promise.race(claims);
-      const status = await main.stop(signal);
-      const answers = await Promise.all(claims);
-      assert.deepEqual({ ...status }, { success: true, code: 0, signal: null }, main.output());
-      for (const answer of answers) {
-        assert.ok(answer === 201 || answer === 503, `a claim in flight got ${answer}`);
+      const dir = await Deno.makeTempDir();
+      const kvPath = `${dir}/kv.sqlite`;
+      try {
+        const answers = await claimThroughShutdown(kvPath, signal);
+        // A request the server had not begun reading when it stopped fails on the client's
+        // side (the usual keep-alive race, which the claim's Idempotency-Key is for): it must
+        // then not have been committed either. A process that dropped the work in flight
+        // left 40 to 59 of the 60 unanswered, in eight runs; a graceful one, none or one.
+        const unanswered = answers.filter((answer) => typeof answer === "string");
+        assert.ok(unanswered.length <= 10, `unanswered: ${JSON.stringify(unanswered)}`);
+        await using after = await startMain(kvPath);
+        const listed = await after.request("GET", "/v1/regions/iad/claims?limit=100", ADMIN);
+        const page = await listed.json();
+        assert.equal(listed.status, 200, JSON.stringify(page));
+        const committed = page.items.map((claim: { holder: string }) => claim.holder).sort();
+        const granted = answers.flatMap((answer, i) => answer === 201 ? [`h${i}`] : []).sort();
+        assert.deepEqual(committed, granted, `answers: ${JSON.stringify(answers)}`);
+        for (const answer of answers) {
+          assert.ok(typeof answer === "string" || answer === 201 || answer === 503, `${answer}`);
+        }
+      } finally {
+        await Deno.remove(dir, { recursive: true });
       }
     });
   }
 });
+
+/** Sends 60 claims, then `signal` once the first is answered; each claim's answer. */
+async function claimThroughShutdown(kvPath: string, signal: Deno.Signal) {
+  await using main = await startMain(kvPath);
+  assert.equal((await main.request("PUT", "/v1/regions/iad", ADMIN, {})).status, 201);
+  for (let i = 0; i < 20; i++) {
+    const res = await main.request("PUT", `/v1/regions/iad/resources/r${i}`, ADMIN, {});
+    assert.equal(res.status, 201);
+  }
+  // Sixty open connections first, so that the claims are not still connecting at the signal.
+  await Promise.all(Array.from({ length: 60 }, async () => {
+    await (await main.request("GET", "/healthz")).body?.cancel();
+  }));
+  const claims = Array.from(
+    { length: 60 },
+    (_, i) =>
+      main.request("POST", "/v1/regions/iad/claims", CLIENT, { holder: `h${i}` }).then(
+        async (res) => {
+          await res.body?.cancel();
+          return res.status;
+        },
+        (error) => `no answer: ${error}`,
+      ),
+  );
+  await Promise.race(claims);
+  const status = await main.stop(signal);
+  const answers = await Promise.all(claims);
+  assert.deepEqual({ ...status }, { success: true, code: 0, signal: null }, main.output());
+  return answers;
+}
 
 /** Runs main.ts to its exit with `env`; resolves with its exit code and its output. */
 async function runMainToExit(env: Record<string, string>) {
