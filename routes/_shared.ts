@@ -1,6 +1,6 @@
 /** What every route file shares: the router factory, auth helpers, and the error contract. */
 import { OpenAPIHono, z } from "@hono/zod-openapi";
-import type { Context, MiddlewareHandler } from "hono";
+import type { Context, MiddlewareHandler, Next } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { HTTPException } from "hono/http-exception";
 import { authorize, type Principal } from "../lib/auth.ts";
@@ -13,6 +13,7 @@ import {
   BadRequestError,
   type FieldIssue,
   ForbiddenError,
+  UnavailableError,
   ValidationError,
 } from "../lib/errors.ts";
 import { ConsistencyToken, Problem, RegionName } from "../lib/schemas.ts";
@@ -136,6 +137,43 @@ function canonicalJsonType(c: Context): void {
   c.req.raw = new Request(c.req.raw, { headers });
 }
 
+const unreadBody = () =>
+  new UnavailableError(
+    "Cannot read the request body: the connection failed or the server is stopping; retry",
+    1,
+  );
+
+/**
+ * Runs `limit` and the route, answering 503 + Retry-After where a body could not be read at
+ * all (the connection broke, or the server began stopping while the body was on its way):
+ * the route's validator would call that "Malformed JSON", a 400 that tells the client not
+ * to retry, and a chunked body's size check would throw it as a 500.
+ */
+async function unreadBodyIsUnavailable(
+  c: Context,
+  limit: MiddlewareHandler,
+  next: Next,
+): Promise<void> {
+  let checked = false;
+  try {
+    await limit(c, () => {
+      checked = true;
+      return next();
+    });
+  } catch (error) {
+    if (checked || error instanceof HTTPException) throw error;
+    throw unreadBody(); // the size check's own read of a chunked body failed
+  }
+  // The validator's 400 has already become the answer (Hono keeps its error in c.error).
+  const read = c.req.bodyCache.text; // the route's read of the body, which Hono keeps
+  if (
+    c.error instanceof HTTPException && c.error.status === 400 && read !== undefined &&
+    await Promise.resolve(read).then(() => false, () => true)
+  ) {
+    throw unreadBody();
+  }
+}
+
 const statusLimit = sizeLimit(MAX_STATUS_BODY_BYTES);
 const defaultLimit = sizeLimit(MAX_BODY_BYTES);
 const readsBody = new Set(["POST", "PUT", "PATCH"]);
@@ -160,7 +198,7 @@ export function allow(
     }
     if (!readsBody.has(c.req.method)) return next();
     canonicalJsonType(c);
-    return limit(c, next);
+    return unreadBodyIsUnavailable(c, limit, next);
   };
 }
 

@@ -156,6 +156,58 @@ Deno.test("on SIGTERM and SIGINT main.ts answers every claim it commits, then ex
   }
 });
 
+Deno.test("a claim whose body is still on its way when the server stops gets 503, not 400", async () => {
+  await using main = await startMain();
+  assert.equal((await main.request("PUT", "/v1/regions/iad", ADMIN, {})).status, 201);
+  assert.equal((await main.request("PUT", "/v1/regions/iad/resources/r0", ADMIN, {})).status, 201);
+  const { port } = new URL(main.base);
+  using conn = await Deno.connect({ hostname: "127.0.0.1", port: Number(port) });
+  const body = JSON.stringify({ holder: "h" });
+  const encoder = new TextEncoder();
+  // The server asks for the body (100 Continue) once the route reads it: it is in flight.
+  await conn.write(encoder.encode(
+    "POST /v1/regions/iad/claims HTTP/1.1\r\nHost: allot\r\n" +
+      `Authorization: Bearer ${CLIENT}\r\nContent-Type: application/json\r\n` +
+      `Content-Length: ${body.length}\r\nExpect: 100-continue\r\n\r\n`,
+  ));
+  const answer = readAll(conn);
+  await answer.upTo("100 Continue\r\n\r\n");
+  const stopped = main.stop("SIGTERM");
+  // Once it no longer accepts connections, the server has begun stopping.
+  for (;;) {
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port: Number(port) })).close();
+    } catch {
+      break;
+    }
+  }
+  await conn.write(encoder.encode(body)).catch(() => {}); // Deno may have dropped the body
+  const text = await answer.upTo(null);
+  assert.match(text, /HTTP\/1\.1 503 .*\r\n/, text);
+  assert.match(text, /\r\nretry-after: 1\r\n/i, text);
+  assert.match(text, /Cannot read the request body/, text);
+  assert.deepEqual({ ...(await stopped) }, { success: true, code: 0, signal: null });
+});
+
+/** What `conn` sends, read as it arrives: `upTo(s)` waits for `s` (null: the end). */
+function readAll(conn: Deno.Conn) {
+  let text = "";
+  const reader = conn.readable.pipeThrough(new TextDecoderStream()).getReader();
+  return {
+    async upTo(until: string | null): Promise<string> {
+      while (until === null || !text.includes(until)) {
+        const { done, value } = await reader.read();
+        if (done) {
+          if (until === null) return text;
+          throw new Error(`no ${JSON.stringify(until)} in ${JSON.stringify(text)}`);
+        }
+        text += value;
+      }
+      return text;
+    },
+  };
+}
+
 /** Sends 60 claims, then `signal` once the first is answered; each claim's answer. */
 async function claimThroughShutdown(kvPath: string, signal: Deno.Signal) {
   await using main = await startMain(kvPath);

@@ -3,6 +3,7 @@ import {
   assertProblem,
   claim,
   makeApp,
+  poolOf,
   seedRegion,
   snapshotKv,
   type TestApp,
@@ -599,7 +600,8 @@ Deno.test("a declared Content-Length is checked without opening the body as a st
 
   await t.step("a repeated length: bodyLimit opens the stream, as it must", async () => {
     const res = await claimWith({ "content-length": "15, 15" });
-    assert.equal(res.status, 500, "this request's stream throws, so bodyLimit did open it");
+    // An unreadable body is a 503 (see below): this request's stream throws when opened.
+    assert.equal(res.status, 503, "this request's stream throws, so bodyLimit did open it");
     await res.body?.cancel();
   });
 });
@@ -625,4 +627,49 @@ Deno.test("a known path asked with another method gets 405 and Allow; an unknown
     assertProblem(await app.request("GET", "/v1/regions/iad/"), 404);
     assertProblem(await app.request("GET", "/openapiXjson"), 404); // a route's `.` is literal
   });
+});
+
+Deno.test("a body that cannot be read answers 503 + Retry-After, not 400", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 1);
+  /** A claim whose body sends `sent`, then breaks as a dropped connection does. */
+  const claimBreakingAfter = (sent: string, headers: Record<string, string>) =>
+    app.app.fetch(
+      new Request("http://allot.test/v1/regions/iad/claims", {
+        method: "POST",
+        headers: {
+          authorization: `Bearer ${TOKENS.client}`,
+          "content-type": "application/json",
+          ...headers,
+        },
+        body: new ReadableStream({
+          start(controller) {
+            controller.enqueue(new TextEncoder().encode(sent));
+            controller.error(new Error("connection reset"));
+          },
+        }),
+      }),
+    );
+
+  const lengths = { "a declared length": { "content-length": "15" }, "chunked": {} };
+  for (const [kind, headers] of Object.entries(lengths)) {
+    for (const sent of ["", '{"holder": "h"']) {
+      await t.step(`${kind}, after ${sent.length} bytes`, async () => {
+        const res = await claimBreakingAfter(sent, headers);
+        const problem = await res.json();
+        assert.equal(res.status, 503, JSON.stringify(problem));
+        assert.equal(res.headers.get("retry-after"), "1");
+        assert.equal(res.headers.get("content-type"), "application/problem+json");
+        assert.match(problem.detail, /^Cannot read the request body/);
+      });
+    }
+  }
+  await t.step("a body read whole but malformed is still 400", async () => {
+    const res = await app.request("POST", "/v1/regions/iad/claims", {
+      token: TOKENS.client,
+      body: '{"holder": ',
+    });
+    assertProblem(res, 400);
+  });
+  assert.deepEqual(await poolOf(app, "iad"), { free: 1, claimed: 0, total: 1 });
 });
