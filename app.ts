@@ -16,6 +16,7 @@ import { log } from "./lib/log.ts";
 import { AllotError, UnavailableError, ValidationError } from "./lib/errors.ts";
 import { isStoreUnavailable } from "./lib/kv.ts";
 import { type AppEnv, fieldIssues } from "./routes/_shared.ts";
+import type { FieldIssue } from "./lib/errors.ts";
 import { claimRoutes } from "./routes/claims.ts";
 import { dashboardRoutes } from "./routes/dashboard.tsx";
 import { deadLetterRoutes } from "./routes/dead_letters.ts";
@@ -33,6 +34,16 @@ export interface AppOptions {
   clock?: Clock;
   /** The queue consumer of this isolate, when it runs one (its counters go to /v1/stats). */
   applier?: StatusApplier;
+}
+
+/** The field a refusal by Hono's own checks is about: the body's size or syntax, its type. */
+function issueOf(error: HTTPException): FieldIssue[] {
+  if (error.status === 413) return [{ field: "body", message: "is too large" }];
+  if (error.status === 415) {
+    return [{ field: "Content-Type", message: "must be application/json or another +json type" }];
+  }
+  if (/JSON/.test(error.message)) return [{ field: "body", message: "is not valid JSON" }];
+  return [];
 }
 
 /** Maps every error to problem+json; only a genuine bug becomes a 500. */
@@ -58,7 +69,10 @@ function toProblemResponse(error: unknown): Response {
         : error.status === 415
         ? "Unsupported media type"
         : "Bad request",
-      error.message || "Malformed request",
+      error.status === 415
+        ? "Content-Type must be application/json or another +json type"
+        : error.message || "Malformed request",
+      issueOf(error),
     );
   }
   if (!known && isStoreUnavailable(error)) {

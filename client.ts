@@ -34,6 +34,7 @@ import type {
 } from "./lib/schemas.ts";
 import type { AppEnv } from "./routes/_shared.ts";
 import type { claimRoutes } from "./routes/claims.ts";
+import type { healthRoutes } from "./routes/health.ts";
 import type { regionRoutes } from "./routes/regions.ts";
 import type { resourceRoutes } from "./routes/resources.ts";
 import type { statusRoutes } from "./routes/status.ts";
@@ -41,9 +42,10 @@ import type { statusRoutes } from "./routes/status.ts";
 export type { Claim, ClaimGrant, ClaimState, RegionView, Resource, StatusUpdate };
 
 type SchemaOf<T> = T extends OpenAPIHono<AppEnv, infer S, "/"> ? S : never;
-/** The v1 API as createApp mounts it: the route factories' schemas, merged. */
+/** The API as createApp mounts it (health and v1): the route factories' schemas, merged. */
 export type AllotApi = OpenAPIHono<
   AppEnv,
+  & SchemaOf<ReturnType<typeof healthRoutes>>
   & SchemaOf<ReturnType<typeof regionRoutes>>
   & SchemaOf<ReturnType<typeof resourceRoutes>>
   & SchemaOf<ReturnType<typeof claimRoutes>>
@@ -144,13 +146,26 @@ export interface ClientOptions {
 
 /** One allot server, as one caller (its token). Every method throws AllotProblem on failure. */
 export class AllotClient {
+  readonly #root;
   readonly #api;
 
   constructor(baseUrl: string | URL, { token, fetch }: ClientOptions) {
-    this.#api = hc<AllotApi>(String(baseUrl), {
+    this.#root = hc<AllotApi>(String(baseUrl), {
       headers: { authorization: `Bearer ${token}` },
       fetch,
-    }).v1;
+    });
+    this.#api = this.#root.v1;
+  }
+
+  /** Liveness: resolves once the server answers `/healthz`. */
+  async health(): Promise<{ status: "ok" }> {
+    return await expect(await this.#root.healthz.$get(), 200);
+  }
+
+  /** Readiness: whether the server's KV store answers (`/readyz`; 503 is "unavailable"). */
+  async ready(): Promise<{ status: "ok" | "unavailable" }> {
+    const res = await this.#root.readyz.$get();
+    return res.status === 503 ? await res.json() : await expect(res, 200);
   }
 
   /**

@@ -115,6 +115,8 @@ export const problemExamples = {
     title: "Bad request",
     status: 400,
     detail: "Malformed JSON in request body",
+    field: "body",
+    errors: [{ field: "body", message: "is not valid JSON" }],
   },
   401: {
     type: "urn:allot:problem:unauthorized",
@@ -144,13 +146,17 @@ export const problemExamples = {
     type: "urn:allot:problem:too-large",
     title: "Payload too large",
     status: 413,
-    detail: "Request bodies are limited to 65536 bytes",
+    detail: "Request body too large: bodies are limited to 65536 bytes",
+    field: "body",
+    errors: [{ field: "body", message: "is too large" }],
   },
   415: {
     type: "urn:allot:problem:unsupported-media-type",
     title: "Unsupported media type",
     status: 415,
-    detail: "Unsupported Media Type",
+    detail: "Content-Type must be application/json or another +json type",
+    field: "Content-Type",
+    errors: [{ field: "Content-Type", message: "must be application/json or another +json type" }],
   },
   422: {
     type: "urn:allot:problem:validation",

@@ -97,7 +97,9 @@ export const MAX_STATUS_BODY_BYTES = 512 * 1024;
 /** 413 for a body over `maxSize` bytes. */
 function sizeLimit(maxSize: number): MiddlewareHandler {
   const tooLarge = () => {
-    throw new HTTPException(413, { message: `Request bodies are limited to ${maxSize} bytes` });
+    throw new HTTPException(413, {
+      message: `Request body too large: bodies are limited to ${maxSize} bytes`,
+    });
   };
   const streamed = bodyLimit({ maxSize, onError: tooLarge });
   // A plain Content-Length settles it without opening the body as a stream, as bodyLimit

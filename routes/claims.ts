@@ -40,9 +40,12 @@ const ClaimParams = z.object({
   id: z.string().max(64).openapi({ example: "iad.01JD3J3ZK6S6M2P1TQ4Z3X9V7A" }),
 });
 const SecretHeaders = z.object({
+  // Required in the document, optional to the validator: without it the answer is the
+  // 403 of a wrong secret, not a 400, so a caller learns nothing of the claim either way.
   "allot-claim-secret": z.string().max(256).optional().openapi({
+    param: { required: true },
     description:
-      "`Allot-Claim-Secret`: the `secret` returned when the claim was granted. Required: without it, or with another, the answer is 403.",
+      "`Allot-Claim-Secret`: the `secret` returned when the claim was granted. Without it, or with another, the answer is 403.",
     example: grantExample.secret,
   }),
 });
@@ -65,7 +68,7 @@ const createRouteDef = createRoute({
         message: "must be 1-256 printable ASCII characters",
       }).optional().openapi({
         description:
-          "`Idempotency-Key`: retrying with the same key (same caller, same body) returns the same claim, never a second one.",
+          "`Idempotency-Key`: retrying with the same key (same caller, same body) returns the same claim, never a second one. The same key with another body is 422 naming `Idempotency-Key`.",
         example: "job-8f14e45f-attempt",
       }),
     }),

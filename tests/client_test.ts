@@ -21,13 +21,18 @@ async function serve() {
   const as = (token: string) => new AllotClient(url, { token });
   return {
     url,
+    kv,
     clock,
     admin: as(TOKENS.admin),
     agent: as(TOKENS.agent),
     client: as(TOKENS.client),
     async [Symbol.asyncDispose]() {
       await server.shutdown();
-      kv.close();
+      try {
+        kv.close();
+      } catch {
+        // a test closed it to take the store away
+      }
     },
   };
 }
@@ -243,4 +248,14 @@ Deno.test("the README's example script claims, renews and releases against a rea
   assert.match(out, /^renewed until /m);
   assert.match(out, /^released$/m);
   assert.equal((await s.client.region("iad")).claimed, 0);
+});
+
+Deno.test("the typed client reads liveness and readiness, with no token needed", async () => {
+  await using s = await serve();
+  const anonymous = new AllotClient(s.url, { token: "not-a-token" });
+  assert.deepEqual(await anonymous.health(), { status: "ok" });
+  assert.deepEqual(await anonymous.ready(), { status: "ok" });
+  s.kv.close(); // the store goes away: the process is alive, not ready
+  assert.deepEqual(await anonymous.health(), { status: "ok" });
+  assert.deepEqual(await anonymous.ready(), { status: "unavailable" });
 });

@@ -73,6 +73,11 @@ Deno.test("the allot headers are documented on the operations that use them", as
   assert.ok(requestHeader("createClaim", "Idempotency-Key")?.description);
   for (const id of ["renewClaim", "releaseClaim"]) {
     assert.ok(requestHeader(id, "Allot-Claim-Secret")?.description, id);
+    assert.equal(
+      requestHeader(id, "Allot-Claim-Secret").required,
+      true,
+      `${id}: no 2xx without it`,
+    );
   }
   for (const id of ["getClaim", "listClaims", "listResources", "getResource"]) {
     assert.ok(requestHeader(id, "Allot-Consistency-Token")?.description, id);

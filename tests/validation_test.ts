@@ -40,6 +40,7 @@ const CASES: BadRequest[] = [
     body: "{holder:",
     token: TOKENS.client,
     status: 400,
+    field: "body",
   },
   {
     name: "malformed JSON region",
@@ -47,6 +48,7 @@ const CASES: BadRequest[] = [
     path: "/v1/regions/iad",
     body: '{"lag": ',
     status: 400,
+    field: "body",
   },
   {
     name: "malformed JSON resource",
@@ -54,6 +56,7 @@ const CASES: BadRequest[] = [
     path: "/v1/regions/iad/resources/r",
     body: "[1,",
     status: 400,
+    field: "body",
   },
   {
     name: "claim body over 64 KiB",
@@ -62,6 +65,7 @@ const CASES: BadRequest[] = [
     body: { holder: big },
     token: TOKENS.client,
     status: 413,
+    field: "body",
   },
   {
     name: "claim body over 64 KiB, its Content-Length declared",
@@ -71,6 +75,7 @@ const CASES: BadRequest[] = [
     headers: { "content-length": String(JSON.stringify({ holder: big }).length) },
     token: TOKENS.client,
     status: 413,
+    field: "body",
   },
   {
     name: "claim body over 64 KiB, its Content-Length repeated",
@@ -80,6 +85,7 @@ const CASES: BadRequest[] = [
     headers: { "content-length": Array(2).fill(JSON.stringify({ holder: big }).length).join(", ") },
     token: TOKENS.client,
     status: 413,
+    field: "body",
   },
   {
     name: "region body over 64 KiB",
@@ -87,6 +93,7 @@ const CASES: BadRequest[] = [
     path: "/v1/regions/iad",
     body: { pad: big },
     status: 413,
+    field: "body",
   },
   {
     name: "resource body over 64 KiB",
@@ -94,6 +101,7 @@ const CASES: BadRequest[] = [
     path: "/v1/regions/iad/resources/r",
     body: { labels: { k: big } },
     status: 413,
+    field: "body",
   },
   {
     name: "claim as text/plain",
@@ -103,6 +111,7 @@ const CASES: BadRequest[] = [
     headers: { "content-type": "text/plain" },
     token: TOKENS.client,
     status: 415,
+    field: "Content-Type",
   },
   {
     name: "resource as form data",
@@ -111,6 +120,7 @@ const CASES: BadRequest[] = [
     body: "slots=2",
     headers: { "content-type": "application/x-www-form-urlencoded" },
     status: 415,
+    field: "Content-Type",
   },
   // Unknown fields.
   {
