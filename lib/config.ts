@@ -39,6 +39,9 @@ const Env = z.object({
   }).pipe(z.array(TokenSpec)),
   /** Set by Deno Deploy: there, many isolates serve one KV. */
   DENO_DEPLOYMENT_ID: z.string().optional(),
+  // Deno reads it itself and, on any other value, only warns and exports nothing: an
+  // operator who asked for telemetry would find none.
+  OTEL_DENO: z.enum(["true", "false"], { error: 'must be "true" or "false"' }).optional(),
 });
 
 /** The settings every deployment needs; see the README's configuration table. */
@@ -82,6 +85,6 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
 
 /** Reads the process environment (only the variables allot uses). */
 export function loadConfigFromEnv(): Config {
-  const names = ["PORT", "ALLOT_KV", "ALLOT_TOKENS", "DENO_DEPLOYMENT_ID"];
+  const names = ["PORT", "ALLOT_KV", "ALLOT_TOKENS", "DENO_DEPLOYMENT_ID", "OTEL_DENO"];
   return loadConfig(Object.fromEntries(names.map((name) => [name, Deno.env.get(name)])));
 }

@@ -95,6 +95,10 @@ Deno.test("loadConfig() refuses bad settings with a message naming the variable"
       assertRefused({ PORT: odd }, "PORT");
     }
   });
+  await t.step("an OTEL_DENO Deno would ignore", () => {
+    for (const odd of ["yes", "1", "TRUE", ""]) assertRefused({ OTEL_DENO: odd }, "OTEL_DENO");
+    for (const fine of ["true", "false", undefined]) loadConfig({ OTEL_DENO: fine });
+  });
 });
 
 Deno.test("TokenRegistry authenticates exactly the configured tokens", async () => {
