@@ -43,7 +43,7 @@ export interface ModeEvaluation {
 
 const initialMode = (config: RegionConfig): ModeRecord => ({
   mode: "primary",
-  since: config.updatedAt,
+  since: config.createdAt ?? config.updatedAt,
   reason: "created",
   history: [],
 });

@@ -52,7 +52,9 @@ export async function putRegion(
       }
       op.check(backup);
     }
-    const config: RegionConfig = { name: region, ...input, updatedAt: clock.now() };
+    const now = clock.now();
+    const createdAt = current.value === null ? now : current.value.createdAt;
+    const config: RegionConfig = { name: region, ...input, updatedAt: now, createdAt };
     op.set(keys.regionConfig(region), config);
     markWrite(op, region);
     const res = await op.commit();

@@ -85,8 +85,11 @@ export const RegionInput = z.strictObject({
   ),
 }).openapi("RegionInput");
 export type RegionInput = z.infer<typeof RegionInput>;
-/** A region's stored configuration. */
-export type RegionConfig = RegionInput & { name: string; updatedAt: number };
+/**
+ * A region's stored configuration. `createdAt` dates its first mode ("created") until the
+ * mode first changes; configurations stored before it existed lack it.
+ */
+export type RegionConfig = RegionInput & { name: string; updatedAt: number; createdAt?: number };
 
 export const ResourceInput = z.strictObject({
   slots: z.number().int().min(1).max(LIMITS.slots).default(1),

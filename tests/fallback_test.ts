@@ -431,3 +431,20 @@ Deno.test("a pass asked to stop ends at its next region", async () => {
   await evaluateEveryRegion(app.kv, passClock);
   assert.equal((await health(app, "iad")).mode, "fallback", "a whole pass reaches it");
 });
+
+Deno.test("replacing a region's configuration does not move the date of its mode", async () => {
+  await using app = await makeApp();
+  const createdAt = new Date(app.clock.now()).toISOString();
+  assert.equal((await app.request("PUT", "/v1/regions/fra", { body: {} })).status, 201);
+  assert.equal((await app.request("PUT", "/v1/regions/iad", { body: {} })).status, 201);
+  app.clock.advance(60_000);
+  const replaced = await app.request("PUT", "/v1/regions/iad", { body: { backup: "fra" } });
+  assert.equal(replaced.status, 200);
+  const read = await app.request("GET", "/v1/regions/iad");
+  assert.deepEqual([read.body.mode, read.body.modeSince, read.body.modeReason], [
+    "primary",
+    createdAt,
+    "created",
+  ]);
+  assert.equal(read.body.updatedAt, new Date(app.clock.now()).toISOString());
+});
