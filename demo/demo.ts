@@ -1,5 +1,5 @@
 /**
- * `deno task demo`: why allot exists, in about fifteen seconds.
+ * `deno task demo`: why allot exists, in about six seconds.
  *
  * 1. The anti-pattern, simulated in this process (clearly not allot): check-then-act
  *    over an eventually consistent view double-allocates under a burst.
