@@ -39,9 +39,12 @@ const Env = z.object({
   }).pipe(z.array(TokenSpec)),
   /** Set by Deno Deploy: there, many isolates serve one KV. */
   DENO_DEPLOYMENT_ID: z.string().optional(),
-  // Deno reads it itself and, on any other value, only warns and exports nothing: an
-  // operator who asked for telemetry would find none.
-  OTEL_DENO: z.enum(["true", "false"], { error: 'must be "true" or "false"' }).optional(),
+  // Deno reads it itself (true or false, in any case) and, on any other value, only warns
+  // and exports nothing: an operator who asked for telemetry would find none. Empty is unset.
+  OTEL_DENO: z.preprocess(
+    (raw) => (typeof raw === "string" ? raw.trim().toLowerCase() || undefined : raw),
+    z.enum(["true", "false"], { error: 'must be "true" or "false"' }).optional(),
+  ),
 });
 
 /** The settings every deployment needs; see the README's configuration table. */

@@ -53,7 +53,11 @@ export async function putRegion(
       op.check(backup);
     }
     const now = clock.now();
-    const createdAt = current.value === null ? now : current.value.createdAt;
+    // A configuration stored before createdAt existed: its last update is the date its
+    // mode has shown, and stays so.
+    const createdAt = current.value === null
+      ? now
+      : current.value.createdAt ?? current.value.updatedAt;
     const config: RegionConfig = { name: region, ...input, updatedAt: now, createdAt };
     op.set(keys.regionConfig(region), config);
     markWrite(op, region);

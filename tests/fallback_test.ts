@@ -447,4 +447,15 @@ Deno.test("replacing a region's configuration does not move the date of its mode
     "created",
   ]);
   assert.equal(read.body.updatedAt, new Date(app.clock.now()).toISOString());
+
+  // A configuration stored before `createdAt` existed keeps the date it showed, its last update.
+  const legacy = await app.kv.get<Record<string, unknown>>(keys.regionConfig("fra"));
+  const { createdAt: _, ...withoutCreatedAt } = legacy.value!;
+  await app.kv.set(keys.regionConfig("fra"), withoutCreatedAt);
+  const shown = (await app.request("GET", "/v1/regions/fra")).body.modeSince;
+  for (let i = 0; i < 2; i++) {
+    app.clock.advance(60_000);
+    assert.equal((await app.request("PUT", "/v1/regions/fra", { body: {} })).status, 200);
+    assert.equal((await app.request("GET", "/v1/regions/fra")).body.modeSince, shown);
+  }
 });
