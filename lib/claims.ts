@@ -4,7 +4,7 @@ import type { AtomicWriter } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { ForbiddenError, LeaseLostError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { cursorError, kvCursorOf, markWrite, pageCursor } from "./kv.ts";
+import { cursorError, followedByMore, kvCursorOf, markWrite, pageCursor } from "./kv.ts";
 import {
   type ClaimRecord,
   claimView,
@@ -290,25 +290,19 @@ export async function listClaims(
   await getRegionConfig(kv, region, consistency);
   const scanBudget = query.limit * 10;
   const listing = `claims/${region}`;
-  // One entry past a full page (or a spent scan budget) tells whether another page follows.
-  const iter = kv.list<ClaimRecord>({ prefix: keys.claims(region) }, {
+  const prefix = keys.claims(region);
+  const iter = kv.list<ClaimRecord>({ prefix }, {
     cursor: kvCursorOf(listing, query.cursor),
-    limit: scanBudget + 1,
+    limit: scanBudget,
     consistency,
   });
   const items: Claim[] = [];
   let scanned = 0;
-  let afterScanned = "";
-  let cursor: string | null = null;
+  let full = false;
   const now = clock.now();
   try {
     for await (const entry of iter) {
-      if (items.length === query.limit || scanned === scanBudget) {
-        cursor = pageCursor(listing, afterScanned);
-        break;
-      }
       scanned++;
-      afterScanned = iter.cursor;
       const record = recordAsOf(entry.value, now);
       if (
         (query.holder === undefined || record.holder === query.holder) &&
@@ -316,10 +310,17 @@ export async function listClaims(
         (!query.askedIn || query.askedIn.has(record.region))
       ) {
         items.push(claimView(entry, now));
+        if (items.length === query.limit) {
+          full = true;
+          break;
+        }
       }
     }
   } catch (error) {
     throw cursorError(error);
   }
-  return { items, cursor };
+  if (!full && scanned < scanBudget) return { items, cursor: null };
+  const after = iter.cursor; // past the last entry scanned
+  const more = await followedByMore(kv, prefix, after, consistency);
+  return { items, cursor: more ? pageCursor(listing, after) : null };
 }

@@ -25,7 +25,8 @@ export async function listDeadLetters(
   page: { cursor?: string; limit: number },
 ): Promise<{ items: DeadLetterSummary[]; cursor: string | null }> {
   await getRegionConfig(kv, region);
-  // Each may hold 1,000 updates (up to 64 KiB): a page reads at most MAX_PAGE of them.
+  // Each may hold 1,000 updates (up to 64 KiB): a page reads at most MAX_PAGE of them (and,
+  // when full, one more to learn whether another page follows).
   const { entries, cursor } = await listPage<unknown>(
     kv,
     keys.deadLetters(region),

@@ -129,29 +129,36 @@ export async function listPage<T>(
   page: { cursor?: string; limit: number },
   consistency: Deno.KvConsistencyLevel = "strong",
 ): Promise<{ entries: Deno.KvEntry<T>[]; cursor: string | null }> {
-  // One entry past the page tells whether another page follows, so the last full page
-  // answers `cursor: null` rather than sending its reader to an empty page.
   const iter = kv.list<T>({ prefix }, {
     cursor: kvCursorOf(listing, page.cursor),
-    limit: page.limit + 1,
+    limit: page.limit,
     consistency,
   });
   const entries: Deno.KvEntry<T>[] = [];
-  let afterPage = "";
-  let next: string | null = null;
   try {
-    for await (const entry of iter) {
-      if (entries.length === page.limit) {
-        next = pageCursor(listing, afterPage);
-        break;
-      }
-      entries.push(entry);
-      afterPage = iter.cursor;
-    }
+    for await (const entry of iter) entries.push(entry);
   } catch (error) {
     throw cursorError(error);
   }
-  return { entries, cursor: next };
+  if (entries.length < page.limit) return { entries, cursor: null };
+  const after = iter.cursor;
+  const more = await followedByMore(kv, prefix, after, consistency);
+  return { entries, cursor: more ? pageCursor(listing, after) : null };
+}
+
+/**
+ * Whether `prefix` holds a key past the Deno KV cursor `after`: a full page asks, so the
+ * last page answers `cursor: null` rather than sending its reader to an empty one. (Listing
+ * one entry more instead would make Deno fetch a whole extra batch of up to 500.)
+ */
+export async function followedByMore(
+  kv: Deno.Kv,
+  prefix: Deno.KvKey,
+  after: string,
+  consistency: Deno.KvConsistencyLevel,
+): Promise<boolean> {
+  const next = kv.list({ prefix }, { cursor: after, limit: 1, consistency });
+  return !(await next.next()).done;
 }
 
 /** The Deno KV cursor in a page cursor of `listing` (see pageCursor); 400 for another's. */
