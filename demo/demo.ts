@@ -225,7 +225,7 @@ async function lagAndFallback(s: Server): Promise<LagResult> {
       ).join("");
       status.update(
         `   iad lag ${spark.padEnd(40)} ${n(region.lagMs).padStart(6)} ms · ${region.mode} · ` +
-          `new claims served by ${lastServedBy}`,
+          `last claim served by ${lastServedBy}`,
       );
       const waited = performance.now() - from;
       if (done(region, waited)) {

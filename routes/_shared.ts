@@ -16,6 +16,7 @@ import {
   UnavailableError,
   ValidationError,
 } from "../lib/errors.ts";
+import { log } from "../lib/log.ts";
 import { ConsistencyToken, Problem, RegionName } from "../lib/schemas.ts";
 import { problemExamples } from "./_examples.ts";
 
@@ -139,23 +140,36 @@ function canonicalJsonType(c: Context): void {
   c.req.raw = new Request(c.req.raw, { headers });
 }
 
-const unreadBody = () =>
-  new UnavailableError(
+/** How Deno fails a body read when the connection breaks or the server begins to stop. */
+const BODY_READ_FAILURES = [
+  Deno.errors.BadResource,
+  Deno.errors.Http,
+  Deno.errors.ConnectionReset,
+  Deno.errors.ConnectionAborted,
+  Deno.errors.UnexpectedEof,
+];
+
+function unreadBody(failure: unknown): UnavailableError {
+  log("warn", "a request body could not be read", { error: String(failure) });
+  return new UnavailableError(
     "Cannot read the request body: the connection failed or the server is stopping; retry",
     1,
   );
+}
 
 /**
- * Runs `limit` and the route, answering 503 + Retry-After where a body could not be read at
- * all (the connection broke, or the server began stopping while the body was on its way):
- * the route's validator would call that "Malformed JSON", a 400 that tells the client not
- * to retry, and a chunked body's size check would throw it as a 500.
+ * Runs `limit` and the route, answering 503 + Retry-After where Deno could not read a body
+ * at all (the connection broke, or the server began stopping while the body was on its
+ * way): the route's validator would call that "Malformed JSON", a 400 that tells the client
+ * not to retry, and a chunked body's size check would throw it as a 500.
  */
 async function unreadBodyIsUnavailable(
   c: Context,
   limit: MiddlewareHandler,
   next: Next,
 ): Promise<void> {
+  const isReadFailure = (error: unknown) =>
+    BODY_READ_FAILURES.some((kind) => error instanceof kind);
   let checked = false;
   try {
     await limit(c, () => {
@@ -163,17 +177,24 @@ async function unreadBodyIsUnavailable(
       return next();
     });
   } catch (error) {
-    if (checked || error instanceof HTTPException) throw error;
-    throw unreadBody(); // the size check's own read of a chunked body failed
+    // The size check's own read of a chunked body failed.
+    if (!checked && isReadFailure(error)) throw unreadBody(error);
+    throw error;
   }
-  // The validator's 400 has already become the answer (Hono keeps its error in c.error).
-  const read = c.req.bodyCache.text; // the route's read of the body, which Hono keeps
-  if (
-    c.error instanceof HTTPException && c.error.status === 400 && read !== undefined &&
-    await Promise.resolve(read).then(() => false, () => true)
-  ) {
-    throw unreadBody();
-  }
+  // The validator's 400 has already become the answer (Hono keeps its error in c.error);
+  // Hono also keeps the route's read of the body, as a promise.
+  const read = c.req.bodyCache.text;
+  if (!(c.error instanceof HTTPException) || c.error.status !== 400 || read === undefined) return;
+  const failure = await Promise.resolve(read).then(() => null, (failure: unknown) => failure);
+  if (isReadFailure(failure)) throw unreadBody(failure);
+}
+
+/**
+ * Whether a body comes without a Content-Type: it is refused with 415 before anything reads
+ * it (the route validators would read it whole to refuse it, and could fail reading it).
+ */
+function untypedBody(c: Context): boolean {
+  return c.req.header("content-type") === undefined && c.req.raw.body !== null;
 }
 
 const statusLimit = sizeLimit(MAX_STATUS_BODY_BYTES);
@@ -199,6 +220,7 @@ export function allow(
       throw new ForbiddenError("This token is scoped to some regions; this spans them all");
     }
     if (!readsBody.has(c.req.method)) return next();
+    if (untypedBody(c)) throw new HTTPException(415, { message: "No Content-Type" });
     canonicalJsonType(c);
     return unreadBodyIsUnavailable(c, limit, next);
   };

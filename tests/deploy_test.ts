@@ -174,7 +174,8 @@ Deno.test("a claim whose body is still on its way when the server stops gets 503
   await answer.upTo("100 Continue\r\n\r\n");
   const stopped = main.stop("SIGTERM");
   // Once it no longer accepts connections, the server has begun stopping.
-  for (;;) {
+  for (const deadline = Date.now() + 10_000;;) {
+    assert.ok(Date.now() < deadline, "the server still accepts connections 10 s after SIGTERM");
     try {
       (await Deno.connect({ hostname: "127.0.0.1", port: Number(port) })).close();
     } catch {
@@ -189,21 +190,32 @@ Deno.test("a claim whose body is still on its way when the server stops gets 503
   assert.deepEqual({ ...(await stopped) }, { success: true, code: 0, signal: null });
 });
 
-/** What `conn` sends, read as it arrives: `upTo(s)` waits for `s` (null: the end). */
+/**
+ * What `conn` sends, read as it arrives: `upTo(s)` waits for `s` (null: the end), failing
+ * after 10 s rather than hanging the suite.
+ */
 function readAll(conn: Deno.Conn) {
   let text = "";
   const reader = conn.readable.pipeThrough(new TextDecoderStream()).getReader();
   return {
     async upTo(until: string | null): Promise<string> {
-      while (until === null || !text.includes(until)) {
-        const { done, value } = await reader.read();
-        if (done) {
-          if (until === null) return text;
-          throw new Error(`no ${JSON.stringify(until)} in ${JSON.stringify(text)}`);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timedOut = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer in 10 s: ${text}`)), 10_000);
+      });
+      try {
+        while (until === null || !text.includes(until)) {
+          const { done, value } = await Promise.race([reader.read(), timedOut]);
+          if (done) {
+            if (until === null) return text;
+            throw new Error(`no ${JSON.stringify(until)} in ${JSON.stringify(text)}`);
+          }
+          text += value;
         }
-        text += value;
+        return text;
+      } finally {
+        clearTimeout(timer);
       }
-      return text;
     },
   };
 }

@@ -610,8 +610,7 @@ Deno.test("a declared Content-Length is checked without opening the body as a st
 
   await t.step("a repeated length: bodyLimit opens the stream, as it must", async () => {
     const res = await claimWith({ "content-length": "15, 15" });
-    // An unreadable body is a 503 (see below): this request's stream throws when opened.
-    assert.equal(res.status, 503, "this request's stream throws, so bodyLimit did open it");
+    assert.equal(res.status, 500, "this request's stream throws, so bodyLimit did open it");
     await res.body?.cancel();
   });
 });
@@ -642,8 +641,14 @@ Deno.test("a known path asked with another method gets 405 and Allow; an unknown
 Deno.test("a body that cannot be read answers 503 + Retry-After, not 400", async (t) => {
   await using app = await makeApp();
   await seedRegion(app, "iad", 1);
-  /** A claim whose body sends `sent`, then breaks as a dropped connection does. */
-  const claimBreakingAfter = (sent: string, headers: Record<string, string>) =>
+  /** A claim whose body sends `sent`, then breaks with `error` (Deno's, when a connection drops). */
+  const claimBreakingAfter = (
+    sent: string,
+    headers: Record<string, string>,
+    error: Error = new Deno.errors.BadResource(
+      "Cannot read body as underlying resource unavailable",
+    ),
+  ) =>
     app.app.fetch(
       new Request("http://allot.test/v1/regions/iad/claims", {
         method: "POST",
@@ -655,7 +660,7 @@ Deno.test("a body that cannot be read answers 503 + Retry-After, not 400", async
         body: new ReadableStream({
           start(controller) {
             controller.enqueue(new TextEncoder().encode(sent));
-            controller.error(new Error("connection reset"));
+            controller.error(error);
           },
         }),
       }),
@@ -674,6 +679,33 @@ Deno.test("a body that cannot be read answers 503 + Retry-After, not 400", async
       });
     }
   }
+  await t.step("a body without Content-Type is refused with 415 before it is read", async () => {
+    for (const length of [{ "content-length": "15" }, {}] as Record<string, string>[]) {
+      const res = await app.app.fetch(
+        new Request("http://allot.test/v1/regions/iad/claims", {
+          method: "POST",
+          headers: { authorization: `Bearer ${TOKENS.client}`, ...length },
+          body: new ReadableStream({
+            start(controller) {
+              controller.error(new Deno.errors.BadResource("the body was read"));
+            },
+          }),
+        }),
+      );
+      assertProblem(
+        { status: res.status, headers: res.headers, body: await res.json() },
+        415,
+        "Content-Type",
+      );
+    }
+  });
+  await t.step("a body stream that fails for another reason is not taken for one", async () => {
+    for (const headers of Object.values(lengths)) {
+      const res = await claimBreakingAfter("", headers, new TypeError("not a body failure"));
+      assert.notEqual(res.status, 503);
+      await res.body?.cancel();
+    }
+  });
   await t.step("a body read whole but malformed is still 400", async () => {
     const res = await app.request("POST", "/v1/regions/iad/claims", {
       token: TOKENS.client,
