@@ -42,7 +42,7 @@ const Env = z.object({
   // Deno reads it itself (true or false, in any case) and, on any other value, only warns
   // and exports nothing: an operator who asked for telemetry would find none. Empty is unset.
   OTEL_DENO: z.preprocess(
-    (raw) => (typeof raw === "string" ? raw.trim().toLowerCase() || undefined : raw),
+    (raw) => (typeof raw !== "string" ? raw : raw.trim() === "" ? undefined : raw.toLowerCase()),
     z.enum(["true", "false"], { error: 'must be "true" or "false"' }).optional(),
   ),
 });

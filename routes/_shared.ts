@@ -181,6 +181,11 @@ async function unreadBodyIsUnavailable(
     if (!checked && isReadFailure(error)) throw unreadBody(error);
     throw error;
   }
+  // An untyped body that no header announced (HTTP/2 need not): the validators' media-type
+  // check read it, and failed.
+  if (c.req.header("content-type") === undefined && isReadFailure(c.error)) {
+    throw unreadBody(c.error);
+  }
   // The validator's 400 has already become the answer (Hono keeps its error in c.error);
   // Hono also keeps the route's read of the body, as a promise.
   const read = c.req.bodyCache.text;
@@ -194,7 +199,12 @@ async function unreadBodyIsUnavailable(
  * it (the route validators would read it whole to refuse it, and could fail reading it).
  */
 function untypedBody(c: Context): boolean {
-  return c.req.header("content-type") === undefined && c.req.raw.body !== null;
+  if (c.req.header("content-type") !== undefined) return false;
+  // Deno.serve gives every POST and PUT a body stream, even an empty one (read as `{}`):
+  // the framing says whether one comes.
+  const length = c.req.header("content-length");
+  return c.req.header("transfer-encoding") !== undefined ||
+    (length !== undefined && length.trim() !== "0");
 }
 
 const statusLimit = sizeLimit(MAX_STATUS_BODY_BYTES);

@@ -96,7 +96,9 @@ Deno.test("loadConfig() refuses bad settings with a message naming the variable"
     }
   });
   await t.step("an OTEL_DENO Deno would ignore", () => {
-    for (const odd of ["yes", "1", "on"]) assertRefused({ OTEL_DENO: odd }, "OTEL_DENO");
+    for (const odd of ["yes", "1", "on", " true", "false "]) {
+      assertRefused({ OTEL_DENO: odd }, "OTEL_DENO");
+    }
     // What Deno itself accepts, and empty (unset), as for PORT and ALLOT_TOKENS.
     for (const fine of ["true", "false", "TRUE", "False", "", undefined]) {
       loadConfig({ OTEL_DENO: fine });

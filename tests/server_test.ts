@@ -222,3 +222,33 @@ Deno.test("HEAD answers the GET's headers, Content-Length included, without a bo
     await server.stop();
   }
 });
+
+Deno.test("over real HTTP, a POST or PUT with no body and no Content-Type reads as {}", async () => {
+  const server = await startServer(":memory:", new FakeClock());
+  try {
+    // No body, no Content-Type: fetch sends `Content-Length: 0`, Deno.serve an empty stream.
+    const bare = (method: string, path: string, headers: Record<string, string> = {}) =>
+      fetch(`${server.base}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${TOKENS.admin}`, ...headers },
+      });
+    const region = await bare("PUT", "/v1/regions/iad");
+    assert.equal(region.status, 201, await region.text());
+    const resource = await bare("PUT", "/v1/regions/iad/resources/r0");
+    assert.equal(resource.status, 201, await resource.text());
+    const grant = await server.request("POST", "/v1/regions/iad/claims", {
+      token: TOKENS.client,
+      body: { holder: "h" },
+    });
+    assert.equal(grant.status, 201);
+    const renewed = await bare("POST", `/v1/claims/${grant.body.id}/renew`, {
+      "allot-claim-secret": grant.body.secret,
+    });
+    assert.equal(renewed.status, 200, await renewed.text());
+    const claim = await bare("POST", "/v1/regions/iad/claims");
+    assert.equal(claim.status, 422, "{} has no holder");
+    await claim.body?.cancel();
+  } finally {
+    await server.stop();
+  }
+});

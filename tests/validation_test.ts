@@ -679,25 +679,37 @@ Deno.test("a body that cannot be read answers 503 + Retry-After, not 400", async
       });
     }
   }
-  await t.step("a body without Content-Type is refused with 415 before it is read", async () => {
-    for (const length of [{ "content-length": "15" }, {}] as Record<string, string>[]) {
-      const res = await app.app.fetch(
-        new Request("http://allot.test/v1/regions/iad/claims", {
-          method: "POST",
-          headers: { authorization: `Bearer ${TOKENS.client}`, ...length },
-          body: new ReadableStream({
-            start(controller) {
-              controller.error(new Deno.errors.BadResource("the body was read"));
-            },
-          }),
+  /** An untyped claim with `framing` headers whose body fails if anything reads it. */
+  const untypedClaim = (framing: Record<string, string>) =>
+    app.app.fetch(
+      new Request("http://allot.test/v1/regions/iad/claims", {
+        method: "POST",
+        headers: { authorization: `Bearer ${TOKENS.client}`, ...framing },
+        body: new ReadableStream({
+          start(controller) {
+            controller.error(new Deno.errors.BadResource("the body was read"));
+          },
         }),
-      );
+      }),
+    );
+  await t.step("a body without Content-Type is refused with 415 before it is read", async () => {
+    const framings: Record<string, string>[] = [
+      { "content-length": "15" },
+      { "transfer-encoding": "chunked" },
+    ];
+    for (const framing of framings) {
+      const res = await untypedClaim(framing);
       assertProblem(
         { status: res.status, headers: res.headers, body: await res.json() },
         415,
         "Content-Type",
       );
     }
+  });
+  await t.step("one no header announced (HTTP/2 need not) fails to be read: 503", async () => {
+    const res = await untypedClaim({});
+    assert.equal(res.status, 503);
+    assert.match((await res.json()).detail, /^Cannot read the request body/);
   });
   await t.step("a body stream that fails for another reason is not taken for one", async () => {
     for (const headers of Object.values(lengths)) {
