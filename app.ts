@@ -13,10 +13,9 @@ import { GroupCommitter } from "./lib/group.ts";
 import { GroupRenewer } from "./lib/renewer.ts";
 import { LeasePlaces } from "./lib/leases.ts";
 import { log } from "./lib/log.ts";
-import { AllotError, UnavailableError, ValidationError } from "./lib/errors.ts";
+import { AllotError, type FieldIssue, UnavailableError, ValidationError } from "./lib/errors.ts";
 import { isStoreUnavailable } from "./lib/kv.ts";
 import { type AppEnv, fieldIssues } from "./routes/_shared.ts";
-import type { FieldIssue } from "./lib/errors.ts";
 import { claimRoutes } from "./routes/claims.ts";
 import { dashboardRoutes } from "./routes/dashboard.tsx";
 import { deadLetterRoutes } from "./routes/dead_letters.ts";
@@ -36,12 +35,12 @@ export interface AppOptions {
   applier?: StatusApplier;
 }
 
+const JSON_TYPE = "must be application/json or another +json type";
+
 /** The field a refusal by Hono's own checks is about: the body's size or syntax, its type. */
 function issueOf(error: HTTPException): FieldIssue[] {
   if (error.status === 413) return [{ field: "body", message: "is too large" }];
-  if (error.status === 415) {
-    return [{ field: "Content-Type", message: "must be application/json or another +json type" }];
-  }
+  if (error.status === 415) return [{ field: "Content-Type", message: JSON_TYPE }];
   if (/JSON/.test(error.message)) return [{ field: "body", message: "is not valid JSON" }];
   return [];
 }
@@ -69,9 +68,7 @@ function toProblemResponse(error: unknown): Response {
         : error.status === 415
         ? "Unsupported media type"
         : "Bad request",
-      error.status === 415
-        ? "Content-Type must be application/json or another +json type"
-        : error.message || "Malformed request",
+      error.status === 415 ? `Content-Type ${JSON_TYPE}` : error.message || "Malformed request",
       issueOf(error),
     );
   }

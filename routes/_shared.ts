@@ -148,6 +148,7 @@ const BODY_READ_FAILURES = [
   Deno.errors.ConnectionAborted,
   Deno.errors.UnexpectedEof,
 ];
+const isReadFailure = (error: unknown) => BODY_READ_FAILURES.some((kind) => error instanceof kind);
 
 function unreadBody(failure: unknown): UnavailableError {
   log("warn", "a request body could not be read", { error: String(failure) });
@@ -168,8 +169,6 @@ async function unreadBodyIsUnavailable(
   limit: MiddlewareHandler,
   next: Next,
 ): Promise<void> {
-  const isReadFailure = (error: unknown) =>
-    BODY_READ_FAILURES.some((kind) => error instanceof kind);
   let checked = false;
   try {
     await limit(c, () => {
