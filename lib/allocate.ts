@@ -175,9 +175,9 @@ async function allocateFrom(
     const draft = stageClaim(op, effects, clock, claim, route, servedBy, pick, 0);
     stageSweeper(op, clock, servedBy, sweeper, clock.now() + draft.leaseMs);
     effects.flush(op);
-    const res = await op.commit();
-    if (res.ok) {
-      return { grant: withTokens(draft, res.versionstamp, 0), replayed: false, groupSize: 1 };
+    const versionstamp = await commitClaims(kv, op, draft);
+    if (versionstamp !== null) {
+      return { grant: withTokens(draft, versionstamp, 0), replayed: false, groupSize: 1 };
     }
     const raced = await replayIfKnown(kv, claim);
     if (raced) return raced;
@@ -287,6 +287,44 @@ export function stageClaim(
     op.set(claim.idemKey, remembered, { expireIn: leaseMs + IDEMPOTENCY_GRACE_MS });
   }
   return draft;
+}
+
+/**
+ * Commits an atomic of claims whose first is `first`: its versionstamp, or null when its
+ * checks failed. A KV Connect answer can be lost after the write landed: the commit then
+ * throws, or Deno's client sends it again and that retry fails its checks against the
+ * write itself. Either way the first claim's record tells, so no caller takes a second
+ * slot on a retry while the first stays held for nobody.
+ */
+export async function commitClaims(
+  kv: Deno.Kv,
+  op: Deno.AtomicOperation,
+  first: GrantDraft,
+): Promise<string | null> {
+  let res: Deno.KvCommitResult | Deno.KvCommitError;
+  try {
+    res = await op.commit();
+  } catch (error) {
+    const landed = await landedVersionstamp(kv, first);
+    if (landed === null) throw error;
+    return landed;
+  }
+  return res.ok ? res.versionstamp : await landedVersionstamp(kv, first);
+}
+
+/**
+ * The versionstamp of a claim's commit, if it landed: its claim record says so, and dates
+ * it (a record rewritten since keeps that date in its fencing token). Null when it did not
+ * land, or cannot be read.
+ */
+async function landedVersionstamp(kv: Deno.Kv, draft: GrantDraft): Promise<string | null> {
+  try {
+    const entry = await kv.get<ClaimRecord>(keys.claim(draft.servedBy, draft.id));
+    if (entry.value === null) return null;
+    return entry.value.fencingToken?.slice(0, -4) ?? entry.versionstamp;
+  } catch {
+    return null;
+  }
 }
 
 /** The grant as answered: the commit's versionstamp gives both tokens. */

@@ -10,6 +10,7 @@ import {
   type Allocator,
   checksOf,
   type ClaimOutcome,
+  commitClaims,
   findFreeSlots,
   type GrantDraft,
   type PreparedClaim,
@@ -167,8 +168,9 @@ export class GroupCommitter implements Allocator {
       }));
       stageSweepers(op, this.clock, leases, (region) => sweepers.get(region)!);
       effects.flush(op);
-      const res = await op.commit().catch((error) => ({ ok: false as const, error }));
-      if (res.ok) {
+      // A commit that threw (and did not land) fails the group as a conflict does.
+      const versionstamp = await commitClaims(this.kv, op, staged[0].draft).catch(() => null);
+      if (versionstamp !== null) {
         this.stats.commits++;
         this.stats.claims += staged.length;
         instruments.claimGroupSize.record(staged.length);
@@ -179,7 +181,7 @@ export class GroupCommitter implements Allocator {
             slot: draft.slot,
           });
           waiting.resolve({
-            grant: withTokens(draft, res.versionstamp, index),
+            grant: withTokens(draft, versionstamp, index),
             replayed: false,
             groupSize: staged.length,
           });

@@ -387,6 +387,29 @@ export function interceptCommits(inner: Deno.Kv): {
   };
 }
 
+type LostAnswer = "landed" | "not landed" | "landed, retried";
+
+/**
+ * Wraps a KV handle so that, once armed, its next atomic commits lose their answer as a KV
+ * Connect call can, one per armed value: they throw, `"landed"` after the write went
+ * through or `"not landed"` instead of it; or, `"landed, retried"`, they answer as Deno's
+ * client sending the landed write again would, its checks failing against the write itself.
+ */
+export function loseCommitAnswers(inner: Deno.Kv): {
+  kv: Deno.Kv;
+  arm(...next: LostAnswer[]): void;
+} {
+  const armed: LostAnswer[] = [];
+  const kv = wrapCommits(inner, async (commit) => {
+    const how = armed.shift();
+    if (how === undefined) return await commit();
+    if (how !== "not landed") await commit();
+    if (how === "landed, retried") return { ok: false };
+    throw new TypeError("error sending request for url (http://kv.test/): connection reset");
+  });
+  return { kv, arm: (...next) => armed.push(...next) };
+}
+
 /**
  * Wraps a KV handle so the messages enqueued by the atomics that commit through it are
  * recorded in `enqueued` (their delays in `delays`, in the same order), for a test to

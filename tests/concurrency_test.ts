@@ -3,8 +3,10 @@ import { checkHistory, grantEvent, type HistoryEvent, HistoryRecorder } from "./
 import {
   assertProblem,
   claim,
+  getClaim,
   interceptCommits,
   listPages,
+  loseCommitAnswers,
   makeApp,
   poolOf,
   release,
@@ -255,5 +257,37 @@ Deno.test("a claim does not wait on a catch-up sweep that began before its own r
   assert.notEqual(second, "waited", "the claim waited on an older sweep");
   assert.equal((second as TestResponse).status, 201);
   assert.equal((await first).status, 201);
+  inner.close();
+});
+
+Deno.test("a claim commit whose answer is lost after it landed answers its claim, and leaks no slot", async (t) => {
+  const inner = await Deno.openKv(":memory:");
+  const lost = loseCommitAnswers(inner);
+  await using app = await makeApp({ kv: lost.kv });
+  await seedRegion(app, "iad", 8);
+  const cases: Array<[string, Parameters<typeof lost.arm>]> = [
+    ["a group's commit", ["landed"]],
+    ["a group's commit, sent again by the client", ["landed, retried"]],
+    ["a lone claim's commit, after its group's failed", ["not landed", "landed"]],
+    ["a lone claim's commit, sent again", ["not landed", "landed, retried"]],
+    ["a commit that did not land goes alone", ["not landed"]],
+  ];
+  for (const [name, arming] of cases) {
+    await t.step(name, async () => {
+      const before = await poolOf(app, "iad");
+      lost.arm(...arming);
+      const granted = await claim(app, "iad", { holder: name });
+      assert.equal(granted.status, 201, JSON.stringify(granted.body));
+      const read = await getClaim(app, granted.body.id);
+      assert.deepEqual([read.state, read.fencingToken], ["active", granted.body.fencingToken]);
+      const after = await poolOf(app, "iad");
+      assert.equal(after.claimed, before.claimed + 1, "one claim holds one slot");
+      const held = await app.request(
+        "GET",
+        `/v1/regions/iad/claims?holder=${encodeURIComponent(name)}`,
+      );
+      assert.deepEqual(held.body.items.map((c: { id: string }) => c.id), [granted.body.id]);
+    });
+  }
   inner.close();
 });
