@@ -11,6 +11,7 @@ import type { Clock } from "./clock.ts";
 import { AllotError, NoCapacityError, UnavailableError, ValidationError } from "./errors.ts";
 import { type ClaimRoute, routeClaim } from "./fallback.ts";
 import { keys } from "./keys.ts";
+import { log } from "./log.ts";
 import { CommitEffects } from "./kv.ts";
 import {
   type ClaimRecord,
@@ -175,10 +176,11 @@ async function allocateFrom(
     const draft = stageClaim(op, effects, clock, claim, route, servedBy, pick, 0);
     stageSweeper(op, clock, servedBy, sweeper, clock.now() + draft.leaseMs);
     effects.flush(op);
-    const versionstamp = await commitClaims(kv, op, draft);
-    if (versionstamp !== null) {
-      return { grant: withTokens(draft, versionstamp, 0), replayed: false, groupSize: 1 };
+    const outcome = await commitClaims(kv, op, draft);
+    if (outcome.ok) {
+      return { grant: withTokens(draft, outcome.versionstamp, 0), replayed: false, groupSize: 1 };
     }
+    if (outcome.error !== undefined) throw outcome.error;
     const raced = await replayIfKnown(kv, claim);
     if (raced) return raced;
   }
@@ -289,42 +291,51 @@ export function stageClaim(
   return draft;
 }
 
+/** A claim atomic's outcome: committed, at `versionstamp`, or not (a conflict, or `error`). */
+export type ClaimCommit = { ok: true; versionstamp: string } | { ok: false; error?: unknown };
+
 /**
- * Commits an atomic of claims whose first is `first`: its versionstamp, or null when its
- * checks failed. A KV Connect answer can be lost after the write landed: the commit then
- * throws, or Deno's client sends it again and that retry fails its checks against the
- * write itself. Either way the first claim's record tells, so no caller takes a second
- * slot on a retry while the first stays held for nobody.
+ * Commits an atomic of claims whose first is `first`. A KV Connect answer can be lost after
+ * the write landed: the commit then throws, or Deno's client sends it again and that resend
+ * fails its checks against the write itself. Either way the first claim's record tells, so
+ * no caller takes a second slot on a retry while the first stays held for nobody; when that
+ * record cannot be read either, the outcome is unknown and this throws a 503 rather than
+ * let the claims be tried again.
  */
 export async function commitClaims(
   kv: Deno.Kv,
   op: Deno.AtomicOperation,
   first: GrantDraft,
-): Promise<string | null> {
+): Promise<ClaimCommit> {
   let res: Deno.KvCommitResult | Deno.KvCommitError;
   try {
     res = await op.commit();
   } catch (error) {
     const landed = await landedVersionstamp(kv, first);
-    if (landed === null) throw error;
-    return landed;
+    return landed === null ? { ok: false, error } : { ok: true, versionstamp: landed };
   }
-  return res.ok ? res.versionstamp : await landedVersionstamp(kv, first);
+  if (res.ok) return { ok: true, versionstamp: res.versionstamp };
+  const landed = await landedVersionstamp(kv, first);
+  return landed === null ? { ok: false } : { ok: true, versionstamp: landed };
 }
 
 /**
  * The versionstamp of a claim's commit, if it landed: its claim record says so, and dates
- * it (a record rewritten since keeps that date in its fencing token). Null when it did not
- * land, or cannot be read.
+ * it (a record rewritten since keeps that date in its fencing token). Null when it did not.
  */
 async function landedVersionstamp(kv: Deno.Kv, draft: GrantDraft): Promise<string | null> {
+  let entry: Deno.KvEntryMaybe<ClaimRecord>;
   try {
-    const entry = await kv.get<ClaimRecord>(keys.claim(draft.servedBy, draft.id));
-    if (entry.value === null) return null;
-    return entry.value.fencingToken?.slice(0, -4) ?? entry.versionstamp;
-  } catch {
-    return null;
+    entry = await kv.get<ClaimRecord>(keys.claim(draft.servedBy, draft.id));
+  } catch (error) {
+    log("warn", "a claim commit's outcome is unknown", { claim: draft.id, error: String(error) });
+    throw new UnavailableError(
+      "Cannot tell whether the claim committed: the store did not answer; retry with the same Idempotency-Key",
+      1,
+    );
   }
+  if (entry.value === null) return null;
+  return entry.value.fencingToken?.slice(0, -4) ?? entry.versionstamp;
 }
 
 /** The grant as answered: the commit's versionstamp gives both tokens. */

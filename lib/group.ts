@@ -168,9 +168,14 @@ export class GroupCommitter implements Allocator {
       }));
       stageSweepers(op, this.clock, leases, (region) => sweepers.get(region)!);
       effects.flush(op);
-      // A commit that threw (and did not land) fails the group as a conflict does.
-      const versionstamp = await commitClaims(this.kv, op, staged[0].draft).catch(() => null);
-      if (versionstamp !== null) {
+      // A commit that threw and did not land fails the group as a conflict does; one whose
+      // outcome is unknown answers each claim with its 503, not a second try elsewhere.
+      const outcome = await commitClaims(this.kv, op, staged[0].draft).catch((unknown) => {
+        for (const { waiting } of staged) waiting.reject(unknown);
+        return null;
+      });
+      if (outcome?.ok) {
+        const { versionstamp } = outcome;
         this.stats.commits++;
         this.stats.claims += staged.length;
         instruments.claimGroupSize.record(staged.length);
@@ -189,7 +194,7 @@ export class GroupCommitter implements Allocator {
       } else {
         this.stats.failedGroups++;
         instruments.groupConflicts.add(1);
-        alone.push(...staged.map((s) => s.waiting));
+        if (outcome) alone.push(...staged.map((s) => s.waiting));
       }
     }
     // The lone path re-reads, sweeps expired leases, answers 503, or replays a raced key.

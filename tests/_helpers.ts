@@ -387,27 +387,50 @@ export function interceptCommits(inner: Deno.Kv): {
   };
 }
 
-type LostAnswer = "landed" | "not landed" | "landed, retried";
+type LostAnswer = "answered" | "landed" | "not landed" | "landed, retried";
 
 /**
  * Wraps a KV handle so that, once armed, its next atomic commits lose their answer as a KV
- * Connect call can, one per armed value: they throw, `"landed"` after the write went
- * through or `"not landed"` instead of it; or, `"landed, retried"`, they answer as Deno's
- * client sending the landed write again would, its checks failing against the write itself.
+ * Connect call can, one per armed value (`"answered"` passes one through): they throw,
+ * `"landed"` after the write went through or `"not landed"` instead of it; or, `"landed,
+ * retried"`, they answer as Deno's client sending the landed write again would, its checks
+ * failing against the write itself. `afterLanding` runs once a lost write has landed (on
+ * the unwrapped handle); `failReads(n)` makes the next `n` gets throw.
  */
 export function loseCommitAnswers(inner: Deno.Kv): {
   kv: Deno.Kv;
   arm(...next: LostAnswer[]): void;
+  afterLanding(hook: (versionstamp: string) => Promise<void>): void;
+  failReads(count: number): void;
 } {
   const armed: LostAnswer[] = [];
-  const kv = wrapCommits(inner, async (commit) => {
+  let hook: ((versionstamp: string) => Promise<void>) | null = null;
+  let failingReads = 0;
+  const commits = wrapCommits(inner, async (commit) => {
     const how = armed.shift();
-    if (how === undefined) return await commit();
-    if (how !== "not landed") await commit();
+    if (how === undefined || how === "answered") return await commit();
+    if (how !== "not landed") {
+      const res = await commit();
+      if (res.ok) await hook?.(res.versionstamp);
+    }
     if (how === "landed, retried") return { ok: false };
     throw new TypeError("error sending request for url (http://kv.test/): connection reset");
   });
-  return { kv, arm: (...next) => armed.push(...next) };
+  const kv = new Proxy(commits, {
+    get(target, prop) {
+      if (prop === "get" && failingReads > 0) {
+        failingReads--;
+        return () => Promise.reject(new TypeError("error sending request: connection reset"));
+      }
+      return Reflect.get(target, prop, target);
+    },
+  });
+  return {
+    kv,
+    arm: (...next) => armed.push(...next),
+    afterLanding: (next) => hook = next,
+    failReads: (count) => failingReads = count,
+  };
 }
 
 /**

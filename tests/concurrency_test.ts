@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { keys } from "../lib/keys.ts";
+import { endLease } from "../lib/leases.ts";
 import { checkHistory, grantEvent, type HistoryEvent, HistoryRecorder } from "./_checker.ts";
 import {
   assertProblem,
@@ -260,11 +262,27 @@ Deno.test("a claim does not wait on a catch-up sweep that began before its own r
   inner.close();
 });
 
-Deno.test("a claim commit whose answer is lost after it landed answers its claim, and leaks no slot", async (t) => {
+Deno.test("a claim commit whose answer is lost after it landed answers its claims, and leaks no slot", async (t) => {
   const inner = await Deno.openKv(":memory:");
   const lost = loseCommitAnswers(inner);
   await using app = await makeApp({ kv: lost.kv });
-  await seedRegion(app, "iad", 8);
+  await seedRegion(app, "iad", 40);
+  /** Claims `count` at once (the first commits alone, the rest form the next group). */
+  async function claimChecked(name: string, count: number) {
+    const before = await poolOf(app, "iad");
+    const answers = await Promise.all(
+      Array.from({ length: count }, (_, i) => claim(app, "iad", { holder: `${name} ${i}` })),
+    );
+    for (const granted of answers) {
+      assert.equal(granted.status, 201, JSON.stringify(granted.body));
+      const read = await getClaim(app, granted.body.id);
+      assert.equal(read.fencingToken, granted.body.fencingToken, "the token GET shows");
+      assert.equal(granted.body.consistencyToken, granted.body.fencingToken.slice(0, 20));
+    }
+    const after = await poolOf(app, "iad");
+    assert.equal(after.claimed, before.claimed + count, "one claim holds one slot");
+    return answers;
+  }
   const cases: Array<[string, Parameters<typeof lost.arm>]> = [
     ["a group's commit", ["landed"]],
     ["a group's commit, sent again by the client", ["landed, retried"]],
@@ -274,20 +292,46 @@ Deno.test("a claim commit whose answer is lost after it landed answers its claim
   ];
   for (const [name, arming] of cases) {
     await t.step(name, async () => {
-      const before = await poolOf(app, "iad");
       lost.arm(...arming);
-      const granted = await claim(app, "iad", { holder: name });
-      assert.equal(granted.status, 201, JSON.stringify(granted.body));
-      const read = await getClaim(app, granted.body.id);
-      assert.deepEqual([read.state, read.fencingToken], ["active", granted.body.fencingToken]);
-      const after = await poolOf(app, "iad");
-      assert.equal(after.claimed, before.claimed + 1, "one claim holds one slot");
-      const held = await app.request(
-        "GET",
-        `/v1/regions/iad/claims?holder=${encodeURIComponent(name)}`,
-      );
-      assert.deepEqual(held.body.items.map((c: { id: string }) => c.id), [granted.body.id]);
+      await claimChecked(name, 1);
     });
   }
+  await t.step("a group of six: each claim keeps its own slot and token", async () => {
+    lost.arm("answered", "landed, retried");
+    const answers = await claimChecked("six", 7);
+    assert.equal(new Set(answers.map((a) => a.body.fencingToken)).size, 7);
+  });
+  await t.step("claims rewritten before the answer was recovered keep their tokens", async () => {
+    lost.afterLanding(async (versionstamp) => {
+      for await (const entry of inner.list<{ id: string }>({ prefix: keys.claims("iad") })) {
+        if (entry.versionstamp === versionstamp) {
+          await endLease(inner, app.clock, entry.value.id, { state: "lost", reason: "revoked" });
+        }
+      }
+    });
+    lost.arm("answered", "landed");
+    const before = await poolOf(app, "iad");
+    const answers = await Promise.all(
+      Array.from({ length: 4 }, (_, i) => claim(app, "iad", { holder: `rewritten ${i}` })),
+    );
+    lost.afterLanding(async () => {});
+    for (const granted of answers) {
+      assert.equal(granted.status, 201);
+      const read = await getClaim(app, granted.body.id);
+      assert.equal(read.fencingToken, granted.body.fencingToken);
+    }
+    const after = await poolOf(app, "iad");
+    assert.equal(after.claimed, before.claimed + 1, "only the first claim is still held");
+  });
+  await t.step("when the record cannot be read either, 503 and no second slot", async () => {
+    const before = await poolOf(app, "iad");
+    lost.arm("landed, retried");
+    lost.failReads(1);
+    const unknown = await claim(app, "iad", { holder: "unknown" });
+    assertProblem(unknown, 503);
+    assert.match(unknown.body.detail, /^Cannot tell whether the claim committed/);
+    const after = await poolOf(app, "iad");
+    assert.equal(after.claimed, before.claimed + 1, "the landed claim, and no other");
+  });
   inner.close();
 });
