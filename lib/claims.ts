@@ -208,15 +208,12 @@ async function loseToGoneResource(
   spec: ResourceSpec | null,
 ): Promise<never> {
   await finishUnfinishedLosses(kv, clock, [{ region: record.servedBy, id: record.resource }]);
-  const reason = spec === null ? "resource deleted" : "resource gone";
-  await endLease(kv, clock, record.id, { state: "lost", reason }).catch((error) => {
-    if (!(error instanceof LeaseLostError)) throw error;
-  });
-  throw new LeaseLostError(
-    `Claim "${record.id}" is no longer active: its resource is ${
-      spec === null ? "deleted" : "gone"
-    }`,
-  );
+  const fate = spec === null ? "deleted" : "gone";
+  await endLease(kv, clock, record.id, { state: "lost", reason: `resource ${fate}` })
+    .catch((error) => {
+      if (!(error instanceof LeaseLostError)) throw error;
+    });
+  throw new LeaseLostError(`Claim "${record.id}" is no longer active: its resource is ${fate}`);
 }
 
 /**
