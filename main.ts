@@ -12,6 +12,7 @@ import { StatusApplier } from "./lib/applier.ts";
 import { GroupEnder } from "./lib/ender.ts";
 import { encodeBase64Url } from "./lib/base64.ts";
 import { watchRegions } from "./lib/region_watch.ts";
+import { KvFileInUseError, localKvFile, lockKvFile } from "./lib/kv_file.ts";
 
 /** An admin token for a run without ALLOT_TOKENS (printed once the server listens). */
 function generatedAdminToken(): TokenSpec {
@@ -33,15 +34,30 @@ try {
   throw error;
 }
 
+/** Why ALLOT_KV cannot be used, naming it. */
+function cannotOpenKv(kvPath: string | undefined, error: unknown): never {
+  cannotStart(
+    `ALLOT_KV: cannot open ${JSON.stringify(kvPath ?? "(Deno's default)")}: ${
+      error instanceof Error ? error.message : error
+    }`,
+  );
+}
+
+// Held (never closed) while the process runs: a second allot on the file stops here.
+const kvFile = localKvFile(config.kvPath);
+if (kvFile !== null) {
+  try {
+    await lockKvFile(kvFile);
+  } catch (error) {
+    if (error instanceof KvFileInUseError) cannotStart(error.message);
+    cannotOpenKv(config.kvPath, error);
+  }
+}
 let kv: Deno.Kv;
 try {
   kv = await Deno.openKv(config.kvPath);
 } catch (error) {
-  cannotStart(
-    `ALLOT_KV: cannot open ${JSON.stringify(config.kvPath ?? "(Deno's default)")}: ${
-      error instanceof Error ? error.message : error
-    }`,
-  );
+  cannotOpenKv(config.kvPath, error);
 }
 const clock = systemClock;
 const applier = new StatusApplier(kv, clock);

@@ -250,13 +250,17 @@ async function claimThroughShutdown(kvPath: string, signal: Deno.Signal) {
   return answers;
 }
 
-/** Runs main.ts to its exit with `env`; resolves with its exit code and its output. */
+/**
+ * Runs main.ts to its exit with `env`; resolves with its exit code and its output. One
+ * that starts serving instead is stopped after 20 s, so the test fails rather than hangs.
+ */
 async function runMainToExit(env: Record<string, string>) {
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-net", "--allow-env", "--allow-read", "--allow-write", "main.ts"],
     cwd: ROOT,
     env: { NO_COLOR: "1", ...env },
     stdin: "null",
+    signal: AbortSignal.timeout(20_000),
   }).output();
   const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
   return { code, stdout: decode(stdout), stderr: decode(stderr) };
@@ -269,6 +273,34 @@ Deno.test("main.ts refuses to start with a clear message and exit code 2", async
     assert.match(run.stderr, /^ALLOT_KV: cannot open "\/nonexistent-dir\/allot\/kv.sqlite": /);
     assert.doesNotMatch(run.stderr, /\bat \S+:\d+:\d+/, "no stack trace");
   });
+
+  await t.step(
+    "an ALLOT_KV file another allot serves from; free again once that one is killed",
+    async () => {
+      const dir = await Deno.makeTempDir();
+      const kvPath = `${dir}/kv.sqlite`;
+      try {
+        const first = await startMain(kvPath);
+        const region = await first.request("PUT", "/v1/regions/iad", ADMIN, {});
+        assert.equal(region.status, 201, await region.text());
+        const second = await runMainToExit({ ALLOT_KV: kvPath, PORT: "0" });
+        assert.equal(second.code, 2, second.stderr);
+        assert.equal(
+          second.stderr.trim(),
+          `ALLOT_KV: "${kvPath}" is in use by another process (one process owns one KV file: stop the other, or give this one another file)`,
+        );
+        assert.doesNotMatch(second.stdout, /allot_/, "no generated token was printed");
+        assert.equal((await first.request("GET", "/readyz")).status, 200, "the owner serves on");
+        await first.stop("SIGKILL");
+        // The kernel dropped the lock with the process: no stale lock file to remove.
+        await using restarted = await startMain(kvPath);
+        const read = await restarted.request("GET", "/v1/regions/iad", ADMIN);
+        assert.equal(read.status, 200, await read.text());
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+    },
+  );
 
   await t.step("a PORT in use, before it prints a token or takes queue work", async () => {
     using taken = Deno.listen({ hostname: "0.0.0.0", port: 0 });

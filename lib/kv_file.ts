@@ -1,0 +1,37 @@
+/**
+ * One process owns one KV file (SPEC, "Deno KV facts"): a second handle on it, from this
+ * process or another, makes commits fail with `database is locked` under load. So the
+ * owner holds an advisory lock on the file for as long as it runs, and a second allot on
+ * the same file stops at start-up instead of failing claims. The kernel drops the lock
+ * when the process ends, however it ends (kill -9 included): there is no stale lock.
+ */
+
+/** Thrown when another handle holds the KV file's lock. */
+export class KvFileInUseError extends Error {}
+
+/**
+ * The local file ALLOT_KV names, or null for `:memory:`, a KV Connect URL, or Deno's
+ * default (whose path Deno derives itself, so it is not locked).
+ */
+export function localKvFile(kvPath: string | undefined): string | null {
+  if (kvPath === undefined || kvPath === ":memory:") return null;
+  return /^https?:\/\//i.test(kvPath) ? null : kvPath;
+}
+
+/**
+ * Takes the lock of the KV file at `path` for the life of the process (creating the file,
+ * which SQLite reads as an empty database), or throws KvFileInUseError. The lock is
+ * `flock`'s, which SQLite's own (POSIX) locks on the same file ignore. Returns null on
+ * Windows, where Deno's lock is mandatory and would lock SQLite itself out.
+ */
+export async function lockKvFile(path: string): Promise<Deno.FsFile | null> {
+  if (Deno.build.os === "windows") return null;
+  const file = await Deno.open(path, { read: true, write: true, create: true });
+  if (await file.tryLock(true)) return file;
+  file.close();
+  throw new KvFileInUseError(
+    `ALLOT_KV: ${
+      JSON.stringify(path)
+    } is in use by another process (one process owns one KV file: stop the other, or give this one another file)`,
+  );
+}

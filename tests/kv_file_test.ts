@@ -1,0 +1,45 @@
+import assert from "node:assert/strict";
+import { KvFileInUseError, localKvFile, lockKvFile } from "../lib/kv_file.ts";
+
+Deno.test("localKvFile() names only a local file: not :memory:, a KV Connect URL or Deno's default", () => {
+  assert.equal(localKvFile("/var/lib/allot/kv.sqlite"), "/var/lib/allot/kv.sqlite");
+  assert.equal(localKvFile("kv.sqlite"), "kv.sqlite");
+  assert.equal(localKvFile(":memory:"), null);
+  assert.equal(localKvFile("https://kv.example.com/db"), null);
+  assert.equal(localKvFile("HTTP://127.0.0.1:4512"), null);
+  assert.equal(localKvFile(undefined), null);
+});
+
+Deno.test("lockKvFile() lets one handle own a KV file, which Deno KV still commits to", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/kv.sqlite`;
+  try {
+    const owner = await lockKvFile(path);
+    assert.ok(owner, "locked (not Windows)");
+    // A second handle is refused even in the same process (flock is per open file).
+    await assert.rejects(lockKvFile(path), (error: Error) => {
+      assert.ok(error instanceof KvFileInUseError);
+      assert.equal(
+        error.message,
+        `ALLOT_KV: "${path}" is in use by another process (one process owns one KV file: stop the other, or give this one another file)`,
+      );
+      return true;
+    });
+    // The lock is flock's, which SQLite's own locks on the same file do not see.
+    using kv = await Deno.openKv(path);
+    const commits = await Promise.all(
+      Array.from(
+        { length: 20 },
+        (_, i) =>
+          kv.atomic().check({ key: ["n", i], versionstamp: null }).set(["n", i], i).commit(),
+      ),
+    );
+    assert.ok(commits.every((res) => res.ok));
+    owner.close();
+    const next = await lockKvFile(path);
+    assert.ok(next, "free again once its owner closed it");
+    next.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
