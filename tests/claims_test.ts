@@ -352,3 +352,24 @@ Deno.test("a listing's last page has a null cursor, even when it is full", async
     assert.deepEqual(await pages("/v1/regions/fra/claims?holder=nobody", 2), [[0, false]]);
   });
 });
+
+Deno.test("a claim that finds no free slot sweeps overdue leases until its own is freed, not just the first 100", async () => {
+  await using app = await makeApp();
+  // 250 leases of another label fall due first: more than two catch-up sweeps' worth.
+  await seedRegion(app, "iad", 25, { slots: 10, labels: { k: "y" }, prefix: "y" });
+  await app.request("PUT", "/v1/regions/iad/resources/x-0", { body: { labels: { k: "x" } } });
+  for (let i = 0; i < 250; i++) {
+    assert.equal(
+      (await claim(app, "iad", { holder: "h", leaseMs: 1000, labels: { k: "y" } })).status,
+      201,
+    );
+  }
+  app.clock.advance(1);
+  const first = await claim(app, "iad", { holder: "h", leaseMs: 1000, labels: { k: "x" } });
+  assert.equal(first.status, 201);
+  app.clock.advance(5000); // every lease is overdue, and no sweep tick has been delivered
+  const next = await claim(app, "iad", { holder: "z", labels: { k: "x" } });
+  assert.equal(next.status, 201, JSON.stringify(next.body));
+  assert.equal(next.body.resource, "x-0");
+  assert.equal((await getClaim(app, first.body.id)).state, "expired");
+});
