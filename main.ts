@@ -13,6 +13,8 @@ import { GroupEnder } from "./lib/ender.ts";
 import { encodeBase64Url } from "./lib/base64.ts";
 import { watchRegions } from "./lib/region_watch.ts";
 import { KvFileInUseError, localKvFile, lockKvFile } from "./lib/kv_file.ts";
+import { InFlight, queueFinishesRecorded } from "./lib/in_flight.ts";
+import { log } from "./lib/log.ts";
 
 /** An admin token for a run without ALLOT_TOKENS (printed once the server listens). */
 function generatedAdminToken(): TokenSpec {
@@ -81,28 +83,57 @@ if (generated) {
 
 // Expiry sweeps end leases in shared commits, like releases.
 const ender = new GroupEnder(kv, clock);
+const queueWork = new InFlight();
 kv.listenQueue(async (message) => {
-  await handleQueueMessage({ kv, clock, applier, ender }, message);
+  await queueWork.track(handleQueueMessage({ kv, clock, applier, ender }, message));
 });
 // A region whose queue stalls still moves to fallback, and its gauges follow its lag.
 const watch = watchRegions(kv, clock);
 
-// A deploy stops the process with SIGTERM: answer what is in flight, then close the store,
-// so no caller is left without an answer to a claim that committed. A second signal forces.
+/** Longest a shutdown waits for requests, the region watch and queue handlers to finish. */
+const SHUTDOWN_CAP_MS = 10_000;
+
+// A deploy stops the process with SIGTERM: answer what is in flight, finish the queue
+// messages taken, then close the store, so no caller is left without an answer to a claim
+// that committed and no message waits a minute for redelivery. A second signal forces.
 let stopping = false;
-async function shutDown(): Promise<void> {
+async function shutDown(signal: Deno.Signal): Promise<void> {
   if (stopping) Deno.exit(1);
   stopping = true;
+  log("info", "stopping", { signal });
+  // Requests first: a status batch they accept is queue work too. Then the queue until it
+  // is idle (a backlog is worked off, as the process would have done).
+  const finished = (async () => {
+    await Promise.all([server.shutdown(), watch.stop()]);
+    await queueWork.idle();
+    await queueFinishesRecorded(kv);
+  })();
   // Everything under one cap: a connection that never finishes its request, or a store that
   // never answers, must not hold the process up for ever.
-  const drained = Promise.all([server.shutdown(), watch.stop()]);
-  await Promise.race([drained, new Promise((resolve) => setTimeout(resolve, 10_000))]);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const capped = new Promise<string>((resolve) => {
+    timer = setTimeout(resolve, SHUTDOWN_CAP_MS, `not finished after ${SHUTDOWN_CAP_MS} ms`);
+  });
+  const unfinished = await Promise.race([
+    finished.then(() => null, (error) => `the store failed: ${error}`),
+    capped,
+  ]);
+  clearTimeout(timer);
+  if (unfinished !== null) {
+    // Closing a store that does not answer would wait for it: leave without.
+    log("warn", "stopped before everything finished", {
+      reason: unfinished,
+      queueHandlers: queueWork.size,
+    });
+    Deno.exit(1);
+  }
   kv.close();
+  log("info", "stopped");
   Deno.exit(0);
 }
 for (const signal of ["SIGTERM", "SIGINT"] as const) {
   try {
-    Deno.addSignalListener(signal, shutDown);
+    Deno.addSignalListener(signal, () => shutDown(signal));
   } catch {
     // No signals here (Deno Deploy stops isolates itself).
   }

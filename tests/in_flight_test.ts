@@ -1,0 +1,30 @@
+import assert from "node:assert/strict";
+import { InFlight, queueFinishesRecorded } from "../lib/in_flight.ts";
+
+Deno.test("InFlight.idle() waits for every tracked handler, including those started while it waits", async () => {
+  const work = new InFlight();
+  await work.idle(); // nothing running: at once
+  const first = Promise.withResolvers<string>();
+  const second = Promise.withResolvers<void>();
+  const tracked = work.track(first.promise);
+  assert.equal(work.size, 1);
+  let idle = false;
+  const waiting = work.idle().then(() => idle = true);
+  first.resolve("done");
+  assert.equal(await tracked, "done", "the work's own result passes through");
+  // Started before the first settled has been noticed: idle() waits for it too.
+  const failing = work.track(second.promise);
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.equal(idle, false);
+  second.reject(new Error("handler failed"));
+  await assert.rejects(failing, /handler failed/, "a rejection still reaches the caller");
+  await waiting;
+  assert.equal(work.size, 0);
+});
+
+Deno.test("queueFinishesRecorded() resolves on an open store and rejects on a closed one", async () => {
+  const kv = await Deno.openKv(":memory:");
+  await queueFinishesRecorded(kv);
+  kv.close();
+  await assert.rejects(queueFinishesRecorded(kv));
+});
