@@ -22,6 +22,15 @@ function generatedAdminToken(): TokenSpec {
   return { token, role: "admin" };
 }
 
+/** Where the store is, for the start-up line (a KV Connect URL by its origin alone). */
+function storeOf(kvPath: string | undefined): string {
+  if (kvPath === undefined) {
+    return "Deno's default: on Deno Deploy the project's KV; elsewhere a file Deno keys by this checkout's path (another checkout starts empty), so set ALLOT_KV to a path in production";
+  }
+  if (kvPath === ":memory:" || localKvFile(kvPath) !== null) return kvPath;
+  return `KV Connect at ${new URL(kvPath).origin}`;
+}
+
 /** Prints why the process cannot start, naming the setting to fix, and exits 2. */
 function cannotStart(message: string): never {
   console.error(message);
@@ -69,7 +78,11 @@ const app = createApp({ kv, tokens, clock, applier });
 
 let server: Deno.HttpServer;
 try {
-  server = Deno.serve({ port: config.port }, app.fetch);
+  server = Deno.serve({
+    port: config.port,
+    onListen: ({ hostname, port }) =>
+      log("info", "listening", { url: `http://${hostname}:${port}/`, kv: storeOf(config.kvPath) }),
+  }, app.fetch);
 } catch (error) {
   if (!(error instanceof Deno.errors.AddrInUse)) throw error;
   cannotStart(`PORT: ${config.port} is already in use`);

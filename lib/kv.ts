@@ -59,13 +59,25 @@ export function isStoreUnavailable(error: unknown): boolean {
   return isStoreClosed(error) || (error instanceof Error && STORE_DOWN.test(error.message));
 }
 
-/** Whether the store answers a strong read now (readiness): false when it cannot serve. */
-export async function storeAnswers(kv: Deno.Kv): Promise<boolean> {
+/** How long readiness waits for the store: a load balancer's probe gives up about then. */
+export const READINESS_TIMEOUT_MS = 2_000;
+
+/**
+ * Whether the store answers a strong read within `timeoutMs` (readiness): false when it
+ * cannot serve, and when it is too slow to (a store locked by another program, say).
+ */
+export async function storeAnswers(
+  kv: Deno.Kv,
+  timeoutMs = READINESS_TIMEOUT_MS,
+): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<false>((resolve) => timer = setTimeout(resolve, timeoutMs, false));
   try {
-    await kv.get(keys.readinessProbe());
-    return true;
+    return await Promise.race([kv.get(keys.readinessProbe()).then(() => true), late]);
   } catch {
     return false;
+  } finally {
+    clearTimeout(timer);
   }
 }
 

@@ -96,7 +96,7 @@ export function watchRegions(
         log("info", "region watch: the KV handle is closed; the watch stops");
         return;
       }
-      log("warn", "region watch: cannot read the regions", { error: String(error) });
+      log("warn", "region watch: the pass failed", { error: String(error) });
     }
     if (!stopped) timer = setTimeout(() => running = pass(), everyMs);
   };

@@ -26,7 +26,7 @@ const readinessRoute = createRoute({
   path: "/readyz",
   tags: ["health"],
   operationId: "readiness",
-  summary: "Readiness: the KV store answers (no token)",
+  summary: "Readiness: the KV store answers a strong read within 2 s (no token)",
   security: [],
   responses: {
     200: {
@@ -34,7 +34,7 @@ const readinessRoute = createRoute({
       content: { "application/json": { schema: Health, example: { status: "ok" } } },
     },
     503: {
-      description: "KV unreachable; ask again after Retry-After seconds",
+      description: "KV unreachable, or no answer within 2 s; ask again after Retry-After seconds",
       headers: RetryAfterHeaders,
       content: { "application/json": { schema: Health, example: { status: "unavailable" } } },
     },

@@ -36,12 +36,12 @@ async function startMain(kvPath?: string) {
   const drained = Promise.all([child.stdout, child.stderr].map(async (stream) => {
     for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
       output += chunk;
-      const listening = output.match(/Listening on http:\/\/[^\s]+:(\d+)\//);
+      const listening = output.match(/"msg":"listening","url":"http:\/\/[^"]+:(\d+)\/"/);
       if (listening) port.resolve(Number(listening[1]));
     }
   })).then(() => port.reject(new Error(`main.ts exited before listening:\n${output}`)));
   const timer = setTimeout(
-    () => port.reject(new Error(`no "Listening on" in 20 s:\n${output}`)),
+    () => port.reject(new Error(`no "listening" line in 20 s:\n${output}`)),
     20_000,
   );
   try {
@@ -86,6 +86,15 @@ async function startMain(kvPath?: string) {
 
 Deno.test("main.ts serves health, claims and status with only the permissions Deno Deploy grants", async () => {
   await using main = await startMain();
+  const listening = main.output().split("\n").find((line) => line.includes('"msg":"listening"'));
+  assert.ok(listening, main.output());
+  const started = JSON.parse(listening);
+  assert.deepEqual(
+    [started.level, started.kv],
+    ["info", ":memory:"],
+    "a JSON line naming the store",
+  );
+  assert.match(started.url, /^http:\/\/0\.0\.0\.0:\d+\/$/);
   const health = await main.request("GET", "/healthz");
   assert.equal(health.status, 200);
   assert.deepEqual(await health.json(), { status: "ok" });

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { assertProblem, claim, makeApp, seedRegion, type TestApp, TOKENS } from "./_helpers.ts";
+import { storeAnswers } from "../lib/kv.ts";
 
 /** A KV handle whose every read and commit fails with `error` once `failing` is set. */
 function failingKv(inner: Deno.Kv, error: () => Error) {
@@ -162,5 +163,16 @@ Deno.test("a KV Connect refusal that a retry cannot cure (400, 401, 413) is a 50
         assert.equal(res.status, 500);
         assert.equal(res.headers.get("retry-after"), null);
       }));
+  }
+});
+
+Deno.test("storeAnswers() gives up on a store that does not answer in time: not ready, rather than a hung probe", async () => {
+  const silent = { get: () => new Promise(() => {}) } as unknown as Deno.Kv;
+  assert.equal(await storeAnswers(silent, 20), false);
+  const kv = await Deno.openKv(":memory:");
+  try {
+    assert.equal(await storeAnswers(kv, 20_000), true, "an answering store: at once");
+  } finally {
+    kv.close();
   }
 });
