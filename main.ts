@@ -84,8 +84,9 @@ try {
       log("info", "listening", { url: `http://${hostname}:${port}/`, kv: storeOf(config.kvPath) }),
   }, app.fetch);
 } catch (error) {
-  if (!(error instanceof Deno.errors.AddrInUse)) throw error;
-  cannotStart(`PORT: ${config.port} is already in use`);
+  if (error instanceof Deno.errors.AddrInUse) cannotStart(`PORT: ${config.port} is already in use`);
+  // A port below 1024 without the privilege, a permission Deno was not given...
+  cannotStart(`PORT: cannot listen on ${config.port}: ${(error as Error).message}`);
 }
 if (generated) {
   console.log(

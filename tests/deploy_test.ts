@@ -339,9 +339,9 @@ async function claimThroughShutdown(kvPath: string, signal: Deno.Signal) {
  * Runs main.ts to its exit with `env`; resolves with its exit code and its output. One
  * that starts serving instead is stopped after 20 s, so the test fails rather than hangs.
  */
-async function runMainToExit(env: Record<string, string>) {
+async function runMainToExit(env: Record<string, string>, net = "--allow-net") {
   const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", "--allow-env", "--allow-read", "--allow-write", "main.ts"],
+    args: ["run", net, "--allow-env", "--allow-read", "--allow-write", "main.ts"],
     cwd: ROOT,
     env: { NO_COLOR: "1", ...env },
     stdin: "null",
@@ -386,6 +386,19 @@ Deno.test("main.ts refuses to start with a clear message and exit code 2", async
       }
     },
   );
+
+  await t.step("a PORT it may not listen on", async () => {
+    const run = await runMainToExit(
+      { ALLOT_KV: ":memory:", PORT: "8123" },
+      "--allow-net=127.0.0.1",
+    );
+    assert.equal(run.code, 2, run.stderr);
+    assert.match(
+      run.stderr,
+      /^PORT: cannot listen on 8123: Requires net access to "0\.0\.0\.0:8123"/,
+    );
+    assert.doesNotMatch(run.stderr, /\bat \S+:\d+:\d+/, "no stack trace");
+  });
 
   await t.step("a PORT in use, before it prints a token or takes queue work", async () => {
     using taken = Deno.listen({ hostname: "0.0.0.0", port: 0 });
