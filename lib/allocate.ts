@@ -403,13 +403,13 @@ export async function findFreeSlots(
   return found;
 }
 
-/** Seconds until the region's soonest lease expiry, as a Retry-After hint (1..60). */
 /** Whether a lease of the region is past its expiry and not yet swept. */
 async function leaseOverdue(kv: Deno.Kv, clock: Clock, region: string): Promise<boolean> {
   const expiresAt = await soonestLeaseExpiry(kv, region);
   return expiresAt !== null && expiresAt <= clock.now();
 }
 
+/** Seconds until the region's soonest lease expiry, as a Retry-After hint (1..60). */
 async function secondsUntilNextExpiry(kv: Deno.Kv, clock: Clock, region: string): Promise<number> {
   const expiresAt = await soonestLeaseExpiry(kv, region);
   if (expiresAt === null) return 5;
