@@ -13,7 +13,7 @@ import { GroupEnder } from "./lib/ender.ts";
 import { encodeBase64Url } from "./lib/base64.ts";
 import { watchRegions } from "./lib/region_watch.ts";
 import { KvFileInUseError, localKvFile, lockKvFile } from "./lib/kv_file.ts";
-import { InFlight, queueFinishesRecorded } from "./lib/in_flight.ts";
+import { InFlight, queueDrained } from "./lib/in_flight.ts";
 import { log } from "./lib/log.ts";
 
 /** An admin token for a run without ALLOT_TOKENS (printed once the server listens). */
@@ -76,6 +76,16 @@ const generated = config.tokens.length > 0 ? null : generatedAdminToken();
 const tokens = TokenRegistry.from(generated ? [generated] : config.tokens);
 const app = createApp({ kv, tokens, clock, applier });
 
+// Before serving: a SIGTERM that comes once the server has said it listens must find its
+// handler (without one, it kills the process outright). Handlers run only once this module
+// has finished, when everything shutDown uses exists.
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  try {
+    Deno.addSignalListener(signal, () => shutDown(signal));
+  } catch {
+    // No signals here (Deno Deploy stops isolates itself).
+  }
+}
 let server: Deno.HttpServer;
 try {
   server = Deno.serve({
@@ -107,20 +117,28 @@ const watch = watchRegions(kv, clock);
 /** Longest a shutdown waits for requests, the region watch and queue handlers to finish. */
 const SHUTDOWN_CAP_MS = 10_000;
 
+/**
+ * A repeat signal sooner than this is the same stop: a terminal's Ctrl-C reaches both
+ * `deno task` and this process, which `deno task` then sends it again, and systemd signals
+ * every process of the service.
+ */
+const FORCE_AFTER_MS = 1_000;
+
 // A deploy stops the process with SIGTERM: answer what is in flight, finish the queue
 // messages taken, then close the store, so no caller is left without an answer to a claim
-// that committed and no message waits a minute for redelivery. A second signal forces.
-let stopping = false;
+// that committed and no message waits a minute for redelivery. A later signal forces.
+let stoppingSince: number | null = null;
 async function shutDown(signal: Deno.Signal): Promise<void> {
-  if (stopping) Deno.exit(1);
-  stopping = true;
+  if (stoppingSince !== null) {
+    if (Date.now() - stoppingSince < FORCE_AFTER_MS) return;
+    Deno.exit(1);
+  }
+  stoppingSince = Date.now();
   log("info", "stopping", { signal });
-  // Requests first: a status batch they accept is queue work too. Then the queue until it
-  // is idle (a backlog is worked off, as the process would have done).
+  // Requests first: a status batch they accept is queue work too. Then the queue.
   const finished = (async () => {
     await Promise.all([server.shutdown(), watch.stop()]);
-    await queueWork.idle();
-    await queueFinishesRecorded(kv);
+    await queueDrained(kv, queueWork);
   })();
   // Everything under one cap: a connection that never finishes its request, or a store that
   // never answers, must not hold the process up for ever.
@@ -144,11 +162,4 @@ async function shutDown(signal: Deno.Signal): Promise<void> {
   kv.close();
   log("info", "stopped");
   Deno.exit(0);
-}
-for (const signal of ["SIGTERM", "SIGINT"] as const) {
-  try {
-    Deno.addSignalListener(signal, () => shutDown(signal));
-  } catch {
-    // No signals here (Deno Deploy stops isolates itself).
-  }
 }

@@ -30,8 +30,6 @@ import { grantVersionstamp, IDEMPOTENCY_GRACE_MS, type IdempotencyRecord } from 
 const MAX_CLAIM_ATTEMPTS = 32;
 /** Free entries read per attempt; the claim picks one at random so racers spread out. */
 const CANDIDATES_PER_ATTEMPT = 8;
-/** Catch-up sweeps a claim that finds no free slot runs, each of up to 100 overdue leases. */
-const MAX_CATCH_UP_SWEEPS = 10;
 
 /** A grant before its commit gives it tokens. */
 export type GrantDraft = Omit<ClaimGrant, "fencingToken" | "consistencyToken">;
@@ -147,7 +145,7 @@ async function allocateFrom(
   servedBy: string,
 ): Promise<ClaimOutcome> {
   const { region, input } = claim.request;
-  let sweeps = 0;
+  let swept = false;
   for (let attempt = 0; attempt < MAX_CLAIM_ATTEMPTS; attempt++) {
     const readAt = clock.now();
     const [candidates, sweeper] = await Promise.all([
@@ -156,14 +154,11 @@ async function allocateFrom(
     ]);
     if (candidates.length === 0) {
       // Read again whatever the sweep ended: another isolate may have swept these very
-      // leases a moment before, and their slots are free all the same. Sweep again while
-      // leases are still overdue: with the sweep chain late, more than one sweep's worth
-      // of other leases may be due before the one whose slot this claim matches.
-      if (
-        sweeps < MAX_CATCH_UP_SWEEPS &&
-        (sweeps === 0 || await leaseOverdue(kv, clock, servedBy))
-      ) {
-        sweeps++;
+      // leases a moment before, and their slots are free all the same. One sweep (of the
+      // 100 most overdue) only: a region far behind answers 503 with Retry-After 1, and
+      // each retry sweeps on, rather than every claim that matches nothing waiting longer.
+      if (!swept) {
+        swept = true;
         await catchUpSweep(kv, clock, servedBy, readAt);
         continue;
       }
@@ -401,12 +396,6 @@ export async function findFreeSlots(
     }
   }
   return found;
-}
-
-/** Whether a lease of the region is past its expiry and not yet swept. */
-async function leaseOverdue(kv: Deno.Kv, clock: Clock, region: string): Promise<boolean> {
-  const expiresAt = await soonestLeaseExpiry(kv, region);
-  return expiresAt !== null && expiresAt <= clock.now();
 }
 
 /** Seconds until the region's soonest lease expiry, as a Retry-After hint (1..60). */

@@ -35,3 +35,15 @@ export async function queueFinishesRecorded(kv: Deno.Kv): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, 0));
   await kv.atomic().commit();
 }
+
+/**
+ * Waits until no queue handler runs and Deno KV has recorded every finished one. The
+ * listener goes on taking messages until the store closes, and one taken while the
+ * finishes are recorded would be cut off: so this repeats until a round ends with none.
+ */
+export async function queueDrained(kv: Deno.Kv, work: InFlight): Promise<void> {
+  do {
+    await work.idle();
+    await queueFinishesRecorded(kv);
+  } while (work.size > 0);
+}

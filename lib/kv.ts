@@ -64,7 +64,9 @@ export const READINESS_TIMEOUT_MS = 2_000;
 
 /**
  * Whether the store answers a strong read within `timeoutMs` (readiness): false when it
- * cannot serve, and when it is too slow to (a store locked by another program, say).
+ * cannot serve, and when it is too slow to (a KV Connect server that stalls, say). A read
+ * says nothing of writes: a full disk or a file another program holds locked for writing
+ * still reads.
  */
 export async function storeAnswers(
   kv: Deno.Kv,

@@ -49,6 +49,14 @@ async function startMain(kvPath?: string) {
     return {
       base,
       output: () => output,
+      /** Sends `signal`, without waiting for the process to end. */
+      signal: (signal: Deno.Signal) => child.kill(signal),
+      /** Resolves with the exit status once the process has ended. */
+      exited: async () => {
+        const status = await child.status;
+        await drained;
+        return status;
+      },
       /** Sends `signal` and resolves with the exit status. */
       stop: async (signal: Deno.Signal) => {
         child.kill(signal);
@@ -166,6 +174,14 @@ Deno.test("on SIGTERM and SIGINT main.ts answers every claim it commits, then ex
   }
 });
 
+/** Resolves once `output()` matches `pattern`; fails after 10 s. */
+async function outputMatches(output: () => string, pattern: RegExp): Promise<void> {
+  for (let waited = 0; !pattern.test(output()); waited += 20) {
+    if (waited > 10_000) throw new Error(`no ${pattern} in 10 s:\n${output()}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 /** Rows in a table of Deno KV's SQLite file, read directly once its process has exited. */
 function sqliteRows(path: string, table: "queue" | "queue_running"): number {
   const db = new DatabaseSync(path, { readOnly: true });
@@ -212,7 +228,48 @@ Deno.test("on SIGTERM main.ts works off the status messages it has taken before 
     // in `queue_running`, redelivered only after about a minute, which holds the region's
     // lag up (into fallback) across a routine restart. Without waiting for them, 20-odd.
     assert.equal(sqliteRows(kvPath, "queue_running"), 0, "no message left taken and unfinished");
-    assert.equal(sqliteRows(kvPath, "queue"), 0, "the backlog was worked off");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a signal repeated within a second is the same stop; one a second later forces the exit", async (t) => {
+  const dir = await Deno.makeTempDir();
+  const kvPath = `${dir}/kv.sqlite`;
+  try {
+    await t.step("Ctrl-C under `deno task`: the same SIGINT twice, a graceful stop", async () => {
+      const main = await startMain(kvPath);
+      const other = new DatabaseSync(kvPath);
+      other.exec("BEGIN IMMEDIATE"); // holds the stop at its last commit until released
+      try {
+        main.signal("SIGINT");
+        await outputMatches(main.output, /"msg":"stopping"/);
+        main.signal("SIGINT"); // `deno task` passing the terminal's Ctrl-C on
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      } finally {
+        other.exec("ROLLBACK");
+        other.close();
+      }
+      const status = await main.exited();
+      assert.equal(status.code, 0, main.output());
+      assert.match(main.output(), /"msg":"stopped"/);
+    });
+    await t.step("a second signal while the stop waits on a locked store", async () => {
+      const main = await startMain(kvPath);
+      const other = new DatabaseSync(kvPath);
+      other.exec("BEGIN IMMEDIATE"); // the stop's last commit waits for it (SQLite: 5 s)
+      try {
+        main.signal("SIGTERM");
+        await new Promise((resolve) => setTimeout(resolve, 1_200));
+        const status = await main.stop("SIGTERM");
+        assert.equal(status.code, 1, main.output());
+        assert.match(main.output(), /"msg":"stopping"/);
+        assert.doesNotMatch(main.output(), /"msg":"stopped/, "forced: it did not wait to log");
+      } finally {
+        other.exec("ROLLBACK");
+        other.close();
+      }
+    });
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { InFlight, queueFinishesRecorded } from "../lib/in_flight.ts";
+import { InFlight, queueDrained, queueFinishesRecorded } from "../lib/in_flight.ts";
 
 Deno.test("InFlight.idle() waits for every tracked handler, including those started while it waits", async () => {
   const work = new InFlight();
@@ -27,4 +27,30 @@ Deno.test("queueFinishesRecorded() resolves on an open store and rejects on a cl
   await queueFinishesRecorded(kv);
   kv.close();
   await assert.rejects(queueFinishesRecorded(kv));
+});
+
+Deno.test("queueDrained() waits again for a handler the listener started while finishes were recorded", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const work = new InFlight();
+    const late = Promise.withResolvers<void>();
+    let commits = 0;
+    // The first barrier commit stands for a message taken meanwhile: its handler starts.
+    const watched = {
+      atomic: () => ({
+        commit: () => {
+          if (++commits === 1) {
+            work.track(late.promise);
+            setTimeout(late.resolve, 10);
+          }
+          return kv.atomic().commit();
+        },
+      }),
+    } as unknown as Deno.Kv;
+    await queueDrained(watched, work);
+    assert.equal(commits, 2, "a second round, after the late handler settled");
+    assert.equal(work.size, 0);
+  } finally {
+    kv.close();
+  }
 });
