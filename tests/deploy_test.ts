@@ -182,6 +182,21 @@ async function outputMatches(output: () => string, pattern: RegExp): Promise<voi
   }
 }
 
+/**
+ * Runs `use` while another program holds a write transaction on the KV file (a backup tool,
+ * a curious operator's sqlite3).
+ */
+async function whileAnotherWrites(kvPath: string, use: () => Promise<void>): Promise<void> {
+  const other = new DatabaseSync(kvPath);
+  other.exec("BEGIN IMMEDIATE");
+  try {
+    await use();
+  } finally {
+    other.exec("ROLLBACK");
+    other.close();
+  }
+}
+
 /** Rows in a table of Deno KV's SQLite file, read directly once its process has exited. */
 function sqliteRows(path: string, table: "queue" | "queue_running"): number {
   const db = new DatabaseSync(path, { readOnly: true });
@@ -239,36 +254,28 @@ Deno.test("a signal repeated within a second is the same stop; one a second late
   try {
     await t.step("Ctrl-C under `deno task`: the same SIGINT twice, a graceful stop", async () => {
       const main = await startMain(kvPath);
-      const other = new DatabaseSync(kvPath);
-      other.exec("BEGIN IMMEDIATE"); // holds the stop at its last commit until released
-      try {
+      // The lock holds the stop at its last commit until it is released.
+      await whileAnotherWrites(kvPath, async () => {
         main.signal("SIGINT");
         await outputMatches(main.output, /"msg":"stopping"/);
         main.signal("SIGINT"); // `deno task` passing the terminal's Ctrl-C on
         await new Promise((resolve) => setTimeout(resolve, 100));
-      } finally {
-        other.exec("ROLLBACK");
-        other.close();
-      }
+      });
       const status = await main.exited();
       assert.equal(status.code, 0, main.output());
       assert.match(main.output(), /"msg":"stopped"/);
     });
     await t.step("a second signal while the stop waits on a locked store", async () => {
       const main = await startMain(kvPath);
-      const other = new DatabaseSync(kvPath);
-      other.exec("BEGIN IMMEDIATE"); // the stop's last commit waits for it (SQLite: 5 s)
-      try {
+      // The stop's last commit waits for the lock (SQLite: 5 s).
+      await whileAnotherWrites(kvPath, async () => {
         main.signal("SIGTERM");
         await new Promise((resolve) => setTimeout(resolve, 1_200));
         const status = await main.stop("SIGTERM");
         assert.equal(status.code, 1, main.output());
         assert.match(main.output(), /"msg":"stopping"/);
         assert.doesNotMatch(main.output(), /"msg":"stopped/, "forced: it did not wait to log");
-      } finally {
-        other.exec("ROLLBACK");
-        other.close();
-      }
+      });
     });
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -281,18 +288,12 @@ Deno.test("on SIGTERM with its store locked by another program, main.ts exits 1 
   try {
     const main = await startMain(kvPath);
     assert.equal((await main.request("PUT", "/v1/regions/iad", ADMIN, {})).status, 201);
-    // A write transaction of someone else's (a backup tool, a curious operator's sqlite3).
-    const other = new DatabaseSync(kvPath);
-    other.exec("BEGIN IMMEDIATE");
-    try {
+    await whileAnotherWrites(kvPath, async () => {
       const status = await main.stop("SIGTERM");
       assert.equal(status.code, 1, main.output());
       assert.match(main.output(), /"level":"warn","msg":"stopped before everything finished"/);
       assert.doesNotMatch(main.output(), /Uncaught|\bat \S+:\d+:\d+/, "no stack trace");
-    } finally {
-      other.exec("ROLLBACK");
-      other.close();
-    }
+    });
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
