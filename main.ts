@@ -130,10 +130,10 @@ const FORCE_AFTER_MS = 1_000;
 let stoppingSince: number | null = null;
 async function shutDown(signal: Deno.Signal): Promise<void> {
   if (stoppingSince !== null) {
-    if (Date.now() - stoppingSince < FORCE_AFTER_MS) return;
+    if (performance.now() - stoppingSince < FORCE_AFTER_MS) return;
     Deno.exit(1);
   }
-  stoppingSince = Date.now();
+  stoppingSince = performance.now();
   log("info", "stopping", { signal });
   // Requests first: a status batch they accept is queue work too. Then the queue.
   const finished = (async () => {

@@ -10,13 +10,13 @@
 export class KvFileInUseError extends Error {}
 
 /**
- * The local file ALLOT_KV names as a plain path, or null for `:memory:`, a KV Connect URL,
- * a SQLite `file:` URI (whose path and options SQLite parses), or Deno's default (whose
- * path Deno derives itself): those are not locked. Deno tells URLs apart case-sensitively.
+ * The local file ALLOT_KV names, or null for `:memory:`, a KV Connect URL, or Deno's
+ * default (whose path Deno derives itself, so it is not locked). Deno tells URLs apart
+ * case-sensitively and opens anything else as a path, `file:…` included.
  */
 export function localKvFile(kvPath: string | undefined): string | null {
   if (kvPath === undefined || kvPath === ":memory:") return null;
-  return /^(https?:\/\/|file:)/.test(kvPath) ? null : kvPath;
+  return /^https?:\/\//.test(kvPath) ? null : kvPath;
 }
 
 /**
