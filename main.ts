@@ -131,6 +131,7 @@ let stoppingSince: number | null = null;
 async function shutDown(signal: Deno.Signal): Promise<void> {
   if (stoppingSince !== null) {
     if (performance.now() - stoppingSince < FORCE_AFTER_MS) return;
+    log("warn", "stop forced by a later signal", { signal });
     Deno.exit(1);
   }
   stoppingSince = performance.now();

@@ -274,7 +274,8 @@ Deno.test("a signal repeated within a second is the same stop; one a second late
         const status = await main.stop("SIGTERM");
         assert.equal(status.code, 1, main.output());
         assert.match(main.output(), /"msg":"stopping"/);
-        assert.doesNotMatch(main.output(), /"msg":"stopped/, "forced: it did not wait to log");
+        assert.match(main.output(), /"msg":"stop forced by a later signal","signal":"SIGTERM"/);
+        assert.doesNotMatch(main.output(), /"msg":"stopped/, "forced: it did not wait");
       });
     });
   } finally {
