@@ -12,7 +12,7 @@ import { StatusApplier } from "./lib/applier.ts";
 import { GroupEnder } from "./lib/ender.ts";
 import { encodeBase64Url } from "./lib/base64.ts";
 import { watchRegions } from "./lib/region_watch.ts";
-import { KvFileInUseError, localKvFile, lockKvFile } from "./lib/kv_file.ts";
+import { KvFileInUseError, localKvFile, lockKvFile, redactedKv } from "./lib/kv_file.ts";
 import { InFlight, queueDrained } from "./lib/in_flight.ts";
 import { log } from "./lib/log.ts";
 
@@ -45,11 +45,13 @@ try {
   throw error;
 }
 
-/** Why ALLOT_KV cannot be used, naming it. */
+/** Why ALLOT_KV cannot be used, naming it (and not a KV Connect URL's credentials). */
 function cannotOpenKv(kvPath: string | undefined, error: unknown): never {
+  const why = String(error instanceof Error ? error.message : error);
+  const shown = kvPath === undefined ? "(Deno's default)" : redactedKv(kvPath);
   cannotStart(
-    `ALLOT_KV: cannot open ${JSON.stringify(kvPath ?? "(Deno's default)")}: ${
-      error instanceof Error ? error.message : error
+    `ALLOT_KV: cannot open ${JSON.stringify(shown)}: ${
+      kvPath === undefined ? why : why.replaceAll(kvPath, shown)
     }`,
   );
 }

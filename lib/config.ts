@@ -27,7 +27,11 @@ const Env = z.object({
       .transform((raw) => raw === undefined ? 8000 : Number(raw))
       .pipe(z.number().int().min(0).max(65535)),
   ),
-  ALLOT_KV: z.string().min(1).optional(),
+  // Deno reads `file:…` as a path or, under --allow-all, as a SQLite URI naming another
+  // file: which file would be the store, and be locked (kv_file.ts), depends on the flags.
+  ALLOT_KV: z.string().min(1).refine((raw) => !raw.startsWith("file:"), {
+    error: "a `file:` URI names different files under different permissions: give a path",
+  }).optional(),
   ALLOT_TOKENS: z.string().optional().transform((raw, ctx) => {
     if (raw === undefined || raw.trim() === "") return [];
     try {

@@ -12,7 +12,7 @@ export class KvFileInUseError extends Error {}
 /**
  * The local file ALLOT_KV names, or null for `:memory:`, a KV Connect URL, or Deno's
  * default (whose path Deno derives itself, so it is not locked). Deno tells URLs apart
- * case-sensitively and opens anything else as a path, `file:…` included.
+ * case-sensitively; `file:…`, which Deno may hand SQLite as a URI, config refuses.
  */
 export function localKvFile(kvPath: string | undefined): string | null {
   if (kvPath === undefined || kvPath === ":memory:") return null;
@@ -35,4 +35,9 @@ export async function lockKvFile(path: string): Promise<Deno.FsFile | null> {
       JSON.stringify(path)
     } is in use by another process (one process owns one KV file: stop the other, or give this one another file)`,
   );
+}
+
+/** ALLOT_KV as it may be printed: a KV Connect URL without the user and password in it. */
+export function redactedKv(kvPath: string): string {
+  return kvPath.replace(/^(https?:\/\/)[^/@]*@/, "$1***@");
 }

@@ -95,6 +95,10 @@ Deno.test("loadConfig() refuses bad settings with a message naming the variable"
       assertRefused({ PORT: odd }, "PORT");
     }
   });
+  await t.step("an ALLOT_KV `file:` URI, whose file depends on Deno's permissions", () => {
+    assertRefused({ ALLOT_KV: "file:kv.sqlite" }, "ALLOT_KV");
+    assertRefused({ ALLOT_KV: "file:/var/lib/allot/kv.sqlite" }, "ALLOT_KV");
+  });
   await t.step("an OTEL_DENO Deno would ignore", () => {
     for (const odd of ["yes", "1", "on", " true", "false "]) {
       assertRefused({ OTEL_DENO: odd }, "OTEL_DENO");

@@ -449,6 +449,23 @@ Deno.test("main.ts refuses to start with a clear message and exit code 2", async
     },
   );
 
+  await t.step("a KV Connect URL it cannot reach, without printing its credentials", async () => {
+    const run = await runMainToExit({
+      ALLOT_KV: "http://kvuser:kv-secret-0001@127.0.0.1:9/",
+      DENO_KV_ACCESS_TOKEN: "kv-connect-test-token-000000000000",
+      PORT: "0",
+    });
+    assert.equal(run.code, 2, run.stderr);
+    assert.match(run.stderr, /^ALLOT_KV: cannot open "http:\/\/\*\*\*@127\.0\.0\.1:9\/": /);
+    assert.doesNotMatch(run.stderr + run.stdout, /kv-secret|kvuser/);
+  });
+
+  await t.step("an ALLOT_KV `file:` URI, before it opens or locks anything", async () => {
+    const run = await runMainToExit({ ALLOT_KV: "file:kv.sqlite", PORT: "0" });
+    assert.equal(run.code, 2, run.stderr);
+    assert.match(run.stderr, /ALLOT_KV: a `file:` URI names different files/);
+  });
+
   await t.step("a PORT it may not listen on", async () => {
     const run = await runMainToExit(
       { ALLOT_KV: ":memory:", PORT: "8123" },

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { KvFileInUseError, localKvFile, lockKvFile } from "../lib/kv_file.ts";
+import { KvFileInUseError, localKvFile, lockKvFile, redactedKv } from "../lib/kv_file.ts";
 
 Deno.test("localKvFile() names only a local file: not :memory:, a KV Connect URL or Deno's default", () => {
   assert.equal(localKvFile("/var/lib/allot/kv.sqlite"), "/var/lib/allot/kv.sqlite");
@@ -7,8 +7,6 @@ Deno.test("localKvFile() names only a local file: not :memory:, a KV Connect URL
   assert.equal(localKvFile(":memory:"), null);
   assert.equal(localKvFile("https://kv.example.com/db"), null);
   assert.equal(localKvFile("http://127.0.0.1:4512"), null);
-  // Deno opens it as a relative path, and so must the lock.
-  assert.equal(localKvFile("file:kv.sqlite"), "file:kv.sqlite");
   assert.equal(localKvFile(undefined), null);
 });
 
@@ -44,4 +42,11 @@ Deno.test("lockKvFile() lets one handle own a KV file, which Deno KV still commi
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("redactedKv() keeps a KV Connect URL's user and password out of what is printed", () => {
+  assert.equal(redactedKv("https://user:pass@kv.example.com/db"), "https://***@kv.example.com/db");
+  assert.equal(redactedKv("http://token@127.0.0.1:4512/"), "http://***@127.0.0.1:4512/");
+  assert.equal(redactedKv("https://kv.example.com/a@b"), "https://kv.example.com/a@b");
+  assert.equal(redactedKv("/var/lib/allot/kv.sqlite"), "/var/lib/allot/kv.sqlite");
 });
