@@ -4,7 +4,7 @@ import type { AtomicWriter } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { ForbiddenError, LeaseLostError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { cursorError, followedByMore, kvCursorOf, markWrite, pageCursor } from "./kv.ts";
+import { cursorError, kvCursorOf, markWrite, nextPageCursor } from "./kv.ts";
 import {
   type ClaimRecord,
   claimView,
@@ -317,7 +317,6 @@ export async function listClaims(
     throw cursorError(error);
   }
   if (!full && scanned < scanBudget) return { items, cursor: null };
-  const after = iter.cursor; // past the last entry scanned
-  const more = await followedByMore(kv, prefix, after, consistency);
-  return { items, cursor: more ? pageCursor(listing, after) : null };
+  // iter.cursor: past the last entry scanned.
+  return { items, cursor: await nextPageCursor(kv, listing, prefix, iter.cursor, consistency) };
 }

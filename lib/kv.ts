@@ -155,24 +155,24 @@ export async function listPage<T>(
     throw cursorError(error);
   }
   if (entries.length < page.limit) return { entries, cursor: null };
-  const after = iter.cursor;
-  const more = await followedByMore(kv, prefix, after, consistency);
-  return { entries, cursor: more ? pageCursor(listing, after) : null };
+  return { entries, cursor: await nextPageCursor(kv, listing, prefix, iter.cursor, consistency) };
 }
 
 /**
- * Whether `prefix` holds a key past the Deno KV cursor `after`: a full page asks, so the
- * last page answers `cursor: null` rather than sending its reader to an empty one. (Listing
- * one entry more instead would make Deno fetch a whole extra batch of up to 500.)
+ * The page cursor of `listing` past the Deno KV cursor `after`, or null when `prefix` holds
+ * no key past it: a full page asks, so the last page answers `cursor: null` rather than
+ * sending its reader to an empty one. (Listing one entry more instead would make Deno fetch
+ * a whole extra batch of up to 500.)
  */
-export async function followedByMore(
+export async function nextPageCursor(
   kv: Deno.Kv,
+  listing: string,
   prefix: Deno.KvKey,
   after: string,
   consistency: Deno.KvConsistencyLevel,
-): Promise<boolean> {
+): Promise<string | null> {
   const next = kv.list({ prefix }, { cursor: after, limit: 1, consistency });
-  return !(await next.next()).done;
+  return (await next.next()).done ? null : pageCursor(listing, after);
 }
 
 /** The Deno KV cursor in a page cursor of `listing` (see pageCursor); 400 for another's. */
