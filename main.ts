@@ -13,7 +13,7 @@ import { GroupEnder } from "./lib/ender.ts";
 import { encodeBase64Url } from "./lib/base64.ts";
 import { watchRegions } from "./lib/region_watch.ts";
 import { KvFileInUseError, localKvFile, lockKvFile, redactedKv } from "./lib/kv_file.ts";
-import { InFlight, queueDrained } from "./lib/in_flight.ts";
+import { InFlight, queueDrained, within } from "./lib/in_flight.ts";
 import { log } from "./lib/log.ts";
 
 /** An admin token for a run without ALLOT_TOKENS (printed once the server listens). */
@@ -145,15 +145,11 @@ async function shutDown(signal: Deno.Signal): Promise<void> {
   })();
   // Everything under one cap: a connection that never finishes its request, or a store that
   // never answers, must not hold the process up for ever.
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const capped = new Promise<string>((resolve) => {
-    timer = setTimeout(resolve, SHUTDOWN_CAP_MS, `not finished after ${SHUTDOWN_CAP_MS} ms`);
-  });
-  const unfinished = await Promise.race([
+  const unfinished = await within(
     finished.then(() => null, (error) => `the store failed: ${error}`),
-    capped,
-  ]);
-  clearTimeout(timer);
+    SHUTDOWN_CAP_MS,
+    `not finished after ${SHUTDOWN_CAP_MS} ms`,
+  );
   if (unfinished !== null) {
     // Closing a store that does not answer would wait for it: leave without.
     log("warn", "stopped before everything finished", {

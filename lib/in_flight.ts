@@ -47,3 +47,14 @@ export async function queueDrained(kv: Deno.Kv, work: InFlight): Promise<void> {
     await queueFinishesRecorded(kv);
   } while (work.size > 0);
 }
+
+/** `work`'s value, or `late` if it has not settled within `ms`; the timer never outlives it. */
+export async function within<T, L>(work: Promise<T>, ms: number, late: L): Promise<T | L> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const lateness = new Promise<L>((resolve) => timer = setTimeout(resolve, ms, late));
+  try {
+    return await Promise.race([work, lateness]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,4 +1,5 @@
 /** Small Deno KV helpers shared by lib/ modules. */
+import { within } from "./in_flight.ts";
 import type { AtomicWriter } from "./atomic.ts";
 import { encodeBase64Url } from "./base64.ts";
 import { BadRequestError } from "./errors.ts";
@@ -72,14 +73,10 @@ export async function storeAnswers(
   kv: Deno.Kv,
   timeoutMs = READINESS_TIMEOUT_MS,
 ): Promise<boolean> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<false>((resolve) => timer = setTimeout(resolve, timeoutMs, false));
   try {
-    return await Promise.race([kv.get(keys.readinessProbe()).then(() => true), late]);
+    return await within(kv.get(keys.readinessProbe()).then(() => true), timeoutMs, false);
   } catch {
     return false;
-  } finally {
-    clearTimeout(timer);
   }
 }
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { InFlight, queueDrained, queueFinishesRecorded } from "../lib/in_flight.ts";
+import { InFlight, queueDrained, queueFinishesRecorded, within } from "../lib/in_flight.ts";
 
 Deno.test("InFlight.idle() waits for every tracked handler, including those started while it waits", async () => {
   const work = new InFlight();
@@ -53,4 +53,11 @@ Deno.test("queueDrained() waits again for a handler the listener started while f
   } finally {
     kv.close();
   }
+});
+
+Deno.test("within() answers the work's value in time, the fallback after, and leaves no timer", async () => {
+  assert.equal(await within(Promise.resolve("done"), 10_000, "late"), "done");
+  assert.equal(await within(new Promise(() => {}), 10, "late"), "late");
+  await assert.rejects(within(Promise.reject(new Error("failed")), 10_000, "late"), /failed/);
+  // The test's sanitizer fails it if a 10 s timer were left running.
 });
