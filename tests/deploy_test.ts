@@ -147,9 +147,7 @@ Deno.test("main.ts serves health, claims and status with only the permissions De
 Deno.test("on SIGTERM and SIGINT main.ts answers every claim it commits, then exits 0", async (t) => {
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     await t.step(signal, async () => {
-      const dir = await Deno.makeTempDir();
-      const kvPath = `${dir}/kv.sqlite`;
-      try {
+      await withKvFile(async (kvPath) => {
         const answers = await claimThroughShutdown(kvPath, signal);
         // A request the server had not begun reading when it stopped fails on the client's
         // side (the usual keep-alive race, which the claim's Idempotency-Key is for): it must
@@ -167,9 +165,7 @@ Deno.test("on SIGTERM and SIGINT main.ts answers every claim it commits, then ex
         for (const answer of answers) {
           assert.ok(typeof answer === "string" || answer === 201 || answer === 503, `${answer}`);
         }
-      } finally {
-        await Deno.remove(dir, { recursive: true });
-      }
+      });
     });
   }
 });
@@ -179,6 +175,16 @@ async function outputMatches(output: () => string, pattern: RegExp): Promise<voi
   for (let waited = 0; !pattern.test(output()); waited += 20) {
     if (waited > 10_000) throw new Error(`no ${pattern} in 10 s:\n${output()}`);
     await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** Runs `use` with the path of a KV file in a fresh temp dir, removed afterwards. */
+async function withKvFile(use: (kvPath: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir();
+  try {
+    await use(`${dir}/kv.sqlite`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
   }
 }
 
@@ -211,9 +217,7 @@ function takenUnfinished(path: string): number {
 }
 
 Deno.test("on SIGTERM main.ts works off the status messages it has taken before it exits, and logs both ends", async () => {
-  const dir = await Deno.makeTempDir();
-  const kvPath = `${dir}/kv.sqlite`;
-  try {
+  await withKvFile(async (kvPath) => {
     const main = await startMain(kvPath);
     assert.equal((await main.request("PUT", "/v1/regions/iad", ADMIN, {})).status, 201);
     for (let r = 0; r < 20; r++) {
@@ -246,15 +250,11 @@ Deno.test("on SIGTERM main.ts works off the status messages it has taken before 
     // about a minute, which holds the region's lag up (into fallback) across a routine
     // restart. Without waiting for the handlers, 14 to 24 were left.
     assert.equal(takenUnfinished(kvPath), 0, "no message left taken and unfinished");
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("a signal repeated within a second is the same stop; one a second later forces the exit", async (t) => {
-  const dir = await Deno.makeTempDir();
-  const kvPath = `${dir}/kv.sqlite`;
-  try {
+  await withKvFile(async (kvPath) => {
     await t.step("Ctrl-C under `deno task`: the same SIGINT twice, a graceful stop", async () => {
       const main = await startMain(kvPath);
       // The lock holds the stop at its last commit until it is released.
@@ -281,15 +281,11 @@ Deno.test("a signal repeated within a second is the same stop; one a second late
         assert.doesNotMatch(main.output(), /"msg":"stopped/, "forced: it did not wait");
       });
     });
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("on SIGTERM with its store locked by another program, main.ts exits 1 with a log line, not a stack trace", async () => {
-  const dir = await Deno.makeTempDir();
-  const kvPath = `${dir}/kv.sqlite`;
-  try {
+  await withKvFile(async (kvPath) => {
     const main = await startMain(kvPath);
     assert.equal((await main.request("PUT", "/v1/regions/iad", ADMIN, {})).status, 201);
     await whileAnotherWrites(kvPath, async () => {
@@ -298,9 +294,7 @@ Deno.test("on SIGTERM with its store locked by another program, main.ts exits 1 
       assert.match(main.output(), /"level":"warn","msg":"stopped before everything finished"/);
       assert.doesNotMatch(main.output(), /Uncaught|\bat \S+:\d+:\d+/, "no stack trace");
     });
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("a claim whose body is still on its way when the server stops gets 503, not 400", async () => {
@@ -424,9 +418,7 @@ Deno.test("main.ts refuses to start with a clear message and exit code 2", async
   await t.step(
     "an ALLOT_KV file another allot serves from; free again once that one is killed",
     async () => {
-      const dir = await Deno.makeTempDir();
-      const kvPath = `${dir}/kv.sqlite`;
-      try {
+      await withKvFile(async (kvPath) => {
         const first = await startMain(kvPath);
         const region = await first.request("PUT", "/v1/regions/iad", ADMIN, {});
         assert.equal(region.status, 201, await region.text());
@@ -443,9 +435,7 @@ Deno.test("main.ts refuses to start with a clear message and exit code 2", async
         await using restarted = await startMain(kvPath);
         const read = await restarted.request("GET", "/v1/regions/iad", ADMIN);
         assert.equal(read.status, 200, await read.text());
-      } finally {
-        await Deno.remove(dir, { recursive: true });
-      }
+      });
     },
   );
 
