@@ -78,6 +78,9 @@ export class AllotProblem extends Error {
 /** 409: the lease is no longer the caller's (expired, revoked, resource gone; renew: released). */
 export class LeaseLostError extends AllotProblem {}
 
+/** 409 of a deletion: something still uses what was to be deleted, as the detail says. */
+export class InUseError extends AllotProblem {}
+
 /** 503: no free slot, or overloaded; retry after `retryAfter` seconds. */
 export class UnavailableError extends AllotProblem {
   declare readonly retryAfter: number;
@@ -103,7 +106,11 @@ async function problemFrom(
     problem = { type: "about:blank", title: res.statusText, status: res.status, detail: text };
   }
   const retryAfter = retryAfterSeconds(res.headers.get("retry-after"));
-  if (res.status === 409) return new LeaseLostError(res.status, problem, retryAfter);
+  if (res.status === 409) {
+    return problem.type === "urn:allot:problem:in-use"
+      ? new InUseError(res.status, problem, retryAfter)
+      : new LeaseLostError(res.status, problem, retryAfter);
+  }
   if (res.status === 503) return new UnavailableError(res.status, problem, retryAfter ?? 1);
   return new AllotProblem(res.status, problem, retryAfter);
 }
@@ -262,6 +269,14 @@ export class AllotClient {
       json: input,
     });
     return res.status === 200 ? await expect(res, 200) : await expect(res, 201);
+  }
+
+  /** Deletes a region nothing uses any more (admin); 409 names what still uses it. */
+  async deleteRegion(region: string): Promise<{ consistencyToken: string }> {
+    const res = await this.#api.regions[":region"].$delete({
+      param: { region: segment("region", region) },
+    });
+    return await expect(res, 200);
   }
 
   /** Registers or replaces a resource (admin, agent). */

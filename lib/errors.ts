@@ -91,6 +91,13 @@ export class LeaseLostError extends AllotError {
   }
 }
 
+/** The thing to delete is still in use (a region with resources, leases or dependants): 409. */
+export class InUseError extends AllotError {
+  constructor(detail: string) {
+    super(409, "in-use", "Still in use", detail);
+  }
+}
+
 /** Well-formed input that breaks a rule (a field out of range, an unknown backup): 422. */
 export class ValidationError extends AllotError {
   constructor(detail: string, errors: FieldIssue[]) {

@@ -8,9 +8,8 @@
 import type { Clock } from "./clock.ts";
 import { keys } from "./keys.ts";
 import { type Lag, lagCounterKeys, lagFrom, oldestPending, readLag } from "./lag.ts";
-import { NotFoundError } from "./errors.ts";
 import { log } from "./log.ts";
-import { getRegionConfig, poolCounts } from "./regions.ts";
+import { getRegionConfig, poolCounts, regionNotFound } from "./regions.ts";
 import { observeRegion } from "./telemetry.ts";
 import type { RegionConfig, RegionMode } from "./schemas.ts";
 
@@ -99,7 +98,7 @@ export async function evaluateMode(
       oldestPending(kv, region),
     ]);
     if (configEntry.versionstamp === null) {
-      throw new NotFoundError(`Region "${region}" does not exist`);
+      throw regionNotFound(region);
     }
     const config = configEntry.value as RegionConfig;
     const lag = retired ? await readLag(kv, clock, region) : lagFrom(clock, counters, oldest);

@@ -25,13 +25,8 @@ export function freeIndexHash(resource: string, slot: number): number {
 }
 
 /** Counters kept with `sum` so hot writers never conflict on them. */
-export type CounterName =
-  | "slots"
-  | "free"
-  | "held"
-  | "enqueued"
-  | "applied"
-  | "dead";
+export const COUNTER_NAMES = ["slots", "free", "held", "enqueued", "applied", "dead"] as const;
+export type CounterName = typeof COUNTER_NAMES[number];
 
 export const keys = {
   /** Region configuration (RegionConfig). */
@@ -108,6 +103,19 @@ export const keys = {
   counter: (region: string, name: CounterName) => regionKey(region, "n", name),
   /** Blind-written by every write to the region: its versionstamp proves a replica has caught up. */
   writeMark: (region: string) => regionKey(region, "wm"),
+
+  /**
+   * A region's own bookkeeping, none of it about a resource, claim or message: what deleting
+   * the region removes with its configuration (ended claims and tombstones expire on their own).
+   */
+  regionBookkeeping: (region: string): Deno.KvKey[] => [
+    keys.mode(region),
+    keys.resourcesVersion(region),
+    keys.writeMark(region),
+    keys.sweeper(region),
+    keys.sweeperBeat(region),
+    ...COUNTER_NAMES.map((name) => keys.counter(region, name)),
+  ],
 
   /** Which process runs the region watch (region_watch.ts), and until when. */
   regionWatch: () => ["watch"] as const,

@@ -6,6 +6,7 @@
  * switch by the next claim instead of the crossing, and its lag gauge would stay flat.
  */
 import type { Clock } from "./clock.ts";
+import { NotFoundError } from "./errors.ts";
 import { evaluateMode } from "./fallback.ts";
 import { log } from "./log.ts";
 import { keys } from "./keys.ts";
@@ -32,6 +33,7 @@ export async function evaluateEveryRegion(
       await evaluateMode(kv, clock, name);
     } catch (error) {
       if (isStoreClosed(error)) throw error; // no other region can be read either
+      if (error instanceof NotFoundError) continue; // deleted since the listing
       failed++;
       log("warn", "region watch: evaluation failed", { region: name, error: String(error) });
     }

@@ -1,7 +1,8 @@
 /** Region configuration and pool health. */
 import type { Clock } from "./clock.ts";
-import { NotFoundError, UnavailableError, ValidationError } from "./errors.ts";
+import { InUseError, NotFoundError, UnavailableError, ValidationError } from "./errors.ts";
 import { evaluateMode } from "./fallback.ts";
+import { oldestPending } from "./lag.ts";
 import { keys } from "./keys.ts";
 import { counterValue, getAll, kvCursorOf, listPage, markWrite, pageCursor } from "./kv.ts";
 import type { RegionConfig, RegionInput, RegionView } from "./schemas.ts";
@@ -20,8 +21,13 @@ export async function getRegionConfig(
   consistency: Deno.KvConsistencyLevel = "strong",
 ): Promise<Deno.KvEntry<RegionConfig>> {
   const entry = await kv.get<RegionConfig>(keys.regionConfig(region), { consistency });
-  if (entry.versionstamp === null) throw new NotFoundError(`Region "${region}" does not exist`);
+  if (entry.versionstamp === null) throw regionNotFound(region);
   return entry;
+}
+
+/** The 404 of a region that does not exist. */
+export function regionNotFound(region: string): NotFoundError {
+  return new NotFoundError(`Region "${region}" does not exist`);
 }
 
 /**
@@ -60,13 +66,96 @@ export async function putRegion(
       : current.value.createdAt ?? current.value.updatedAt;
     const config: RegionConfig = { name: region, ...input, updatedAt: now, createdAt };
     op.set(keys.regionConfig(region), config);
-    markWrite(op, region);
+    // Marking the backup too makes a deletion of it that read no dependant fail its commit.
+    markWrite(op, region, ...(input.backup === null ? [] : [input.backup]));
     const res = await op.commit();
     if (res.ok) {
       return { config, created: current.versionstamp === null, consistencyToken: res.versionstamp };
     }
   }
   throw new UnavailableError(`Cannot configure region "${region}": too many concurrent changes`);
+}
+
+/** Whether anything is stored under `prefix`. */
+async function anyUnder(kv: Deno.Kv, prefix: Deno.KvKey): Promise<boolean> {
+  for await (const _ of kv.list({ prefix }, { limit: 1 })) return true;
+  return false;
+}
+
+/** What must be gone before a region can be deleted, in the order an operator clears it. */
+const IN_USE: ReadonlyArray<
+  { what: string; used: (kv: Deno.Kv, region: string) => Promise<boolean> }
+> = [
+  { what: "resources (delete them first)", used: (kv, r) => anyUnder(kv, keys.resources(r)) },
+  {
+    what: "live leases (release or revoke them, or let them expire)",
+    used: (kv, r) => anyUnder(kv, keys.leases(r)),
+  },
+  {
+    what: "leases of a removed resource still being ended",
+    used: (kv, r) => anyUnder(kv, keys.leaseLosses(r)),
+  },
+  {
+    // Retires on the way the entries of messages dead-lettered since (see the next).
+    what: "status messages waiting to be applied",
+    used: async (kv, r) => (await oldestPending(kv, r)).oldest !== null,
+  },
+  {
+    what: "dead-lettered status messages (discard them first)",
+    used: (kv, r) => anyUnder(kv, keys.deadLetters(r)),
+  },
+];
+
+/** Most dependants a refusal names. */
+const NAMED_DEPENDANTS = 5;
+
+/**
+ * Deletes a region that nothing uses any more: no resources, leases, pending or dead-lettered
+ * status, and no region naming it as backup (409 otherwise, naming what is left). Its ended
+ * claims stay readable until they expire. The commit checks the configuration and the
+ * region's write mark read before those checks, so any write to the region or any region
+ * newly naming it as backup in between makes it look again.
+ */
+export async function deleteRegion(
+  kv: Deno.Kv,
+  region: string,
+): Promise<{ consistencyToken: string }> {
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const [config, mark] = await kv.getMany<[RegionConfig, unknown]>([
+      keys.regionConfig(region),
+      keys.writeMark(region),
+    ]);
+    if (config.versionstamp === null) throw regionNotFound(region);
+    for (const { what, used } of IN_USE) {
+      if (await used(kv, region)) {
+        throw new InUseError(`Cannot delete region "${region}": it still has ${what}`);
+      }
+    }
+    const dependants = await backupDependants(kv, region);
+    if (dependants.length > 0) {
+      const named = dependants.slice(0, NAMED_DEPENDANTS).map((name) => `"${name}"`).join(", ");
+      const more = dependants.length - NAMED_DEPENDANTS;
+      throw new InUseError(
+        `Cannot delete region "${region}": it is the backup of ${named}${
+          more > 0 ? ` and ${more} more` : ""
+        } (give them another backup first)`,
+      );
+    }
+    const op = kv.atomic().check(config, mark).delete(config.key);
+    for (const key of keys.regionBookkeeping(region)) op.delete(key);
+    const res = await op.commit();
+    if (res.ok) return { consistencyToken: res.versionstamp };
+  }
+  throw new UnavailableError(`Cannot delete region "${region}": too many concurrent changes`);
+}
+
+/** The regions whose backup is `region`, in name order. */
+async function backupDependants(kv: Deno.Kv, region: string): Promise<string[]> {
+  const names: string[] = [];
+  for await (const entry of kv.list<RegionConfig>({ prefix: keys.regionConfigs() })) {
+    if (entry.value.backup === region) names.push(entry.value.name);
+  }
+  return names;
 }
 
 /** Every region's name, in order, read from the store page by page (never all at once). */

@@ -7,8 +7,8 @@ import { endLiveLease } from "./leases.ts";
 import { log } from "./log.ts";
 import type { AtomicWriter } from "./atomic.ts";
 import { readHeldSlots, type ResourceSpec, stageSpecChange } from "./pool.ts";
-import { getRegionConfig } from "./regions.ts";
-import type { Resource, ResourceInput } from "./schemas.ts";
+import { getRegionConfig, regionNotFound } from "./regions.ts";
+import type { RegionConfig, Resource, ResourceInput } from "./schemas.ts";
 
 /** Telemetry from the status pipeline, kept apart from the spec so load reports never conflict with claims. */
 export interface Telemetry {
@@ -167,14 +167,16 @@ async function changeSpec(
   { before: ResourceSpec | null; held: number; consistencyToken: string; lossRecorded: boolean }
 > {
   for (let attempt = 0; attempt < 20; attempt++) {
-    const [[before, telemetry, recorded], held] = await Promise.all([
-      kv.getMany<[ResourceSpec, Telemetry, LeaseLoss]>([
+    const [[before, telemetry, recorded, config], held] = await Promise.all([
+      kv.getMany<[ResourceSpec, Telemetry, LeaseLoss, RegionConfig]>([
         keys.resource(region, id),
         keys.telemetry(region, id),
         keys.leaseLoss(region, id),
+        keys.regionConfig(region),
       ]),
       readHeldSlots(kv, region, id),
     ]);
+    if (config.versionstamp === null) throw regionNotFound(region);
     // Any change, a registration again included: the leases that removal took away must
     // not live on (renewed, say) on the resource registered anew.
     if (held.size > 0 && recorded.versionstamp !== null) {
@@ -200,7 +202,8 @@ async function changeSpec(
       }
       continue;
     }
-    const op = kv.atomic();
+    // Checked so that a region deleted meanwhile gets no resource.
+    const op = kv.atomic().check(config);
     stageSpecChange(op, region, before, after, held);
     if (after === null) {
       // Kept a while as a tombstone, whose versionstamp dates the removal: a status report

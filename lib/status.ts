@@ -14,7 +14,7 @@ import { type CachedResource, ResourceCache } from "./resource_cache.ts";
 import type { PendingMessage } from "./lag.ts";
 import { readHeldSlotsOf, type ResourceSpec, stageSpecChange } from "./pool.ts";
 import type { StatusBatchMessage } from "./queue.ts";
-import { getRegionConfig } from "./regions.ts";
+import { regionNotFound } from "./regions.ts";
 import {
   afterTombstone,
   type FieldSeq,
@@ -81,48 +81,54 @@ export async function ingestStatus(
   region: string,
   updates: readonly StatusUpdate[],
 ): Promise<{ accepted: number; messages: StatusBatchMessage[]; consistencyToken: string }> {
-  await getRegionConfig(kv, region);
-  const [enqueued, applied, dead] = (await kv.getMany([
-    keys.counter(region, "enqueued"),
-    keys.counter(region, "applied"),
-    keys.counter(region, "dead"),
-  ])).map(counterValue);
-  const waiting = enqueued - applied - dead;
-  if (waiting + updates.length > MAX_PENDING_UPDATES) {
-    throw new UnavailableError(
-      `Cannot accept status for region "${region}": ${waiting} updates are still waiting to be applied`,
-      2,
-    );
-  }
   const { chunks, bytes } = chunkUpdates(updates);
-  if (bytes > ATOMIC_LIMITS.bytes) throw batchTooLarge(region, updates.length, bytes);
-  const enqueuedAt = clock.now();
-  const messages = chunks.map((chunk): StatusBatchMessage => ({
-    type: "status.batch",
-    id: newId(),
-    region,
-    enqueuedAt,
-    updates: chunk,
-  }));
-  const op = kv.atomic();
-  for (const message of messages) {
-    op.enqueue(message, {
-      keysIfUndelivered: [keys.deadLetter(region, message.id)],
-      backoffSchedule: STATUS_BACKOFF_MS,
+  // The configuration is checked so that a region deleted meanwhile gets no message; a
+  // configuration changed meanwhile only costs another try.
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const [config, ...counters] = await kv.getMany([
+      keys.regionConfig(region),
+      keys.counter(region, "enqueued"),
+      keys.counter(region, "applied"),
+      keys.counter(region, "dead"),
+    ]);
+    if (config.versionstamp === null) throw regionNotFound(region);
+    const [enqueued, applied, dead] = counters.map(counterValue);
+    const waiting = enqueued - applied - dead;
+    if (waiting + updates.length > MAX_PENDING_UPDATES) {
+      throw new UnavailableError(
+        `Cannot accept status for region "${region}": ${waiting} updates are still waiting to be applied`,
+        2,
+      );
+    }
+    if (bytes > ATOMIC_LIMITS.bytes) throw batchTooLarge(region, updates.length, bytes);
+    const enqueuedAt = clock.now();
+    const messages = chunks.map((chunk): StatusBatchMessage => ({
+      type: "status.batch",
+      id: newId(),
+      region,
+      enqueuedAt,
+      updates: chunk,
+    }));
+    const op = kv.atomic().check(config);
+    for (const message of messages) {
+      op.enqueue(message, {
+        keysIfUndelivered: [keys.deadLetter(region, message.id)],
+        backoffSchedule: STATUS_BACKOFF_MS,
+      });
+      op.set(
+        keys.pending(region, enqueuedAt, message.id),
+        { count: message.updates.length } satisfies PendingMessage,
+      );
+    }
+    addCounter(op, region, "enqueued", updates.length);
+    markWrite(op, region);
+    const res = await op.commit().catch((error) => {
+      // The estimate should have caught it; this is the backstop: a 413, never a 500.
+      throw isSizeLimitError(error) ? batchTooLarge(region, updates.length, bytes) : error;
     });
-    op.set(
-      keys.pending(region, enqueuedAt, message.id),
-      { count: message.updates.length } satisfies PendingMessage,
-    );
+    if (res.ok) return { accepted: updates.length, messages, consistencyToken: res.versionstamp };
   }
-  addCounter(op, region, "enqueued", updates.length);
-  markWrite(op, region);
-  const res = await op.commit().catch((error) => {
-    // The estimate should have caught it; this is the backstop: a 413, never a 500.
-    throw isSizeLimitError(error) ? batchTooLarge(region, updates.length, bytes) : error;
-  });
-  if (!res.ok) throw new UnavailableError(`Cannot accept status for region "${region}": retry`);
-  return { accepted: updates.length, messages, consistencyToken: res.versionstamp };
+  throw new UnavailableError(`Cannot accept status for region "${region}": retry`);
 }
 
 function batchTooLarge(region: string, updates: number, bytes: number): TooLargeError {

@@ -173,3 +173,11 @@ export const problemExamples = {
     detail: 'Cannot claim in region "iad": no ready resource has a free slot',
   },
 } as const;
+
+/** The 409 of a deletion refused because something still uses the thing deleted. */
+export const inUseExample = {
+  type: "urn:allot:problem:in-use",
+  title: "Still in use",
+  status: 409,
+  detail: 'Cannot delete region "iad": it still has resources (delete them first)',
+} as const;

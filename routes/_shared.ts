@@ -18,7 +18,7 @@ import {
 } from "../lib/errors.ts";
 import { log } from "../lib/log.ts";
 import { ConsistencyToken, Problem, RegionName } from "../lib/schemas.ts";
-import { problemExamples } from "./_examples.ts";
+import { inUseExample, problemExamples } from "./_examples.ts";
 
 /** Hono environment: the authenticated caller is set by the auth middleware. */
 export type AppEnv = { Variables: { principal: Principal } };
@@ -235,12 +235,23 @@ export function allow(
   };
 }
 
-const problem = (description: string, status: keyof typeof problemExamples) => ({
+const problem = (
+  description: string,
+  status: keyof typeof problemExamples,
+  example: Record<string, unknown> = problemExamples[status],
+) => ({
   description,
-  content: {
-    "application/problem+json": { schema: Problem, example: problemExamples[status] },
-  },
+  content: { "application/problem+json": { schema: Problem, example } },
 });
+
+/** The 409 of a deletion that something still depends on (in place of the lease-lost 409). */
+export const inUseProblem = {
+  409: problem(
+    "Something still uses it; the detail names what (`urn:allot:problem:in-use`)",
+    409,
+    inUseExample,
+  ),
+};
 
 const problemResponses = {
   400: problem("Malformed path, query, header or JSON (`urn:allot:problem:bad-request`)", 400),

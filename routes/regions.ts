@@ -1,6 +1,6 @@
 /** /v1/regions: configuration (admin) and health (any role). */
-import { createRoute } from "@hono/zod-openapi";
-import { describeRegion, listRegions, putRegion } from "../lib/regions.ts";
+import { createRoute, z } from "@hono/zod-openapi";
+import { deleteRegion, describeRegion, listRegions, putRegion } from "../lib/regions.ts";
 import { authorizeRegion } from "../lib/auth.ts";
 import { ConsistencyToken, RegionInput, RegionView } from "../lib/schemas.ts";
 import { regionExample, regionWrittenExample } from "./_examples.ts";
@@ -8,6 +8,7 @@ import {
   allow,
   bearerSecurity,
   ConsistencyTokenHeader,
+  inUseProblem,
   newRouter,
   PageQuery,
   pageResponse,
@@ -92,6 +93,33 @@ const getRoute = createRoute({
   },
 });
 
+const deleteRoute = createRoute({
+  method: "delete",
+  path: "/v1/regions/{region}",
+  tags: ["regions"],
+  operationId: "deleteRegion",
+  summary: "Delete a region nothing uses any more (admin)",
+  description:
+    "**Role:** admin (a region-scoped admin token only for its regions).\n\nRefused with 409, naming what is left, while the region has resources, live leases, status messages waiting or dead-lettered, or is another region's backup. Its ended claims stay readable (`GET /v1/claims/{id}`) until they expire. A region created again under the name starts afresh: empty pool, primary mode, no history.",
+  security: bearerSecurity,
+  middleware: [allow(["admin"], "region")],
+  request: { params: RegionParams },
+  responses: {
+    200: {
+      description: "Deleted",
+      headers: ConsistencyTokenHeader,
+      content: {
+        "application/json": {
+          schema: z.object({ consistencyToken: ConsistencyToken }),
+          example: { consistencyToken: "000000000000002d0000" },
+        },
+      },
+    },
+    ...problems(400, 401, 403, 404, 503),
+    ...inUseProblem,
+  },
+});
+
 /** Region routes. */
 export function regionRoutes({ kv, clock }: RouteDeps) {
   return newRouter()
@@ -115,5 +143,11 @@ export function regionRoutes({ kv, clock }: RouteDeps) {
       const { region } = c.req.valid("param");
       // Health evaluates the mode (a checked write), so it is always read strongly.
       return c.json(await describeRegion(kv, clock, region), 200);
+    })
+    .openapi(deleteRoute, async (c) => {
+      const { region } = c.req.valid("param");
+      const deleted = await deleteRegion(kv, region);
+      c.header("Allot-Consistency-Token", deleted.consistencyToken);
+      return c.json(deleted, 200);
     });
 }

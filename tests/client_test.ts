@@ -4,6 +4,7 @@ import {
   AllotClient,
   AllotProblem,
   type ClaimGrant,
+  InUseError,
   LeaseLostError,
   UnavailableError,
   withRetry,
@@ -87,7 +88,7 @@ Deno.test("the typed client claims, renews, reads, lists and releases over real 
   assert.equal(cursor, null);
 });
 
-Deno.test("the client pages regions and resources, reads and deletes a resource", async () => {
+Deno.test("the client pages regions and resources, reads and deletes a resource and a region", async () => {
   await using s = await serve();
   for (const region of ["a1", "b2", "c3"]) await s.admin.putRegion(region);
   const first = await s.client.regions({ limit: 2 });
@@ -107,6 +108,15 @@ Deno.test("the client pages regions and resources, reads and deletes a resource"
   assert.deepEqual(after.items.map((r) => r.id), ["host:1"]);
   const gone = await s.client.getResource("a1", "host:2").catch((e) => e);
   assert.ok(gone instanceof AllotProblem && gone.status === 404, String(gone));
+
+  const inUse = await s.admin.deleteRegion("a1").catch((e) => e);
+  assert.ok(inUse instanceof InUseError && !(inUse instanceof LeaseLostError), String(inUse));
+  assert.match(
+    inUse.message,
+    /^409 Still in use: Cannot delete region "a1": it still has resources/,
+  );
+  assert.match((await s.admin.deleteRegion("b2")).consistencyToken, /^[0-9a-f]{20}$/);
+  assert.deepEqual((await s.client.regions()).items.map((r) => r.name), ["a1", "c3"]);
 });
 
 Deno.test("the client refuses ids that would leave their path segment, sending nothing", async () => {

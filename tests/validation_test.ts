@@ -618,7 +618,7 @@ Deno.test("a declared Content-Length is checked without opening the body as a st
 Deno.test("a known path asked with another method gets 405 and Allow; an unknown path 404", async (t) => {
   await using app = await makeApp();
   const cases: Array<[string, string, string]> = [
-    ["PATCH", "/v1/regions/iad", "GET, HEAD, PUT"],
+    ["PATCH", "/v1/regions/iad", "DELETE, GET, HEAD, PUT"],
     ["POST", "/v1/regions", "GET, HEAD"],
     ["PUT", "/v1/claims/iad.01J0000000000000000000000A", "DELETE, GET, HEAD"],
     ["GET", "/v1/claims/iad.01J0000000000000000000000A/renew", "POST"],

@@ -1,0 +1,312 @@
+/**
+ * DELETE /v1/regions/{region}: an unused region goes, whatever races it; one still in use
+ * is refused with 409 naming what is left, and nothing changes.
+ */
+import assert from "node:assert/strict";
+import { StatusApplier } from "../lib/applier.ts";
+import { keys } from "../lib/keys.ts";
+import { handleQueueMessage } from "../lib/queue.ts";
+import { evaluateEveryRegion } from "../lib/region_watch.ts";
+import { finishLeaseLosses } from "../lib/resources.ts";
+import { ingestStatus } from "../lib/status.ts";
+import { readSweeper } from "../lib/sweeper.ts";
+import {
+  assertProblem,
+  claim,
+  getClaim,
+  interceptCommits,
+  leaseQueueDeps,
+  makeApp,
+  recordEnqueues,
+  release,
+  seedRegion,
+  snapshotKv,
+  type TestApp,
+  type TestResponse,
+  TOKENS,
+} from "./_helpers.ts";
+
+const deleteRegion = (t: TestApp, region: string, token: string = TOKENS.admin) =>
+  t.request("DELETE", `/v1/regions/${region}`, { token });
+
+/** The kinds of key (["r", region, kind, ...]) stored under a region's prefix. */
+async function kindsUnder(kv: Deno.Kv, region: string): Promise<string[]> {
+  const kinds = new Set<string>();
+  for await (const entry of kv.list({ prefix: ["r", region] })) kinds.add(String(entry.key[2]));
+  return [...kinds].sort();
+}
+
+/** Asserts a deletion's 409 whose detail mentions `what`. */
+function assertInUse(res: TestResponse, region: string, what: string, why = ""): void {
+  assertProblem(res, 409);
+  assert.equal(res.body.type, "urn:allot:problem:in-use");
+  assert.match(res.body.detail, new RegExp(`^Cannot delete region "${region}": .*${what}`), why);
+}
+
+/** Asserts that deleting `region` is refused with a 409 naming `what`, and changes nothing. */
+async function assertRefused(t: TestApp, region: string, what: string, why = ""): Promise<void> {
+  const before = await snapshotKv(t.kv);
+  assertInUse(await deleteRegion(t, region), region, what, why);
+  assert.deepEqual(await snapshotKv(t.kv), before, "a refused deletion changes nothing");
+}
+
+Deno.test("DELETE /v1/regions/{region}: an unused region goes, and comes back afresh under its name", async () => {
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 2, { config: { lag: { enterMs: 1000, exitMs: 100 } } });
+  const granted = (await claim(t, "iad", { holder: "a", leaseMs: 5_000 })).body;
+  assert.equal((await release(t, granted.id, granted.secret)).status, 204);
+  for (const id of ["res-0000", "res-0001"]) {
+    assert.equal((await t.request("DELETE", `/v1/regions/iad/resources/${id}`)).status, 200);
+  }
+
+  const res = await deleteRegion(t, "iad");
+  assert.equal(res.status, 200, JSON.stringify(res.body));
+  assert.match(res.body.consistencyToken, /^[0-9a-f]{20}$/);
+  assert.equal(res.headers.get("allot-consistency-token"), res.body.consistencyToken);
+  assertProblem(await t.request("GET", "/v1/regions/iad"), 404);
+  assert.deepEqual((await t.request("GET", "/v1/regions")).body.items, []);
+  assertProblem(await deleteRegion(t, "iad"), 404);
+  assertProblem(await claim(t, "iad"), 404);
+  // SPEC: an ended claim stays readable for an hour; tombstones keep old status reports out.
+  assert.equal((await getClaim(t, granted.id)).state, "released");
+  assert.deepEqual(await kindsUnder(t.kv, "iad"), ["claim", "tel"]);
+
+  const again = await t.request("PUT", "/v1/regions/iad", { body: {} });
+  assert.equal(again.status, 201);
+  const view = (await t.request("GET", "/v1/regions/iad")).body;
+  assert.deepEqual(
+    { ...view, updatedAt: null, modeSince: null },
+    {
+      name: "iad",
+      backup: null,
+      lag: { enterMs: 2000, exitMs: 500 },
+      lease: { defaultMs: 60_000, maxMs: 3_600_000 },
+      updatedAt: null,
+      mode: "primary",
+      modeSince: null,
+      modeReason: view.modeReason,
+      modeHistory: [],
+      lagMs: 0,
+      pending: 0,
+      deadLettered: 0,
+      total: 0,
+      free: 0,
+      claimed: 0,
+    },
+  );
+});
+
+Deno.test("DELETE /v1/regions/{region} is refused with 409 while anything still uses the region", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 1);
+
+  await t.step("its resources", () => assertRefused(app, "iad", "resources"));
+
+  await t.step("a removal whose leases are still being ended (a crash cut it short)", async () => {
+    const granted = (await claim(app, "iad", { holder: "a" })).body;
+    // The removal's commit landed, the lease loss after it did not (resources.ts).
+    await app.kv.atomic()
+      .delete(keys.resource("iad", "res-0000"))
+      .set(keys.leaseLoss("iad", "res-0000"), { reason: "resource deleted" })
+      .commit();
+    await assertRefused(app, "iad", "live leases");
+    assert.equal(await finishLeaseLosses(app.kv, app.clock, "iad"), 1);
+    assert.equal((await getClaim(app, granted.id)).state, "lost");
+    // And a record left by a crash after the losses, before its own deletion.
+    await app.kv.set(keys.leaseLoss("iad", "res-0000"), { reason: "resource deleted" });
+    await assertRefused(app, "iad", "leases of a removed resource still being ended");
+    await finishLeaseLosses(app.kv, app.clock, "iad");
+  });
+
+  await t.step("status waiting to be applied, then dead-lettered", async () => {
+    const update = { resource: "res-0009", seq: 1, state: "draining" } as const;
+    const waiting = await ingestStatus(app.kv, app.clock, "iad", [update]);
+    await assertRefused(app, "iad", "status messages waiting to be applied");
+    await new StatusApplier(app.kv, app.clock).apply(waiting.messages);
+    await assertRefused(app, "iad", "resources", "the status registered one");
+    assert.equal((await app.request("DELETE", "/v1/regions/iad/resources/res-0009")).status, 200);
+
+    const lost = await ingestStatus(app.kv, app.clock, "iad", [{ ...update, seq: 2 }]);
+    await app.kv.set(keys.deadLetter("iad", lost.messages[0].id), lost.messages[0]);
+    assertInUse(await deleteRegion(app, "iad"), "iad", "dead-lettered status messages");
+    // The deletion retired the dead message's pending entry, as a read of the region does.
+    await assertRefused(app, "iad", "dead-lettered status messages");
+    const discarded = await app.request(
+      "DELETE",
+      `/v1/regions/iad/dead-letters/${lost.messages[0].id}`,
+    );
+    assert.equal(discarded.status, 204, JSON.stringify(discarded.body));
+  });
+
+  await t.step("regions that name it as their backup", async () => {
+    for (const name of ["fra", "lhr"]) {
+      assert.equal(
+        (await app.request("PUT", `/v1/regions/${name}`, { body: { backup: "iad" } })).status,
+        201,
+      );
+    }
+    await assertRefused(app, "iad", 'the backup of "fra", "lhr"');
+    await app.request("PUT", "/v1/regions/fra", { body: {} });
+    await app.request("PUT", "/v1/regions/lhr", { body: {} });
+  });
+
+  await t.step("and it goes once nothing does", async () => {
+    assert.equal((await deleteRegion(app, "iad")).status, 200);
+  });
+});
+
+Deno.test("DELETE /v1/regions/{region} is for admins of the region only", async () => {
+  await using t = await makeApp();
+  await t.request("PUT", "/v1/regions/iad", { body: {} });
+  await t.request("PUT", "/v1/regions/fra", { body: {} });
+  assertProblem(await deleteRegion(t, "iad", TOKENS.client), 403);
+  assertProblem(await deleteRegion(t, "iad", TOKENS.agent), 403);
+  assertProblem(await deleteRegion(t, "iad", TOKENS.adminFra), 403);
+  assertProblem(await t.request("DELETE", "/v1/regions/iad", { token: null }), 401);
+  assertProblem(await deleteRegion(t, "not a region!"), 400);
+  assertProblem(await deleteRegion(t, "nowhere"), 404);
+  assert.equal((await t.request("GET", "/v1/regions/iad")).status, 200, "still there");
+  assert.equal((await deleteRegion(t, "fra", TOKENS.adminFra)).status, 200);
+});
+
+/** A subject app whose next commit can be preceded by a racer app's write (`hook.arm`). */
+async function racing() {
+  const inner = await Deno.openKv(":memory:");
+  const hook = interceptCommits(inner);
+  const subject = await makeApp({ kv: hook.kv });
+  const racer = await makeApp({ kv: inner, clock: subject.clock });
+  await racer.request("PUT", "/v1/regions/iad", { body: {} });
+  return {
+    hook,
+    subject,
+    racer,
+    /**
+     * Arms `write` before the subject's next commit; resolves with the store as the write
+     * left it, once it ran (a refused operation must leave it so).
+     */
+    armed(write: () => Promise<unknown>): Promise<string[]> {
+      const { promise, resolve } = Promise.withResolvers<string[]>();
+      hook.arm(async () => {
+        await write();
+        resolve(await snapshotKv(inner));
+      });
+      return promise;
+    },
+    [Symbol.asyncDispose]: () => Promise.resolve(inner.close()),
+  };
+}
+
+Deno.test("a region deleted while something races the deletion: never state left in a deleted region", async (t) => {
+  await t.step("a resource registered between the deletion's reads and its commit", async () => {
+    await using r = await racing();
+    const raced = r.armed(() =>
+      r.racer.request("PUT", "/v1/regions/iad/resources/late", { body: {} })
+    );
+    assertInUse(await deleteRegion(r.subject, "iad"), "iad", "resources");
+    assert.deepEqual(await snapshotKv(r.racer.kv), await raced, "only the racer's write");
+  });
+
+  await t.step("the deletion between a resource registration's reads and its commit", async () => {
+    await using r = await racing();
+    r.hook.arm(() => deleteRegion(r.racer, "iad"));
+    assertProblem(
+      await r.subject.request("PUT", "/v1/regions/iad/resources/late", { body: {} }),
+      404,
+    );
+    assert.ok(r.hook.fired());
+    assert.deepEqual(await kindsUnder(r.racer.kv, "iad"), []);
+  });
+
+  await t.step("a status batch accepted between the deletion's reads and its commit", async () => {
+    await using r = await racing();
+    const raced = r.armed(() =>
+      r.racer.request("POST", "/v1/regions/iad/status", {
+        token: TOKENS.agent,
+        body: { updates: [{ resource: "late", seq: 1, state: "ready" }] },
+      })
+    );
+    assertInUse(await deleteRegion(r.subject, "iad"), "iad", "status messages waiting");
+    assert.deepEqual(await snapshotKv(r.racer.kv), await raced, "only the racer's write");
+  });
+
+  await t.step("the deletion between a status batch's reads and its commit", async () => {
+    await using r = await racing();
+    const recording = recordEnqueues(r.subject.kv);
+    r.hook.arm(() => deleteRegion(r.racer, "iad"));
+    await assert.rejects(
+      ingestStatus(recording.kv, r.subject.clock, "iad", [
+        { resource: "late", seq: 1, state: "ready" },
+      ]),
+      /Region "iad" does not exist/,
+    );
+    assert.ok(r.hook.fired());
+    assert.deepEqual(recording.enqueued, [], "nothing queued for a deleted region");
+    assert.deepEqual(await kindsUnder(r.racer.kv, "iad"), []);
+  });
+
+  await t.step("a region naming it as backup between the deletion's reads and commit", async () => {
+    await using r = await racing();
+    const raced = r.armed(() =>
+      r.racer.request("PUT", "/v1/regions/fra", { body: { backup: "iad" } })
+    );
+    assertInUse(await deleteRegion(r.subject, "iad"), "iad", 'the backup of "fra"');
+    assert.deepEqual(await snapshotKv(r.racer.kv), await raced, "only the racer's write");
+  });
+
+  await t.step("the deletion between a region's naming it as backup and its commit", async () => {
+    await using r = await racing();
+    r.hook.arm(() => deleteRegion(r.racer, "iad"));
+    const named = await r.subject.request("PUT", "/v1/regions/fra", { body: { backup: "iad" } });
+    assertProblem(named, 422, "backup");
+    assert.equal((await r.racer.request("GET", "/v1/regions/fra")).status, 404);
+  });
+});
+
+Deno.test("a deleted region's leftovers do nothing: its sweep chain stops, a status batch applies nothing", async () => {
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 1);
+  const granted = (await claim(t, "iad", { holder: "a" })).body;
+  const { state, beat } = await readSweeper(t.kv, "iad");
+  assert.ok(state.value && beat.value, "the claim started the region's sweep chain");
+  const tick = {
+    type: "lease.sweep",
+    region: "iad",
+    chain: state.value.chain,
+    tick: beat.value.tick,
+  };
+  // A batch applied before the deletion, delivered again after it (at least once).
+  const { messages } = await ingestStatus(t.kv, t.clock, "iad", [
+    { resource: "res-0000", seq: 1, state: "ready" },
+  ]);
+  await new StatusApplier(t.kv, t.clock).apply(messages);
+  assert.equal((await release(t, granted.id, granted.secret)).status, 204);
+  assert.equal((await t.request("DELETE", "/v1/regions/iad/resources/res-0000")).status, 200);
+  assert.equal((await deleteRegion(t, "iad")).status, 200);
+  const left = await snapshotKv(t.kv);
+
+  t.clock.advance(120_000);
+  assert.equal(await handleQueueMessage(leaseQueueDeps(t), tick), "stale");
+  await new StatusApplier(t.kv, t.clock).apply(messages);
+  assert.deepEqual(await snapshotKv(t.kv), left);
+});
+
+Deno.test("the region watch passes over a region deleted after its listing", async () => {
+  await using t = await makeApp();
+  await t.request("PUT", "/v1/regions/iad", { body: {} });
+  // The listing still names "ghost", deleted since (the list is read a page ahead).
+  const kv = new Proxy(t.kv, {
+    get(target, prop) {
+      if (prop !== "list") {
+        const value = Reflect.get(target, prop, target);
+        return typeof value === "function" ? value.bind(target) : value;
+      }
+      return async function* (selector: Deno.KvListSelector, options?: Deno.KvListOptions) {
+        yield* target.list(selector, options);
+        if ("prefix" in selector && selector.prefix.length === 1) {
+          yield { key: keys.regionConfig("ghost"), value: { name: "ghost" }, versionstamp: "0" };
+        }
+      };
+    },
+  });
+  assert.equal(await evaluateEveryRegion(kv, t.clock), 0);
+});
