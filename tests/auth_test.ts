@@ -108,6 +108,14 @@ const TABLE: RouteCase[] = [
     setup: () => Promise.resolve({ method: "GET", path: "/v1/regions/iad", ok: 200 }),
   },
   {
+    route: "DELETE /v1/regions/{region}",
+    allowed: ["admin"],
+    setup: async (t, n) => {
+      assert.equal((await t.request("PUT", `/v1/regions/old-${n}`, { body: {} })).status, 201);
+      return { method: "DELETE", path: `/v1/regions/old-${n}`, ok: 200 };
+    },
+  },
+  {
     route: "PUT /v1/regions/{region}/resources/{id}",
     allowed: ["admin", "agent"],
     setup: (_t, n) =>

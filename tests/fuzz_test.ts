@@ -223,6 +223,7 @@ const ENDPOINTS: Endpoint[] = [
   { method: "PUT", path: "/v1/regions/{region}", role: "admin", body: "region" },
   { method: "GET", path: "/v1/regions", role: "client" },
   { method: "GET", path: "/v1/regions/{region}", role: "client" },
+  { method: "DELETE", path: "/v1/regions/{region}", role: "admin" },
   { method: "PUT", path: "/v1/regions/{region}/resources/{id}", role: "agent", body: "resource" },
   { method: "DELETE", path: "/v1/regions/{region}/resources/{id}", role: "agent" },
   { method: "GET", path: "/v1/regions/{region}/resources", role: "client", query: true },
