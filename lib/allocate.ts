@@ -15,13 +15,14 @@ import { log } from "./log.ts";
 import { CommitEffects } from "./kv.ts";
 import {
   type ClaimRecord,
+  claimStateNow,
   describeClaim,
   grantedLeaseMs,
   soonestLeaseExpiry,
   sweepExpired,
 } from "./leases.ts";
 import { type FreeSlot, type HeldSlot, labelsMatch } from "./pool.ts";
-import type { ClaimGrant, ClaimInput } from "./schemas.ts";
+import type { ClaimGrant, ClaimInput, ClaimState } from "./schemas.ts";
 import { readSweeper, stageSweeper } from "./sweeper.ts";
 import { inSpan, instruments } from "./telemetry.ts";
 import { grantVersionstamp, IDEMPOTENCY_GRACE_MS, type IdempotencyRecord } from "./idempotency.ts";
@@ -56,6 +57,11 @@ export interface ClaimOutcome {
   replayed: boolean;
   /** Claims in the commit that granted it (0 for a replay). */
   groupSize: number;
+  /**
+   * A replay's claim as it stands now: the replayed answer says `active`, but the lease may
+   * have been released, revoked or run out since (null once its record is gone).
+   */
+  stateNow?: ClaimState | null;
 }
 
 /** Something that allocates prepared claims (the group committer, or a lone CAS). */
@@ -77,6 +83,7 @@ export function createClaim(
   return inSpan("allot.claim", { "allot.region": request.region }, async (span) => {
     try {
       const outcome = await claimOnce(kv, clock, request, allocator);
+      if (outcome.replayed) outcome.stateNow = await claimStateNow(kv, clock, outcome.grant.id);
       span.setAttributes({
         "allot.served_by": outcome.grant.servedBy,
         "allot.replayed": outcome.replayed,

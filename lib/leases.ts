@@ -136,6 +136,17 @@ export async function getClaimEntry(
   return entry;
 }
 
+/** A claim's state now (a run-out lease reads `expired`), or null once its record is gone. */
+export async function claimStateNow(
+  kv: Deno.Kv,
+  clock: Clock,
+  claimId: string,
+): Promise<ClaimState | null> {
+  const key = claimKeyOf(claimId);
+  const entry = key === null ? null : await kv.get<ClaimRecord>(key);
+  return entry?.value ? recordAsOf(entry.value, clock.now()).state : null;
+}
+
 /** Why a live lease is ending. */
 export interface LeaseEnd {
   state: Exclude<ClaimState, "active">;

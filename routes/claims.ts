@@ -97,6 +97,11 @@ const createRouteDef = createRoute({
         "Idempotent-Replayed": z.literal("true").optional().openapi({
           description: "Present when this answer replays an earlier one for the same key",
         }),
+        "Allot-Claim-State": ClaimState.optional().openapi({
+          description:
+            "With `Idempotent-Replayed`: the claim's state now. The replayed body says `active` as it did first, but the lease may since have been released, revoked (`lost`) or run out (`expired`): its slot may then be someone else's, and renew and release get 409.",
+          example: "active",
+        }),
       }),
       content: { "application/json": { schema: ClaimGrant, example: grantExample } },
     },
@@ -247,7 +252,7 @@ export function claimRoutes({ kv, clock, allocator, ender, renewer }: RouteDeps)
     .openapi(createRouteDef, async (c) => {
       const { region } = c.req.valid("param");
       const principal = c.get("principal");
-      const { grant, replayed } = await createClaim(kv, clock, {
+      const { grant, replayed, stateNow } = await createClaim(kv, clock, {
         region,
         caller: principal.id,
         input: c.req.valid("json"),
@@ -257,6 +262,7 @@ export function claimRoutes({ kv, clock, allocator, ender, renewer }: RouteDeps)
       c.header("Allot-Served-By", grant.servedBy);
       c.header("Allot-Consistency-Token", grant.consistencyToken);
       if (replayed) c.header("Idempotent-Replayed", "true");
+      if (stateNow) c.header("Allot-Claim-State", stateNow);
       return c.json(grant, 201);
     })
     .openapi(getRoute, async (c) => {

@@ -70,6 +70,49 @@ Deno.test("an Idempotency-Key replays the first claim and consumes one slot", as
   });
 });
 
+Deno.test("a replay says, in Allot-Claim-State, what became of the claim since", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 3);
+  const body = { holder: "worker-1", leaseMs: 10_000 };
+  const replayed = async (k: string) => {
+    const again = await claim(app, "iad", body, key(k));
+    assert.equal(again.status, 201);
+    assert.equal(again.headers.get("idempotent-replayed"), "true");
+    assert.equal(again.body.state, "active", "the body is the first answer, as it was");
+    return again.headers.get("allot-claim-state");
+  };
+  const first = async (k: string) => (await claim(app, "iad", body, key(k))).body;
+
+  await t.step(
+    "a first answer has no state header; a live claim's replay says active",
+    async () => {
+      const res = await claim(app, "iad", body, key("live"));
+      assert.equal(res.headers.get("allot-claim-state"), null);
+      assert.equal(await replayed("live"), "active");
+    },
+  );
+
+  await t.step("released", async () => {
+    const granted = await first("freed");
+    assert.equal((await release(app, granted.id, granted.secret)).status, 204);
+    assert.equal(await replayed("freed"), "released");
+  });
+
+  await t.step("revoked: lost, while the slot may be someone else's", async () => {
+    const granted = await first("revoked");
+    const res = await app.request("POST", `/v1/claims/${granted.id}/revoke`, {
+      body: { reason: "maintenance" },
+    });
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    assert.equal(await replayed("revoked"), "lost");
+  });
+
+  await t.step("run out, even before the sweep records it", async () => {
+    app.clock.advance(10_000);
+    assert.equal(await replayed("live"), "expired");
+  });
+});
+
 Deno.test("20 concurrent duplicates with one Idempotency-Key make exactly one claim", async () => {
   await using t = await makeApp();
   await seedRegion(t, "iad", 50);
