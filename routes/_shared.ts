@@ -317,6 +317,20 @@ export const ConsistencyTokenHeader = z.object({
   "Allot-Consistency-Token": ConsistencyToken,
 });
 
+/** The answer of a write that returns nothing but its consistency token (a deletion). */
+export function tokenOnlyResponse(description: string) {
+  return {
+    description,
+    headers: ConsistencyTokenHeader,
+    content: {
+      "application/json": {
+        schema: z.object({ consistencyToken: ConsistencyToken }),
+        example: { consistencyToken: "000000000000002d0000" },
+      },
+    },
+  };
+}
+
 /** Response header of reads that honour `Allot-Consistency-Token`. */
 export const ConsistencyServedHeader = z.object({
   "Allot-Consistency": z.enum(["strong", "eventual"]).openapi({

@@ -1,5 +1,5 @@
 /** /v1/regions: configuration (admin) and health (any role). */
-import { createRoute, z } from "@hono/zod-openapi";
+import { createRoute } from "@hono/zod-openapi";
 import { deleteRegion, describeRegion, listRegions, putRegion } from "../lib/regions.ts";
 import { authorizeRegion } from "../lib/auth.ts";
 import { ConsistencyToken, RegionInput, RegionView } from "../lib/schemas.ts";
@@ -15,6 +15,7 @@ import {
   problems,
   RegionParams,
   type RouteDeps,
+  tokenOnlyResponse,
 } from "./_shared.ts";
 
 const RegionWritten = RegionView.extend({ consistencyToken: ConsistencyToken });
@@ -105,16 +106,7 @@ const deleteRoute = createRoute({
   middleware: [allow(["admin"], "region")],
   request: { params: RegionParams },
   responses: {
-    200: {
-      description: "Deleted",
-      headers: ConsistencyTokenHeader,
-      content: {
-        "application/json": {
-          schema: z.object({ consistencyToken: ConsistencyToken }),
-          example: { consistencyToken: "000000000000002d0000" },
-        },
-      },
-    },
+    200: tokenOnlyResponse("Deleted"),
     ...problems(400, 401, 403, 404, 503),
     ...inUseProblem,
   },

@@ -1,5 +1,5 @@
 /** /v1/regions/{region}/resources: the pool's members (admin or agent write, any role reads). */
-import { createRoute, z } from "@hono/zod-openapi";
+import { createRoute } from "@hono/zod-openapi";
 import { readYourWrites } from "../lib/consistency.ts";
 import { deleteResource, getResource, listResources, putResource } from "../lib/resources.ts";
 import { ConsistencyToken, Resource, ResourceId, ResourceInput } from "../lib/schemas.ts";
@@ -16,6 +16,7 @@ import {
   problems,
   RegionParams,
   type RouteDeps,
+  tokenOnlyResponse,
 } from "./_shared.ts";
 
 const ResourceParams = RegionParams.extend({ id: ResourceId });
@@ -71,16 +72,7 @@ const deleteRoute = createRoute({
   middleware: [allow(["admin", "agent"], "region")],
   request: { params: ResourceParams },
   responses: {
-    200: {
-      description: "Removed",
-      headers: ConsistencyTokenHeader,
-      content: {
-        "application/json": {
-          schema: z.object({ consistencyToken: ConsistencyToken }),
-          example: { consistencyToken: "000000000000002d0000" },
-        },
-      },
-    },
+    200: tokenOnlyResponse("Removed"),
     ...problems(400, 401, 403, 404, 503),
   },
 });
