@@ -10,6 +10,7 @@ import { encodeBase64Url } from "./base64.ts";
 import type { Clock } from "./clock.ts";
 import { AllotError, NoCapacityError, UnavailableError, ValidationError } from "./errors.ts";
 import { type ClaimRoute, routeClaim } from "./fallback.ts";
+import { regionNotFound } from "./regions.ts";
 import { keys } from "./keys.ts";
 import { log } from "./log.ts";
 import { CommitEffects } from "./kv.ts";
@@ -114,7 +115,12 @@ async function claimOnce(
     : keys.idempotency(request.region, request.caller, request.idempotencyKey);
   const bodyHash = idemKey ? sha256Hex(canonicalJson(request.input)) : "";
   if (idemKey) {
-    const earlier = await kv.get<IdempotencyRecord>(idemKey);
+    // A key outlives a deletion of its region: no replay while the region is gone.
+    const [earlier, config] = await kv.getMany<[IdempotencyRecord, unknown]>([
+      idemKey,
+      keys.regionConfig(request.region),
+    ]);
+    if (config.versionstamp === null) throw regionNotFound(request.region);
     if (earlier.versionstamp !== null) return replay(earlier, bodyHash);
   }
   const prepared = { request, bodyHash, idemKey };
@@ -283,7 +289,9 @@ export function stageClaim(
   op.set(keys.lease(servedBy, record.expiresAt, record.id), null);
   effects.count(servedBy, "free", -1);
   effects.count(servedBy, "held", 1);
-  effects.touch(servedBy, region);
+  // The serving region's mark only: reads of this claim and its listing are served by it,
+  // and a backup's claim must leave nothing under a region deleted meanwhile.
+  effects.touch(servedBy);
   const routed = servedBy === route.servedBy;
   const draft: GrantDraft = {
     ...describeClaim(record),

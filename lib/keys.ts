@@ -106,11 +106,11 @@ export const keys = {
 
   /**
    * A region's own bookkeeping, none of it about a resource, claim or message: what deleting
-   * the region removes with its configuration (ended claims and tombstones expire on their own).
+   * the region removes with its configuration (ended claims, tombstones and idempotency keys
+   * expire on their own; the resources version stays, see deleteRegion).
    */
   regionBookkeeping: (region: string): Deno.KvKey[] => [
     keys.mode(region),
-    keys.resourcesVersion(region),
     keys.writeMark(region),
     keys.sweeper(region),
     keys.sweeperBeat(region),

@@ -12,6 +12,7 @@ import { log } from "./log.ts";
 import { keys } from "./keys.ts";
 import { isStoreClosed } from "./kv.ts";
 import { regionNames } from "./regions.ts";
+import { forgetRegionsExcept } from "./telemetry.ts";
 
 /** How often an isolate running the watch evaluates every region. */
 export const WATCH_EVERY_MS = 5_000;
@@ -27,8 +28,10 @@ export async function evaluateEveryRegion(
   stopping: () => boolean = () => false,
 ): Promise<number> {
   let failed = 0;
+  const listed = new Set<string>();
   for await (const name of regionNames(kv)) {
     if (stopping()) return failed;
+    listed.add(name);
     try {
       await evaluateMode(kv, clock, name);
     } catch (error) {
@@ -38,6 +41,8 @@ export async function evaluateEveryRegion(
       log("warn", "region watch: evaluation failed", { region: name, error: String(error) });
     }
   }
+  // Regions deleted by another process, whose gauges this one may have been exporting.
+  forgetRegionsExcept(listed);
   return failed;
 }
 

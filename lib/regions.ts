@@ -4,8 +4,17 @@ import { InUseError, NotFoundError, UnavailableError, ValidationError } from "./
 import { evaluateMode } from "./fallback.ts";
 import { oldestPending } from "./lag.ts";
 import { keys } from "./keys.ts";
-import { counterValue, getAll, kvCursorOf, listPage, markWrite, pageCursor } from "./kv.ts";
+import {
+  bumpResourcesVersion,
+  counterValue,
+  getAll,
+  kvCursorOf,
+  listPage,
+  markWrite,
+  pageCursor,
+} from "./kv.ts";
 import type { RegionConfig, RegionInput, RegionView } from "./schemas.ts";
+import { forgetRegion } from "./telemetry.ts";
 
 /** Pool figures of a region. */
 export interface PoolCounts {
@@ -112,13 +121,15 @@ const NAMED_DEPENDANTS = 5;
 /**
  * Deletes a region that nothing uses any more: no resources, leases, pending or dead-lettered
  * status, and no region naming it as backup (409 otherwise, naming what is left). Its ended
- * claims stay readable until they expire. The commit checks the configuration and the
+ * claims stay readable until they expire. A refusal names only the dependants `visible`
+ * (a region-scoped token's regions; null: all). The commit checks the configuration and the
  * region's write mark read before those checks, so any write to the region or any region
  * newly naming it as backup in between makes it look again.
  */
 export async function deleteRegion(
   kv: Deno.Kv,
   region: string,
+  visible: ReadonlySet<string> | null,
 ): Promise<{ consistencyToken: string }> {
   for (let attempt = 0; attempt < 5; attempt++) {
     const [config, mark] = await kv.getMany<[RegionConfig, unknown]>([
@@ -133,18 +144,28 @@ export async function deleteRegion(
     }
     const dependants = await backupDependants(kv, region);
     if (dependants.length > 0) {
-      const named = dependants.slice(0, NAMED_DEPENDANTS).map((name) => `"${name}"`).join(", ");
-      const more = dependants.length - NAMED_DEPENDANTS;
+      // A region-scoped token is told how many regions outside its scope, not their names.
+      const named = dependants.filter((name) => visible?.has(name) ?? true)
+        .slice(0, NAMED_DEPENDANTS);
+      const more = dependants.length - named.length;
+      const which = named.length === 0
+        ? `${more} other region${more === 1 ? "" : "s"}`
+        : named.map((name) => `"${name}"`).join(", ") + (more > 0 ? ` and ${more} more` : "");
       throw new InUseError(
-        `Cannot delete region "${region}": it is the backup of ${named}${
-          more > 0 ? ` and ${more} more` : ""
-        } (give them another backup first)`,
+        `Cannot delete region "${region}": it is the backup of ${which} (give them another backup first)`,
       );
     }
     const op = kv.atomic().check(config, mark).delete(config.key);
     for (const key of keys.regionBookkeeping(region)) op.delete(key);
+    // Moved on, not deleted: a status applier's copy of the resources is trusted while this
+    // versionstamp stays the one it was taken at, and a deleted key would be null again, as
+    // it was when a region of the same name had no resource yet.
+    bumpResourcesVersion(op, region);
     const res = await op.commit();
-    if (res.ok) return { consistencyToken: res.versionstamp };
+    if (res.ok) {
+      forgetRegion(region);
+      return { consistencyToken: res.versionstamp };
+    }
   }
   throw new UnavailableError(`Cannot delete region "${region}": too many concurrent changes`);
 }

@@ -285,8 +285,11 @@ export async function finishLeaseLoss(
     return await finishRecordedLoss(kv, clock, region, id, record);
   }
   // Another finisher (the sweep chain, a later removal) took the record, and deletes it only
-  // once every lease it names is lost: a commit now comes after all those losses.
-  const op = kv.atomic();
+  // once every lease it names is lost: a commit now comes after all those losses. It checks
+  // the region, whose write mark must not outlive a deletion of it meanwhile.
+  const config = await kv.get(keys.regionConfig(region));
+  if (config.versionstamp === null) return { lost: 0, lastCommit: null };
+  const op = kv.atomic().check(config);
   markWrite(op, region);
   const res = await op.commit();
   return { lost: 0, lastCommit: res.ok ? res.versionstamp : null };

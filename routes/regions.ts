@@ -101,7 +101,7 @@ const deleteRoute = createRoute({
   operationId: "deleteRegion",
   summary: "Delete a region nothing uses any more (admin)",
   description:
-    "**Role:** admin (a region-scoped admin token only for its regions).\n\nRefused with 409, naming what is left, while the region has resources, live leases, status messages waiting or dead-lettered, or is another region's backup. Its ended claims stay readable (`GET /v1/claims/{id}`) until they expire. A region created again under the name starts afresh: empty pool, primary mode, no history.",
+    "**Role:** admin (a region-scoped admin token only for its regions).\n\nRefused with 409, naming what is left, while the region has resources, live leases (or a removed resource's leases still being ended), status messages waiting or dead-lettered, or is another region's backup (a region-scoped admin is told how many regions outside its scope, not their names). Its ended claims stay readable (`GET /v1/claims/{id}`) until they expire; a retry with an Idempotency-Key of one of its claims answers 404 while the region is gone. A region created again under the name starts with an empty pool, in primary mode, with no history.",
   security: bearerSecurity,
   middleware: [allow(["admin"], "region")],
   request: { params: RegionParams },
@@ -138,7 +138,7 @@ export function regionRoutes({ kv, clock }: RouteDeps) {
     })
     .openapi(deleteRoute, async (c) => {
       const { region } = c.req.valid("param");
-      const deleted = await deleteRegion(kv, region);
+      const deleted = await deleteRegion(kv, region, c.get("principal").regions);
       c.header("Allot-Consistency-Token", deleted.consistencyToken);
       return c.json(deleted, 200);
     });

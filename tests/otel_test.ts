@@ -60,6 +60,21 @@ Deno.test("with OTEL_DENO=true a claim exports an allot.claim span and allot met
       await eventually(() => has("/v1/metrics", "allot.region.lag_ms"), 15_000),
       "lag gauge",
     );
+
+    // A deleted region's gauges stop: later exports carry the other metrics, not them.
+    for (const path of ["/v1/regions/otel/resources/r1", "/v1/regions/otel"]) {
+      const res = await fetch(base + path, { method: "DELETE", headers });
+      await res.body?.cancel();
+      assert.equal(res.status, 200, `DELETE ${path}`);
+    }
+    const deletedAt = received.length;
+    const exports = () => received.slice(deletedAt).filter((r) => r.startsWith("/v1/metrics"));
+    assert.ok(await eventually(() => exports().length >= 3, 15_000), "exports go on");
+    // The first may have been collected before the deletion.
+    for (const later of exports().slice(1)) {
+      assert.ok(later.includes('"allot.claims"'), "the claim counter is still exported");
+      assert.ok(!later.includes('"allot.region.lag_ms"'), "the deleted region's lag gauge is not");
+    }
   } finally {
     clearInterval(probe);
     server.kill("SIGKILL");

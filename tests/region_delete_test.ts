@@ -10,6 +10,7 @@ import { evaluateEveryRegion } from "../lib/region_watch.ts";
 import { finishLeaseLosses } from "../lib/resources.ts";
 import { ingestStatus } from "../lib/status.ts";
 import { readSweeper } from "../lib/sweeper.ts";
+import { gaugedRegions, observeRegion } from "../lib/telemetry.ts";
 import {
   assertProblem,
   claim,
@@ -69,7 +70,7 @@ Deno.test("DELETE /v1/regions/{region}: an unused region goes, and comes back af
   assertProblem(await claim(t, "iad"), 404);
   // SPEC: an ended claim stays readable for an hour; tombstones keep old status reports out.
   assert.equal((await getClaim(t, granted.id)).state, "released");
-  assert.deepEqual(await kindsUnder(t.kv, "iad"), ["claim", "tel"]);
+  assert.deepEqual(await kindsUnder(t.kv, "iad"), ["claim", "rv", "tel"]);
 
   const again = await t.request("PUT", "/v1/regions/iad", { body: {} });
   assert.equal(again.status, 201);
@@ -166,6 +167,14 @@ Deno.test("DELETE /v1/regions/{region} is for admins of the region only", async 
   assertProblem(await deleteRegion(t, "not a region!"), 400);
   assertProblem(await deleteRegion(t, "nowhere"), 404);
   assert.equal((await t.request("GET", "/v1/regions/iad")).status, 200, "still there");
+
+  // A region-scoped admin is not told the names of regions outside its scope.
+  await t.request("PUT", "/v1/regions/iad", { body: { backup: "fra" } });
+  const scoped = await deleteRegion(t, "fra", TOKENS.adminFra);
+  assertInUse(scoped, "fra", "the backup of 1 other region \\(");
+  assert.doesNotMatch(scoped.body.detail, /iad/);
+  assertInUse(await deleteRegion(t, "fra"), "fra", 'the backup of "iad" \\(');
+  await t.request("PUT", "/v1/regions/iad", { body: {} });
   assert.equal((await deleteRegion(t, "fra", TOKENS.adminFra)).status, 200);
 });
 
@@ -214,7 +223,7 @@ Deno.test("a region deleted while something races the deletion: never state left
       404,
     );
     assert.ok(r.hook.fired());
-    assert.deepEqual(await kindsUnder(r.racer.kv, "iad"), []);
+    assert.deepEqual(await kindsUnder(r.racer.kv, "iad"), ["rv"]);
   });
 
   await t.step("a status batch accepted between the deletion's reads and its commit", async () => {
@@ -241,7 +250,7 @@ Deno.test("a region deleted while something races the deletion: never state left
     );
     assert.ok(r.hook.fired());
     assert.deepEqual(recording.enqueued, [], "nothing queued for a deleted region");
-    assert.deepEqual(await kindsUnder(r.racer.kv, "iad"), []);
+    assert.deepEqual(await kindsUnder(r.racer.kv, "iad"), ["rv"]);
   });
 
   await t.step("a region naming it as backup between the deletion's reads and commit", async () => {
@@ -260,6 +269,116 @@ Deno.test("a region deleted while something races the deletion: never state left
     assertProblem(named, 422, "backup");
     assert.equal((await r.racer.request("GET", "/v1/regions/fra")).status, 404);
   });
+});
+
+Deno.test("a resource removal finished by another (the sweep chain) leaves no mark in a region deleted meanwhile", async () => {
+  const inner = await Deno.openKv(":memory:");
+  let racer: (() => Promise<void>) | null = null;
+  const lossKey = JSON.stringify(keys.leaseLoss("iad", "res-0000"));
+  // Runs `racer` once, as the removal reads its lease-loss record to finish it.
+  const kv = new Proxy(inner, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop, target);
+      if (prop !== "get") return typeof value === "function" ? value.bind(target) : value;
+      return async (key: Deno.KvKey, options?: { consistency?: Deno.KvConsistencyLevel }) => {
+        const run = JSON.stringify(key) === lossKey ? racer : null;
+        racer = run ? null : racer;
+        await run?.();
+        return await target.get(key, options);
+      };
+    },
+  });
+  await using subject = await makeApp({ kv });
+  await using other = await makeApp({ kv: inner, clock: subject.clock });
+  await seedRegion(subject, "iad", 1);
+  assert.equal((await claim(subject, "iad")).status, 201);
+  racer = async () => {
+    assert.equal(await finishLeaseLosses(inner, subject.clock, "iad"), 1);
+    assert.equal((await deleteRegion(other, "iad")).status, 200);
+  };
+  assert.equal((await subject.request("DELETE", "/v1/regions/iad/resources/res-0000")).status, 200);
+  assert.equal(racer, null, "the racer ran");
+  assert.deepEqual(await kindsUnder(inner, "iad"), ["claim", "rv", "tel"]);
+  inner.close();
+});
+
+Deno.test("a backup's claim for a region deleted between its routing and its commit marks nothing there", async () => {
+  await using r = await racing();
+  await seedRegion(r.racer, "fra", 2);
+  await r.racer.request("PUT", "/v1/regions/iad", {
+    body: { backup: "fra", lag: { enterMs: 1000, exitMs: 100 } },
+  });
+  // iad lags (a batch waits past enterMs), so it serves its claims from fra.
+  const { messages } = await ingestStatus(r.racer.kv, r.racer.clock, "iad", [
+    { resource: "x", seq: 1, state: "ready" },
+  ]);
+  r.racer.clock.advance(5_000);
+  assert.equal((await r.racer.request("GET", "/v1/regions/iad")).body.mode, "fallback");
+  r.hook.arm(async () => {
+    // The batch dead-lettered and discarded, the region (empty now) is deleted.
+    await r.racer.kv.set(keys.deadLetter("iad", messages[0].id), messages[0]);
+    const discarded = await r.racer.request(
+      "DELETE",
+      `/v1/regions/iad/dead-letters/${messages[0].id}`,
+    );
+    assert.equal(discarded.status, 204);
+    assert.equal((await deleteRegion(r.racer, "iad")).status, 200);
+  });
+  const granted = await claim(r.subject, "iad", { holder: "h" }, { "idempotency-key": "k1" });
+  assert.ok(r.hook.fired());
+  assert.equal(granted.status, 201, JSON.stringify(granted.body));
+  assert.equal(granted.body.servedBy, "fra");
+  assert.deepEqual(await kindsUnder(r.racer.kv, "iad"), ["idem", "rv"], "its key, no write mark");
+  assertProblem(await claim(r.subject, "iad", { holder: "h" }, { "idempotency-key": "k1" }), 404);
+});
+
+Deno.test("an Idempotency-Key outlives its region: 404 while the region is gone, its old claim once it is back", async () => {
+  await using t = await makeApp();
+  await seedRegion(t, "iad", 1);
+  const first = await claim(t, "iad", { holder: "h" }, { "idempotency-key": "k1" });
+  assert.equal((await release(t, first.body.id, first.body.secret)).status, 204);
+  assert.equal((await t.request("DELETE", "/v1/regions/iad/resources/res-0000")).status, 200);
+  assert.equal((await deleteRegion(t, "iad")).status, 200);
+  assertProblem(await claim(t, "iad", { holder: "h" }, { "idempotency-key": "k1" }), 404);
+
+  await seedRegion(t, "iad", 1);
+  const again = await claim(t, "iad", { holder: "h" }, { "idempotency-key": "k1" });
+  assert.equal(again.status, 201);
+  assert.equal(again.body.id, first.body.id);
+  assert.equal(again.headers.get("allot-claim-state"), "released");
+});
+
+Deno.test("a status applier's copy of a region's resources is not trusted across its deletion", async () => {
+  for (const keptCopy of [false, true]) {
+    await using t = await makeApp();
+    const kept = new StatusApplier(t.kv, t.clock);
+    const applier = () => keptCopy ? kept : new StatusApplier(t.kv, t.clock);
+    const report = async (via: StatusApplier, seq: number) => {
+      const update = { resource: "x", seq, state: "ready", load: seq / 100 } as const;
+      const { messages } = await ingestStatus(t.kv, t.clock, "iad", [update]);
+      await via.apply(messages);
+    };
+    const deleteAndCreateAgain = async () => {
+      assert.equal((await t.request("DELETE", "/v1/regions/iad/resources/x")).status, 200);
+      assert.equal((await deleteRegion(t, "iad")).status, 200);
+      assert.equal((await t.request("PUT", "/v1/regions/iad", { body: {} })).status, 201);
+    };
+    await seedRegion(t, "iad", 0);
+    await t.request("PUT", "/v1/regions/iad/resources/x", { body: {} });
+    await report(new StatusApplier(t.kv, t.clock), 5);
+    await deleteAndCreateAgain(); // x's tombstone keeps seq 5
+    await report(applier(), 3); // older than the tombstone: nothing
+    await t.request("PUT", "/v1/regions/iad/resources/x", { body: {} });
+    await report(new StatusApplier(t.kv, t.clock), 10); // another isolate's applier
+    await deleteAndCreateAgain(); // x's tombstone keeps seq 10
+    await report(applier(), 7); // older than the tombstone: nothing, whichever applier
+    const x = await t.request("GET", "/v1/regions/iad/resources/x");
+    assert.equal(
+      x.status,
+      404,
+      `${keptCopy ? "an applier kept" : "a new applier"}: ${x.body?.seq}`,
+    );
+  }
 });
 
 Deno.test("a deleted region's leftovers do nothing: its sweep chain stops, a status batch applies nothing", async () => {
@@ -288,6 +407,19 @@ Deno.test("a deleted region's leftovers do nothing: its sweep chain stops, a sta
   assert.equal(await handleQueueMessage(leaseQueueDeps(t), tick), "stale");
   await new StatusApplier(t.kv, t.clock).apply(messages);
   assert.deepEqual(await snapshotKv(t.kv), left);
+});
+
+Deno.test("a region deleted by another process stops its gauges here too", async () => {
+  await using t = await makeApp();
+  await t.request("PUT", "/v1/regions/iad", { body: {} });
+  observeRegion("gone-a", 10, "primary", 0);
+  observeRegion("gone-b", 10, "fallback", 3);
+  assertProblem(await t.request("GET", "/v1/regions/gone-a"), 404);
+  assert.ok(!gaugedRegions().includes("gone-a"), "a read that finds it gone");
+  assert.ok(gaugedRegions().includes("gone-b"));
+  await evaluateEveryRegion(t.kv, t.clock);
+  assert.ok(!gaugedRegions().includes("gone-b"), "the region watch's next pass");
+  assert.ok(gaugedRegions().includes("iad"));
 });
 
 Deno.test("the region watch passes over a region deleted after its listing", async () => {
