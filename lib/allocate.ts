@@ -60,9 +60,9 @@ export interface ClaimOutcome {
   groupSize: number;
   /**
    * A replay's claim as it stands now: the replayed answer says `active`, but the lease may
-   * have been released, revoked or run out since (null once its record is gone).
+   * have been released, revoked or run out since (`ended` once its record is gone).
    */
-  stateNow?: ClaimState | null;
+  stateNow?: ClaimState | "ended";
 }
 
 /** Something that allocates prepared claims (the group committer, or a lone CAS). */

@@ -10,7 +10,7 @@ import { keys } from "./keys.ts";
 import { type Lag, lagCounterKeys, lagFrom, oldestPending, readLag } from "./lag.ts";
 import { log } from "./log.ts";
 import { getRegionConfig, poolCounts, regionNotFound } from "./regions.ts";
-import { forgetRegion, observeRegion } from "./telemetry.ts";
+import { observeRegion } from "./telemetry.ts";
 import type { RegionConfig, RegionMode } from "./schemas.ts";
 
 /** How many mode changes a region remembers. */
@@ -98,7 +98,6 @@ export async function evaluateMode(
       oldestPending(kv, region),
     ]);
     if (configEntry.versionstamp === null) {
-      forgetRegion(region); // deleted, perhaps by another process
       throw regionNotFound(region);
     }
     const config = configEntry.value as RegionConfig;

@@ -136,15 +136,19 @@ export async function getClaimEntry(
   return entry;
 }
 
-/** A claim's state now (a run-out lease reads `expired`), or null once its record is gone. */
+/**
+ * A claim's state now (a run-out lease reads `expired`); `ended` once its record is gone, as
+ * only an ended claim's record expires (ENDED_CLAIM_RETENTION_MS), while its Idempotency-Key
+ * may be kept longer.
+ */
 export async function claimStateNow(
   kv: Deno.Kv,
   clock: Clock,
   claimId: string,
-): Promise<ClaimState | null> {
+): Promise<ClaimState | "ended"> {
   const key = claimKeyOf(claimId);
   const entry = key === null ? null : await kv.get<ClaimRecord>(key);
-  return entry?.value ? recordAsOf(entry.value, clock.now()).state : null;
+  return entry?.value ? recordAsOf(entry.value, clock.now()).state : "ended";
 }
 
 /** Why a live lease is ending. */

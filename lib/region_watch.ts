@@ -10,9 +10,9 @@ import { NotFoundError } from "./errors.ts";
 import { evaluateMode } from "./fallback.ts";
 import { log } from "./log.ts";
 import { keys } from "./keys.ts";
-import { isStoreClosed } from "./kv.ts";
+import { getAll, isStoreClosed } from "./kv.ts";
 import { regionNames } from "./regions.ts";
-import { forgetRegionsExcept } from "./telemetry.ts";
+import { forgetRegion, gaugedRegions } from "./telemetry.ts";
 
 /** How often an isolate running the watch evaluates every region. */
 export const WATCH_EVERY_MS = 5_000;
@@ -28,10 +28,8 @@ export async function evaluateEveryRegion(
   stopping: () => boolean = () => false,
 ): Promise<number> {
   let failed = 0;
-  const listed = new Set<string>();
   for await (const name of regionNames(kv)) {
     if (stopping()) return failed;
-    listed.add(name);
     try {
       await evaluateMode(kv, clock, name);
     } catch (error) {
@@ -41,9 +39,19 @@ export async function evaluateEveryRegion(
       log("warn", "region watch: evaluation failed", { region: name, error: String(error) });
     }
   }
-  // Regions deleted by another process, whose gauges this one may have been exporting.
-  forgetRegionsExcept(listed);
   return failed;
+}
+
+/**
+ * Stops this process's gauges of the regions deleted since it observed them, by any process:
+ * one that does not hold the watch, nor reads such a region again, would export them for ever.
+ */
+export async function forgetDeletedRegions(kv: Deno.Kv): Promise<void> {
+  const gauged = gaugedRegions();
+  const configs = await getAll(kv, gauged.map((region) => keys.regionConfig(region)));
+  gauged.forEach((region, i) => {
+    if (configs[i].versionstamp === null) forgetRegion(region);
+  });
 }
 
 /** Who runs the watch, until when (keys.regionWatch). */
@@ -97,6 +105,7 @@ export function watchRegions(
       if (await takeWatch(kv, clock, owner, clock.now() + 3 * everyMs)) {
         await evaluateEveryRegion(kv, clock, () => stopped);
       }
+      await forgetDeletedRegions(kv);
     } catch (error) {
       // A closed handle never serves again: the watch ends rather than log for ever.
       if (isStoreClosed(error)) {

@@ -34,8 +34,12 @@ export async function getRegionConfig(
   return entry;
 }
 
-/** The 404 of a region that does not exist. */
+/**
+ * The 404 of a region found missing. It may have been deleted by another process: this one
+ * stops exporting its gauges too.
+ */
 export function regionNotFound(region: string): NotFoundError {
+  forgetRegion(region);
   return new NotFoundError(`Region "${region}" does not exist`);
 }
 

@@ -61,14 +61,9 @@ export function forgetRegion(region: string): void {
   regionGauges.delete(region);
 }
 
-/** The regions whose gauges are exported, in name order (for tests). */
+/** The regions whose gauges this process exports, in name order. */
 export function gaugedRegions(): string[] {
   return [...regionGauges.keys()].sort();
-}
-
-/** Stops exporting the gauges of every region not in `existing` (deleted elsewhere). */
-export function forgetRegionsExcept(existing: ReadonlySet<string>): void {
-  for (const region of regionGauges.keys()) if (!existing.has(region)) forgetRegion(region);
 }
 
 /** Runs `fn` in a span; an exception marks the span as an error and is rethrown. */

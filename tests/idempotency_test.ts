@@ -111,6 +111,12 @@ Deno.test("a replay says, in Allot-Claim-State, what became of the claim since",
     app.clock.advance(10_000);
     assert.equal(await replayed("live"), "expired");
   });
+
+  await t.step("ended, once the claim's record has expired before its key", async () => {
+    const id = (await claim(app, "iad", body, key("freed"))).body.id;
+    await app.kv.delete(keys.claim("iad", id)); // as its retention's end does
+    assert.equal(await replayed("freed"), "ended");
+  });
 });
 
 Deno.test("20 concurrent duplicates with one Idempotency-Key make exactly one claim", async () => {

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { StatusApplier } from "../lib/applier.ts";
 import { keys } from "../lib/keys.ts";
 import { handleQueueMessage } from "../lib/queue.ts";
-import { evaluateEveryRegion } from "../lib/region_watch.ts";
+import { evaluateEveryRegion, takeWatch, watchRegions } from "../lib/region_watch.ts";
 import { finishLeaseLosses } from "../lib/resources.ts";
 import { ingestStatus } from "../lib/status.ts";
 import { readSweeper } from "../lib/sweeper.ts";
@@ -409,17 +409,36 @@ Deno.test("a deleted region's leftovers do nothing: its sweep chain stops, a sta
   assert.deepEqual(await snapshotKv(t.kv), left);
 });
 
-Deno.test("a region deleted by another process stops its gauges here too", async () => {
-  await using t = await makeApp();
-  await t.request("PUT", "/v1/regions/iad", { body: {} });
-  observeRegion("gone-a", 10, "primary", 0);
-  observeRegion("gone-b", 10, "fallback", 3);
-  assertProblem(await t.request("GET", "/v1/regions/gone-a"), 404);
-  assert.ok(!gaugedRegions().includes("gone-a"), "a read that finds it gone");
-  assert.ok(gaugedRegions().includes("gone-b"));
-  await evaluateEveryRegion(t.kv, t.clock);
-  assert.ok(!gaugedRegions().includes("gone-b"), "the region watch's next pass");
+Deno.test("a region deleted by another process stops its gauges here too", async (t) => {
+  await using app = await makeApp();
+  await app.request("PUT", "/v1/regions/iad", { body: {} });
   assert.ok(gaugedRegions().includes("iad"));
+
+  await t.step("at a request that finds it gone", async () => {
+    for (const region of ["gone-a", "gone-b", "gone-c"]) observeRegion(region, 10, "primary", 0);
+    assertProblem(await app.request("GET", "/v1/regions/gone-a"), 404);
+    assertProblem(await app.request("GET", "/v1/regions/gone-b/resources"), 404);
+    assertProblem(await claim(app, "gone-c", { holder: "h" }, { "idempotency-key": "k" }), 404);
+    for (const region of ["gone-a", "gone-b", "gone-c"]) {
+      assert.ok(!gaugedRegions().includes(region), region);
+    }
+  });
+
+  await t.step("at the next tick of the region watch, held here or not", async () => {
+    observeRegion("gone-d", 10, "fallback", 3);
+    assert.ok(await takeWatch(app.kv, app.clock, "another process", app.clock.now() + 60_000));
+    const watch = watchRegions(app.kv, app.clock, 1);
+    try {
+      const deadline = Date.now() + 10_000;
+      while (gaugedRegions().includes("gone-d") && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+    } finally {
+      await watch.stop();
+    }
+    assert.ok(!gaugedRegions().includes("gone-d"));
+    assert.ok(gaugedRegions().includes("iad"), "a region that exists keeps its gauges");
+  });
 });
 
 Deno.test("the region watch passes over a region deleted after its listing", async () => {
