@@ -89,7 +89,8 @@ export async function releaseWatch(kv: Deno.Kv, owner: string): Promise<void> {
 /**
  * Runs evaluateEveryRegion every `everyMs`, one pass at a time, until stopped, in the one
  * process that holds the watch (takeWatch; a holder that stops without giving it up is
- * replaced 3 to 4 periods after its last pass, plus however far its clock ran ahead).
+ * replaced 3 to 4 periods after its last pass, plus however far its clock ran ahead); and
+ * forgetDeletedRegions in every process.
  */
 export function watchRegions(
   kv: Deno.Kv,
