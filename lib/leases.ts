@@ -139,7 +139,7 @@ export async function getClaimEntry(
 /**
  * A claim's state now (a run-out lease reads `expired`); `ended` once its record is gone, as
  * only an ended claim's record expires (ENDED_CLAIM_RETENTION_MS), while its Idempotency-Key
- * may be kept longer.
+ * is kept until 24 h after its lease's expiry.
  */
 export async function claimStateNow(
   kv: Deno.Kv,

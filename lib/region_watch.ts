@@ -106,7 +106,6 @@ export function watchRegions(
       if (await takeWatch(kv, clock, owner, clock.now() + 3 * everyMs)) {
         await evaluateEveryRegion(kv, clock, () => stopped);
       }
-      await forgetDeletedRegions(kv);
     } catch (error) {
       // A closed handle never serves again: the watch ends rather than log for ever.
       if (isStoreClosed(error)) {
@@ -114,6 +113,13 @@ export function watchRegions(
         return;
       }
       log("warn", "region watch: the pass failed", { error: String(error) });
+    }
+    if (!stopped) {
+      await forgetDeletedRegions(kv).catch((error) => {
+        log("warn", "region watch: forgetting deleted regions' gauges failed", {
+          error: String(error),
+        });
+      });
     }
     if (!stopped) timer = setTimeout(() => running = pass(), everyMs);
   };

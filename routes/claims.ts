@@ -99,7 +99,7 @@ const createRouteDef = createRoute({
         }),
         "Allot-Claim-State": z.enum([...ClaimState.options, "ended"]).optional().openapi({
           description:
-            "With `Idempotent-Replayed`: the claim's state now. The replayed body says `active` as it did first, but the lease may since have been released, revoked (`lost`) or run out (`expired`): its slot may then be someone else's, and renew and release get 409. `ended`: its record is gone (an ended claim is kept 2 hours, its key up to 24 hours longer).",
+            "With `Idempotent-Replayed`: the claim's state now. The replayed body says `active` as it did first, but the lease may since have been released, revoked (`lost`) or run out (`expired`): its slot may then be someone else's, and renew and release get 409. `ended`: its record is gone (an ended claim is kept 2 hours, its key until 24 hours after its lease's expiry).",
           example: "active",
         }),
       }),
