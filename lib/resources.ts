@@ -105,7 +105,6 @@ export async function putResource(
   id: string,
   input: ResourceInput,
 ): Promise<{ resource: Resource; created: boolean; consistencyToken: string }> {
-  await getRegionConfig(kv, region);
   const spec: ResourceSpec = { id, ...input, updatedAt: clock.now() };
   const gone = spec.state === "gone" ? "resource gone" : null;
   const change = await changeSpec(kv, clock, region, id, spec, gone);
@@ -135,7 +134,6 @@ export async function deleteResource(
   region: string,
   id: string,
 ): Promise<{ consistencyToken: string }> {
-  await getRegionConfig(kv, region);
   const change = await changeSpec(kv, clock, region, id, null, "resource deleted");
   const { before } = change;
   let { consistencyToken } = change;
@@ -150,7 +148,8 @@ export async function deleteResource(
 }
 
 /**
- * Commits a spec change; `loss` (a reason) when it takes the resource away, which records
+ * Commits a spec change (404 if the region does not exist, also when it is deleted meanwhile);
+ * `loss` (a reason) when it takes the resource away, which records
  * the lease loss in the same commit when a lease holds a slot (the commit checks the
  * slots it read free, so none is taken meanwhile). An earlier removal's loss not yet
  * finished (a crash) is finished first, by any change, so that its leases end with its own
