@@ -5,10 +5,12 @@
 import assert from "node:assert/strict";
 import { StatusApplier } from "../lib/applier.ts";
 import { keys } from "../lib/keys.ts";
-import { handleQueueMessage } from "../lib/queue.ts";
+import { handleQueueMessage, type StatusBatchMessage } from "../lib/queue.ts";
 import { evaluateEveryRegion, takeWatch, watchRegions } from "../lib/region_watch.ts";
 import { finishLeaseLosses } from "../lib/resources.ts";
 import { ingestStatus } from "../lib/status.ts";
+import { seededRandom } from "../lib/random.ts";
+import type { StatusUpdate } from "../lib/schemas.ts";
 import { readSweeper } from "../lib/sweeper.ts";
 import { gaugedRegions, observeRegion } from "../lib/telemetry.ts";
 import {
@@ -461,3 +463,91 @@ Deno.test("the region watch passes over a region deleted after its listing", asy
   });
   assert.equal(await evaluateEveryRegion(kv, t.clock), 0);
 });
+
+Deno.test("deletions racing every kind of write, through two instances, never leave state in a deleted region", async (t) => {
+  for (const seed of [1, 2, 7]) await t.step(`seed ${seed}`, () => raceDeletions(seed));
+});
+
+/** 150 rounds of four random operations at once, two through each of two app instances. */
+async function raceDeletions(seed: number): Promise<void> {
+  const kv = await Deno.openKv(":memory:");
+  await using a = await makeApp({ kv });
+  await using b = await makeApp({ kv, clock: a.clock });
+  const random = seededRandom(seed);
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)];
+  const regions = ["r1", "r2"] as const;
+  const held: Array<{ id: string; secret: string }> = [];
+  const queued: StatusBatchMessage[] = [];
+  type Operation = (t: TestApp) => Promise<TestResponse | void>;
+  const operations: Record<string, Operation> = {
+    "put region": (t) =>
+      t.request("PUT", `/v1/regions/${pick(regions)}`, {
+        body: { backup: pick([null, ...regions]) },
+      }),
+    "delete region": (t) => t.request("DELETE", `/v1/regions/${pick(regions)}`),
+    "put resource": (t) =>
+      t.request("PUT", `/v1/regions/${pick(regions)}/resources/${pick(["x", "y"])}`, {
+        body: { slots: pick([1, 2]) },
+      }),
+    "delete resource": (t) =>
+      t.request("DELETE", `/v1/regions/${pick(regions)}/resources/${pick(["x", "y"])}`),
+    "status": async (t) => {
+      const update: StatusUpdate = {
+        resource: pick(["x", "y"]),
+        seq: Math.ceil(random() * 1e6),
+        state: "ready",
+      };
+      const { messages } = await ingestStatus(t.kv, t.clock, pick(regions), [update]);
+      queued.push(...messages);
+    },
+    "apply": async (t) => {
+      await new StatusApplier(t.kv, t.clock).apply(queued.splice(0));
+    },
+    "claim": async (t) => {
+      const key = { "idempotency-key": `k${Math.floor(random() * 4)}` };
+      const res = await claim(t, pick(regions), { holder: "h" }, random() < 0.5 ? key : {});
+      if (res.status === 201) held.push(res.body);
+      return res;
+    },
+    "release": async (t) => {
+      const granted = held.splice(Math.floor(random() * held.length), 1)[0];
+      if (granted) return await release(t, granted.id, granted.secret);
+    },
+    // What an operator does before deleting a region, then the deletion, while others write.
+    "empty and delete region": async (t) => {
+      const region = pick(regions);
+      await new StatusApplier(t.kv, t.clock).apply(queued.splice(0));
+      for (const id of ["x", "y"]) {
+        await t.request("DELETE", `/v1/regions/${region}/resources/${id}`);
+      }
+      return await t.request("DELETE", `/v1/regions/${region}`);
+    },
+  };
+  const seen = new Map<string, number>();
+  for (let round = 0; round < 150; round++) {
+    const names = [a, b, a, b].map(() => pick(Object.keys(operations)));
+    const outcomes = await Promise.allSettled(
+      names.map((name, i) => operations[name]([a, b][i % 2])),
+    );
+    outcomes.forEach((outcome, i) => {
+      // ingestStatus throws the 404 its route would answer, for a region deleted meanwhile.
+      if (outcome.status === "rejected") assert.match(String(outcome.reason), /does not exist/);
+      const answer = outcome.status === "fulfilled" ? outcome.value?.status ?? "ok" : 404;
+      assert.notEqual(answer, 500, `round ${round}: ${names[i]} answered 500`);
+      seen.set(`${names[i]} ${answer}`, (seen.get(`${names[i]} ${answer}`) ?? 0) + 1);
+    });
+    for (const region of regions) {
+      if ((await kv.get(keys.regionConfig(region))).versionstamp !== null) continue;
+      const left = (await kindsUnder(kv, region)).filter(
+        (kind) => !["claim", "idem", "rv", "tel"].includes(kind),
+      );
+      assert.deepEqual(left, [], `round ${round}: "${region}" is deleted, yet holds ${left}`);
+    }
+  }
+  for (
+    const outcome of ["delete region 200", "delete region 409", "put resource 404", "claim 201"]
+  ) {
+    assert.ok(seen.has(outcome), `the run saw "${outcome}": ${JSON.stringify([...seen])}`);
+  }
+  kv.close();
+}
