@@ -52,6 +52,12 @@ export type AllotApi = OpenAPIHono<
   & SchemaOf<ReturnType<typeof statusRoutes>>
 >;
 
+/**
+ * A claim's answer. A replay (the same `idempotencyKey` again) carries `replay`: the claim's
+ * state now, since the grant itself is the first answer, `active`, whatever became of it.
+ */
+export type Granted = ClaimGrant & { replay?: { state: ClaimState | "ended" } };
+
 /** What renew and release need from a grant. */
 export type ClaimHandle = Pick<ClaimGrant, "id" | "secret">;
 /** The answer to a write: what was written, and its consistency token. */
@@ -183,13 +189,16 @@ export class AllotClient {
     region: string,
     input: ClaimInput,
     { idempotencyKey }: { idempotencyKey?: string } = {},
-  ): Promise<ClaimGrant> {
+  ): Promise<Granted> {
     const res = await this.#api.regions[":region"].claims.$post({
       param: { region: segment("region", region) },
       json: input,
       header: { "idempotency-key": idempotencyKey },
     });
-    return await expect(res, 201);
+    const grant = await expect(res, 201);
+    if (res.headers.get("idempotent-replayed") !== "true") return grant;
+    const state = res.headers.get("allot-claim-state") as ClaimState | "ended";
+    return { ...grant, replay: { state } };
   }
 
   /** Extends a live lease by `leaseMs` from now (default: its current length). */

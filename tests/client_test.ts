@@ -158,13 +158,22 @@ Deno.test("the client reports status as an agent and reads the region's backlog"
   assert.equal((await s.agent.region("iad")).pending, 1, "durable in the queue, not yet applied");
 });
 
-Deno.test("a retried claim with one idempotency key returns the same claim", async () => {
+Deno.test("a retried claim with one idempotency key returns the same claim, and says what became of it", async () => {
   await using s = await serve();
   await seed(s.admin, "iad", 2);
   const first = await s.client.claim("iad", { holder: "h" }, { idempotencyKey: "job-1" });
-  const again = await s.client.claim("iad", { holder: "h" }, { idempotencyKey: "job-1" });
+  assert.equal(first.replay, undefined, "a first answer is no replay");
+  const { replay, ...again } = await s.client.claim("iad", { holder: "h" }, {
+    idempotencyKey: "job-1",
+  });
   assert.deepEqual(again, first);
+  assert.deepEqual(replay, { state: "active" });
   assert.equal((await s.client.region("iad")).claimed, 1);
+  await s.client.release(first);
+  const later = await s.client.claim("iad", { holder: "h" }, { idempotencyKey: "job-1" });
+  assert.deepEqual([later.id, later.state, later.replay], [first.id, "active", {
+    state: "released",
+  }]);
 });
 
 Deno.test("a lost lease is a LeaseLostError carrying the problem document", async () => {
