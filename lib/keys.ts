@@ -27,9 +27,6 @@ export function freeIndexHash(resource: string, slot: number): number {
 /** Counters kept with `sum` so hot writers never conflict on them. */
 export const COUNTER_NAMES = ["slots", "free", "held", "enqueued", "applied", "dead"] as const;
 export type CounterName = typeof COUNTER_NAMES[number];
-/** The status pipeline's counters, also kept for all regions together. */
-export const PIPELINE_COUNTERS = ["enqueued", "applied", "dead"] as const;
-export type PipelineCounter = typeof PIPELINE_COUNTERS[number];
 
 export const keys = {
   /** Region configuration (RegionConfig). */
@@ -104,8 +101,6 @@ export const keys = {
 
   /** Pool and pipeline counters. */
   counter: (region: string, name: CounterName) => regionKey(region, "n", name),
-  /** A pipeline counter of all regions together: the backlog bound all regions share. */
-  allRegionsCounter: (name: PipelineCounter) => ["n", name] as const,
   /** Blind-written by every write to the region: its versionstamp proves a replica has caught up. */
   writeMark: (region: string) => regionKey(region, "wm"),
 

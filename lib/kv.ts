@@ -3,14 +3,11 @@ import { within } from "./in_flight.ts";
 import type { AtomicWriter } from "./atomic.ts";
 import { encodeBase64Url } from "./base64.ts";
 import { BadRequestError } from "./errors.ts";
-import { type CounterName, keys, PIPELINE_COUNTERS, type PipelineCounter } from "./keys.ts";
+import { type CounterName, keys } from "./keys.ts";
 
 const U64 = 2n ** 64n;
 
-/**
- * Adds `delta` (possibly negative) to a region counter without reading it: `sum` wraps mod 2^64.
- * A pipeline counter is added to the all-regions one too, in the same commit.
- */
+/** Adds `delta` (possibly negative) to a region counter without reading it: `sum` wraps mod 2^64. */
 export function addCounter(
   op: AtomicWriter,
   region: string,
@@ -20,11 +17,6 @@ export function addCounter(
   if (delta === 0) return;
   const value = delta > 0 ? BigInt(delta) : U64 + BigInt(delta);
   op.sum(keys.counter(region, name), value);
-  if (isPipelineCounter(name)) op.sum(keys.allRegionsCounter(name), value);
-}
-
-function isPipelineCounter(name: CounterName): name is PipelineCounter {
-  return (PIPELINE_COUNTERS as readonly string[]).includes(name);
 }
 
 /** A counter's value as a signed number. */

@@ -7,7 +7,7 @@ import { newId } from "./ids.ts";
 import { ATOMIC_LIMITS, type AtomicPlan, encodedSize, isSizeLimitError } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { TooLargeError, UnavailableError } from "./errors.ts";
-import { keys, PIPELINE_COUNTERS } from "./keys.ts";
+import { keys } from "./keys.ts";
 import { log } from "./log.ts";
 import { addCounter, bumpResourcesVersion, counterValue, getAll, markWrite } from "./kv.ts";
 import { type CachedResource, ResourceCache } from "./resource_cache.ts";
@@ -35,8 +35,6 @@ export const UPDATES_PER_MESSAGE = 500;
 const MESSAGE_BYTES = 48 * 1024;
 /** Ingest refuses new batches while this many updates of a region wait (bounded backlog). */
 export const MAX_PENDING_UPDATES = 100_000;
-/** Updates waiting in all regions together past which ingest answers 503. */
-export const MAX_PENDING_UPDATES_ALL_REGIONS = 200_000;
 /**
  * Redelivery delays for a status message before it is dead-lettered: as many as Deno
  * KV allows (5), spread over ~50 s, since a crash during a delivery uses one up.
@@ -89,23 +87,16 @@ export async function ingestStatus(
   for (let attempt = 0; attempt < 3; attempt++) {
     const [config, ...counters] = await kv.getMany([
       keys.regionConfig(region),
-      ...PIPELINE_COUNTERS.map((name) => keys.counter(region, name)),
-      ...PIPELINE_COUNTERS.map((name) => keys.allRegionsCounter(name)),
+      keys.counter(region, "enqueued"),
+      keys.counter(region, "applied"),
+      keys.counter(region, "dead"),
     ]);
     if (config.versionstamp === null) throw regionNotFound(region);
-    const [enqueued, applied, dead, allEnqueued, allApplied, allDead] = counters.map(counterValue);
+    const [enqueued, applied, dead] = counters.map(counterValue);
     const waiting = enqueued - applied - dead;
     if (waiting + updates.length > MAX_PENDING_UPDATES) {
       throw new UnavailableError(
         `Cannot accept status for region "${region}": ${waiting} updates are still waiting to be applied`,
-        2,
-      );
-    }
-    // The regions share one queue, whose expiry sweeps would otherwise wait behind them all.
-    const waitingAll = allEnqueued - allApplied - allDead;
-    if (waitingAll + updates.length > MAX_PENDING_UPDATES_ALL_REGIONS) {
-      throw new UnavailableError(
-        `Cannot accept status for region "${region}": ${waitingAll} updates of all regions are still waiting to be applied`,
         2,
       );
     }
