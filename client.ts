@@ -52,11 +52,22 @@ export type AllotApi = OpenAPIHono<
   & SchemaOf<ReturnType<typeof statusRoutes>>
 >;
 
+/** A replayed claim's state now, as `Allot-Claim-State` says it (null: a server too old to say). */
+export type ReplayState = ClaimState | "ended" | null;
+
+const REPLAY_STATES: ReadonlySet<string> = new Set<Exclude<ReplayState, null>>([
+  "active",
+  "released",
+  "expired",
+  "lost",
+  "ended",
+]);
+
 /**
  * A claim's answer. A replay (the same `idempotencyKey` again) carries `replay`: the claim's
  * state now, since the grant itself is the first answer, `active`, whatever became of it.
  */
-export type Granted = ClaimGrant & { replay?: { state: ClaimState | "ended" } };
+export type Granted = ClaimGrant & { replay?: { state: ReplayState } };
 
 /** What renew and release need from a grant. */
 export type ClaimHandle = Pick<ClaimGrant, "id" | "secret">;
@@ -197,7 +208,8 @@ export class AllotClient {
     });
     const grant = await expect(res, 201);
     if (res.headers.get("idempotent-replayed") !== "true") return grant;
-    const state = res.headers.get("allot-claim-state") as ClaimState | "ended";
+    const header = res.headers.get("allot-claim-state");
+    const state = header !== null && REPLAY_STATES.has(header) ? header as ReplayState : null;
     return { ...grant, replay: { state } };
   }
 

@@ -174,6 +174,19 @@ Deno.test("a retried claim with one idempotency key returns the same claim, and 
   assert.deepEqual([later.id, later.state, later.replay], [first.id, "active", {
     state: "released",
   }]);
+
+  // A server from before Allot-Claim-State: the replay is told, its state is not.
+  const older = new AllotClient(s.url, {
+    token: TOKENS.client,
+    fetch: async (input, init) => {
+      const res = await fetch(input, init);
+      const headers = new Headers(res.headers);
+      headers.delete("allot-claim-state");
+      return new Response(res.body, { status: res.status, headers });
+    },
+  });
+  const told = await older.claim("iad", { holder: "h" }, { idempotencyKey: "job-1" });
+  assert.deepEqual(told.replay, { state: null });
 });
 
 Deno.test("a lost lease is a LeaseLostError carrying the problem document", async () => {
