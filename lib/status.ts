@@ -11,7 +11,7 @@ import { keys } from "./keys.ts";
 import { log } from "./log.ts";
 import { addCounter, bumpResourcesVersion, counterValue, getAll, markWrite } from "./kv.ts";
 import { type CachedResource, ResourceCache } from "./resource_cache.ts";
-import type { PendingMessage } from "./lag.ts";
+import { lagCounterKeys, type PendingMessage } from "./lag.ts";
 import { readHeldSlotsOf, type ResourceSpec, stageSpecChange } from "./pool.ts";
 import type { StatusBatchMessage } from "./queue.ts";
 import { regionNotFound } from "./regions.ts";
@@ -87,9 +87,7 @@ export async function ingestStatus(
   for (let attempt = 0; attempt < 3; attempt++) {
     const [config, ...counters] = await kv.getMany([
       keys.regionConfig(region),
-      keys.counter(region, "enqueued"),
-      keys.counter(region, "applied"),
-      keys.counter(region, "dead"),
+      ...lagCounterKeys(region),
     ]);
     if (config.versionstamp === null) throw regionNotFound(region);
     const [enqueued, applied, dead] = counters.map(counterValue);
