@@ -168,8 +168,19 @@ export async function nextPageCursor(
   after: string,
   consistency: Deno.KvConsistencyLevel,
 ): Promise<string | null> {
-  const next = kv.list({ prefix }, { cursor: after, limit: 1, consistency });
-  return (await next.next()).done ? null : pageCursor(listing, after);
+  return await anyUnder(kv, prefix, { cursor: after, consistency })
+    ? pageCursor(listing, after)
+    : null;
+}
+
+/** Whether `prefix` holds any key (past the Deno KV cursor `options.cursor`, when given). */
+export async function anyUnder(
+  kv: Deno.Kv,
+  prefix: Deno.KvKey,
+  options: { cursor?: string; consistency?: Deno.KvConsistencyLevel } = {},
+): Promise<boolean> {
+  const next = kv.list({ prefix }, { ...options, limit: 1 });
+  return !(await next.next()).done;
 }
 
 /** The Deno KV cursor in a page cursor of `listing` (see pageCursor); 400 for another's. */

@@ -5,6 +5,7 @@ import { evaluateMode } from "./fallback.ts";
 import { oldestPending } from "./lag.ts";
 import { keys } from "./keys.ts";
 import {
+  anyUnder,
   bumpResourcesVersion,
   counterValue,
   getAll,
@@ -87,12 +88,6 @@ export async function putRegion(
     }
   }
   throw new UnavailableError(`Cannot configure region "${region}": too many concurrent changes`);
-}
-
-/** Whether anything is stored under `prefix`. */
-async function anyUnder(kv: Deno.Kv, prefix: Deno.KvKey): Promise<boolean> {
-  for await (const _ of kv.list({ prefix }, { limit: 1 })) return true;
-  return false;
 }
 
 /** What must be gone before a region can be deleted, in the order an operator clears it. */
