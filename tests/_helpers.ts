@@ -387,6 +387,35 @@ export function interceptCommits(inner: Deno.Kv): {
   };
 }
 
+/**
+ * A subject app whose next commit can be preceded by a racer app's write (`hook.arm`, or
+ * `armed`), over one KV as two isolates would share it; disposing closes that KV.
+ */
+export async function racingApps() {
+  const inner = await Deno.openKv(":memory:");
+  const hook = interceptCommits(inner);
+  const subject = await makeApp({ kv: hook.kv });
+  const racer = await makeApp({ kv: inner, clock: subject.clock });
+  return {
+    hook,
+    subject,
+    racer,
+    /**
+     * Arms `write` before the subject's next commit; resolves with the store as the write
+     * left it, once it ran (a refused operation must leave it so).
+     */
+    armed(write: () => Promise<unknown>): Promise<string[]> {
+      const { promise, resolve } = Promise.withResolvers<string[]>();
+      hook.arm(async () => {
+        await write();
+        resolve(await snapshotKv(inner));
+      });
+      return promise;
+    },
+    [Symbol.asyncDispose]: () => Promise.resolve(inner.close()),
+  };
+}
+
 type LostAnswer = "answered" | "landed" | "not landed" | "landed, retried";
 
 /**

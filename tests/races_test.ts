@@ -8,9 +8,9 @@ import { keys } from "../lib/keys.ts";
 import {
   assertProblem,
   claim,
-  interceptCommits,
   makeApp,
   poolOf,
+  racingApps,
   release,
   renew,
   seedRegion,
@@ -18,25 +18,11 @@ import {
   TOKENS,
 } from "./_helpers.ts";
 
-/** A subject app whose next commit can be preceded by a racer app's write (`hook.arm`). */
-async function racing() {
-  const inner = await Deno.openKv(":memory:");
-  const hook = interceptCommits(inner);
-  const subject = await makeApp({ kv: hook.kv });
-  const racer = await makeApp({ kv: inner, clock: subject.clock });
-  return {
-    hook,
-    subject,
-    racer,
-    [Symbol.asyncDispose]: () => Promise.resolve(inner.close()),
-  };
-}
-
 const putResource = (t: TestApp, id: string, body: Record<string, unknown>) =>
   t.request("PUT", `/v1/regions/iad/resources/${id}`, { body });
 
 Deno.test("a drain that lands between a claim's read and its commit: no grant on the draining resource", async () => {
-  await using r = await racing();
+  await using r = await racingApps();
   await seedRegion(r.racer, "iad", 1);
   r.hook.arm(async () => {
     const drained = await putResource(r.racer, "res-0000", { slots: 1, state: "draining" });
@@ -49,7 +35,7 @@ Deno.test("a drain that lands between a claim's read and its commit: no grant on
 });
 
 Deno.test("a renew that lands between a release's read and its commit leaves no expiry entry behind", async () => {
-  await using r = await racing();
+  await using r = await racingApps();
   await seedRegion(r.racer, "iad", 1);
   const a = (await claim(r.racer, "iad", { holder: "a", leaseMs: 10_000 })).body;
   r.subject.clock.advance(1000);
@@ -63,7 +49,7 @@ Deno.test("a renew that lands between a release's read and its commit leaves no 
 });
 
 Deno.test("two PUTs creating one resource at once count its slots once", async () => {
-  await using r = await racing();
+  await using r = await racingApps();
   await r.racer.request("PUT", "/v1/regions/iad", { body: {} });
   r.hook.arm(async () => {
     assert.equal((await putResource(r.racer, "x", { slots: 2 })).status, 201);
@@ -75,7 +61,7 @@ Deno.test("two PUTs creating one resource at once count its slots once", async (
 
 Deno.test("one Idempotency-Key sent to two instances at once makes one claim, and both answer it", async () => {
   for (let round = 0; round < 3; round++) {
-    await using r = await racing();
+    await using r = await racingApps();
     await seedRegion(r.racer, "iad", 50);
     const key = { "idempotency-key": "job-1" };
     let first: { id: string } | null = null;

@@ -17,9 +17,9 @@ import {
   assertProblem,
   claim,
   getClaim,
-  interceptCommits,
   leaseQueueDeps,
   makeApp,
+  racingApps,
   recordEnqueues,
   release,
   seedRegion,
@@ -180,31 +180,11 @@ Deno.test("DELETE /v1/regions/{region} is for admins of the region only", async 
   assert.equal((await deleteRegion(t, "fra", TOKENS.adminFra)).status, 200);
 });
 
-/** A subject app whose next commit can be preceded by a racer app's write (`hook.arm`). */
+/** Racing apps (racingApps) over a KV that holds region "iad". */
 async function racing() {
-  const inner = await Deno.openKv(":memory:");
-  const hook = interceptCommits(inner);
-  const subject = await makeApp({ kv: hook.kv });
-  const racer = await makeApp({ kv: inner, clock: subject.clock });
-  await racer.request("PUT", "/v1/regions/iad", { body: {} });
-  return {
-    hook,
-    subject,
-    racer,
-    /**
-     * Arms `write` before the subject's next commit; resolves with the store as the write
-     * left it, once it ran (a refused operation must leave it so).
-     */
-    armed(write: () => Promise<unknown>): Promise<string[]> {
-      const { promise, resolve } = Promise.withResolvers<string[]>();
-      hook.arm(async () => {
-        await write();
-        resolve(await snapshotKv(inner));
-      });
-      return promise;
-    },
-    [Symbol.asyncDispose]: () => Promise.resolve(inner.close()),
-  };
+  const apps = await racingApps();
+  await apps.racer.request("PUT", "/v1/regions/iad", { body: {} });
+  return apps;
 }
 
 Deno.test("a region deleted while something races the deletion: never state left in a deleted region", async (t) => {

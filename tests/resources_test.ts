@@ -13,9 +13,9 @@ import {
   claim,
   claimAll,
   getClaim,
-  interceptCommits,
   makeApp,
   poolOf,
+  racingApps,
   release,
   renew,
   seedRegion,
@@ -207,25 +207,8 @@ Deno.test("claims with labels only get matching resources", async () => {
 });
 
 Deno.test("spec changes racing lease ends and claims keep the pool exact", async (t) => {
-  /** An app whose commits can be intercepted, and a second app racing it over the same KV. */
-  async function racing() {
-    const inner = await Deno.openKv(":memory:");
-    const hook = interceptCommits(inner);
-    const subject = await makeApp({ kv: hook.kv });
-    const racer = await makeApp({ kv: inner, clock: subject.clock });
-    return {
-      hook,
-      subject,
-      racer,
-      [Symbol.asyncDispose]: () => {
-        inner.close();
-        return Promise.resolve();
-      },
-    };
-  }
-
   await t.step("a release lands between a draining -> ready change's read and commit", async () => {
-    await using r = await racing();
+    await using r = await racingApps();
     await seedRegion(r.racer, "iad", 1);
     const a = await claim(r.racer, "iad", { holder: "a" });
     await putResource(r.racer, "res-0000", { state: "draining" });
@@ -240,7 +223,7 @@ Deno.test("spec changes racing lease ends and claims keep the pool exact", async
   });
 
   await t.step("a ready -> draining change lands between a release's read and commit", async () => {
-    await using r = await racing();
+    await using r = await racingApps();
     await seedRegion(r.racer, "iad", 1);
     const a = await claim(r.racer, "iad", { holder: "a" });
     r.hook.arm(async () => {
@@ -253,7 +236,7 @@ Deno.test("spec changes racing lease ends and claims keep the pool exact", async
   });
 
   await t.step("a claim lands between a draining change's read and commit", async () => {
-    await using r = await racing();
+    await using r = await racingApps();
     await seedRegion(r.racer, "iad", 1, { slots: 2 });
     let taken: { id: string; secret: string; slot: number } | null = null;
     r.hook.arm(async () => {
@@ -273,7 +256,7 @@ Deno.test("spec changes racing lease ends and claims keep the pool exact", async
   });
 
   await t.step("a claim lands between a shrink's read and commit", async () => {
-    await using r = await racing();
+    await using r = await racingApps();
     await seedRegion(r.racer, "iad", 1, { slots: 2 });
     let taken: { id: string; secret: string; slot: number } | null = null;
     r.hook.arm(async () => {
@@ -290,7 +273,7 @@ Deno.test("spec changes racing lease ends and claims keep the pool exact", async
   });
 
   await t.step("a claim lands between a relabel's read and commit", async () => {
-    await using r = await racing();
+    await using r = await racingApps();
     await seedRegion(r.racer, "iad", 1, { slots: 3, labels: { pool: "a" } });
     r.hook.arm(async () => {
       assert.equal(
