@@ -514,7 +514,9 @@ async function readRegionResources(
   for (const { region, id } of groups) {
     const read = regions.get(region)!;
     const cached = cache.at(region, read.version.versionstamp).get(id);
-    if (cached === undefined) missing.push({ region, id });
+    // Without a spec, what is cached may be a tombstone, which Deno KV expires without
+    // moving the resources version: read it afresh, as an applier with no copy would.
+    if (cached === undefined || cached.spec === null) missing.push({ region, id });
     else read.resources.set(id, cached);
   }
   const entries = await getAll<ResourceSpec | Telemetry>(

@@ -718,6 +718,24 @@ Deno.test("status apply never works from a stale resource cache", async (t) => {
     const health = (await app.request("GET", "/v1/regions/iad")).body;
     assert.deepEqual([health.total, health.free], [1, 1]);
   });
+
+  await t.step("a tombstone that Deno KV expired is gone for a warm applier too", async () => {
+    await using app = await makeApp();
+    await app.request("PUT", "/v1/regions/iad", { body: {} });
+    const warm = reporter(app, new StatusApplier(app.kv, app.clock));
+    await warm([{ resource: "x", seq: 50, state: "ready", slots: 2 }]);
+    assert.equal((await app.request("DELETE", "/v1/regions/iad/resources/x")).status, 200);
+    await warm([{ resource: "x", seq: 49, state: "ready" }]); // older than the tombstone: no-op
+    // Expiry (expireIn) deletes the tombstone and leaves the resources version alone.
+    app.clock.advance(25 * 3600 * 1000);
+    await app.kv.delete(keys.telemetry("iad", "x"));
+    await warm([{ resource: "y", seq: 1, state: "ready" }]);
+    // A new agent for x starts its seqs over, as it may once the tombstone is gone.
+    await warm([{ resource: "x", seq: 1, state: "ready", slots: 3 }]);
+    const x = await app.request("GET", "/v1/regions/iad/resources/x");
+    assert.equal(x.status, 200, `the warm applier kept the expired tombstone: ${x.body.detail}`);
+    assert.deepEqual([x.body.seq, x.body.slots], [1, 3]);
+  });
 });
 
 Deno.test("a status report older than a DELETE never brings the resource back", async (t) => {
