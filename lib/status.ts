@@ -22,7 +22,7 @@ import {
   stageLeaseLoss,
   type Telemetry,
 } from "./resources.ts";
-import type { StatusUpdate } from "./schemas.ts";
+import { MAX_STATUS_UPDATES, type StatusUpdate } from "./schemas.ts";
 
 /**
  * Updates per queue message. A load report costs one mutation when applied (the
@@ -35,6 +35,13 @@ export const UPDATES_PER_MESSAGE = 500;
 const MESSAGE_BYTES = 48 * 1024;
 /** Ingest refuses new batches while this many updates of a region wait (bounded backlog). */
 export const MAX_PENDING_UPDATES = 100_000;
+/**
+ * Within this many updates of the bound, a batch's commit checks the enqueued counter it
+ * read: batches racing for the last room then commit one at a time (the others re-read),
+ * while far from it they stay conflict-free. Only more than ten full batches reading the
+ * same counter before any commits can pass the bound.
+ */
+const NEAR_BOUND = 10 * MAX_STATUS_UPDATES;
 /**
  * Redelivery delays for a status message before it is dead-lettered: as many as Deno
  * KV allows (5), spread over ~50 s, since a crash during a delivery uses one up.
@@ -108,6 +115,7 @@ export async function ingestStatus(
       updates: chunk,
     }));
     const op = kv.atomic().check(config);
+    if (waiting + updates.length > MAX_PENDING_UPDATES - NEAR_BOUND) op.check(counters[0]);
     for (const message of messages) {
       op.enqueue(message, {
         keysIfUndelivered: [keys.deadLetter(region, message.id)],

@@ -1115,3 +1115,39 @@ Deno.test("status ingest bounds a region's backlog, refusing with 503 + Retry-Af
     assert.equal((await ingestStatus(app.kv, app.clock, "iad", batch())).accepted, 1000);
   });
 });
+
+Deno.test("status ingest holds a region's backlog bound against concurrent batches", async (t) => {
+  const fleet = (agents: number) =>
+    Array.from({ length: agents }, (_, agent) => ({
+      updates: Array.from({ length: 1000 }, (_, i) => ({
+        resource: `r-${agent}-${i}`,
+        seq: 1,
+        state: "ready",
+      })),
+    }));
+  const report = (app: TestApp, body: unknown) =>
+    app.request("POST", "/v1/regions/iad/status", { token: TOKENS.agent, body });
+
+  await t.step("near the bound, only the batches that fit are accepted", async () => {
+    await using app = await makeApp();
+    await app.request("PUT", "/v1/regions/iad", { body: {} });
+    await app.kv.atomic()
+      .sum(keys.counter("iad", "enqueued"), BigInt(MAX_PENDING_UPDATES - 1000)).commit();
+    const answers = await Promise.all(fleet(8).map((body) => report(app, body)));
+    const statuses = answers.map((a) => a.status).sort();
+    assert.deepEqual(statuses, [202, 503, 503, 503, 503, 503, 503, 503]);
+    for (const refused of answers.filter((a) => a.status === 503)) {
+      assertProblem(refused, 503);
+      assert.ok(refused.headers.get("retry-after"));
+    }
+    assert.equal((await app.request("GET", "/v1/regions/iad")).body.pending, MAX_PENDING_UPDATES);
+  });
+
+  await t.step("far from it, concurrent batches are all accepted", async () => {
+    await using app = await makeApp();
+    await app.request("PUT", "/v1/regions/iad", { body: {} });
+    const answers = await Promise.all(fleet(8).map((body) => report(app, body)));
+    assert.deepEqual(answers.map((a) => a.status), Array(8).fill(202));
+    assert.equal((await app.request("GET", "/v1/regions/iad")).body.pending, 8000);
+  });
+});
