@@ -40,7 +40,8 @@ export interface ModeEvaluation {
   lag: Lag;
 }
 
-const initialMode = (config: RegionConfig): ModeRecord => ({
+/** The mode of a region no evaluation has changed yet. */
+export const initialMode = (config: RegionConfig): ModeRecord => ({
   mode: "primary",
   since: config.createdAt ?? config.updatedAt,
   reason: "created",

@@ -1,8 +1,8 @@
 /** Region configuration and pool health. */
 import type { Clock } from "./clock.ts";
 import { InUseError, NotFoundError, UnavailableError, ValidationError } from "./errors.ts";
-import { evaluateMode } from "./fallback.ts";
-import { oldestPending } from "./lag.ts";
+import { evaluateMode, initialMode, type ModeRecord } from "./fallback.ts";
+import { type Lag, oldestPending } from "./lag.ts";
 import { keys } from "./keys.ts";
 import {
   anyUnder,
@@ -206,7 +206,34 @@ export async function describeRegion(
   region: string,
 ): Promise<RegionView> {
   const { config, mode, lag } = await evaluateMode(kv, clock, region);
-  const counts = await poolCounts(kv, region);
+  return regionView(config, mode, lag, await poolCounts(kv, region));
+}
+
+/**
+ * What a write of `config` answers: the region as describeRegion reads it or, when another
+ * admin deleted it right after that write, the configuration written, as the empty region a
+ * deletion requires (the write did happen; its token says when).
+ */
+export async function describeWritten(
+  kv: Deno.Kv,
+  clock: Clock,
+  config: RegionConfig,
+): Promise<RegionView> {
+  try {
+    return await describeRegion(kv, clock, config.name);
+  } catch (error) {
+    if (!(error instanceof NotFoundError)) throw error;
+    const lag = { lagMs: 0, pending: 0, enqueued: 0, applied: 0, deadLettered: 0 };
+    return regionView(config, initialMode(config), lag, { total: 0, free: 0, claimed: 0 });
+  }
+}
+
+function regionView(
+  config: RegionConfig,
+  mode: ModeRecord,
+  lag: Lag,
+  counts: PoolCounts,
+): RegionView {
   const iso = (ms: number) => new Date(ms).toISOString();
   return {
     name: config.name,
@@ -238,7 +265,16 @@ export async function listRegions(
   const { names, cursor } = visible === null
     ? await pageOfAllRegions(kv, page)
     : await pageOfVisibleRegions(kv, page, visible);
-  return { items: await Promise.all(names.map((name) => describeRegion(kv, clock, name))), cursor };
+  // A region deleted since the listing read its name is left out, not a failed page.
+  const views = await Promise.all(
+    names.map((name) =>
+      describeRegion(kv, clock, name).catch((error) => {
+        if (error instanceof NotFoundError) return null;
+        throw error;
+      })
+    ),
+  );
+  return { items: views.filter((view) => view !== null), cursor };
 }
 
 async function pageOfAllRegions(kv: Deno.Kv, page: { cursor?: string; limit: number }) {

@@ -1,6 +1,12 @@
 /** /v1/regions: configuration (admin) and health (any role). */
 import { createRoute } from "@hono/zod-openapi";
-import { deleteRegion, describeRegion, listRegions, putRegion } from "../lib/regions.ts";
+import {
+  deleteRegion,
+  describeRegion,
+  describeWritten,
+  listRegions,
+  putRegion,
+} from "../lib/regions.ts";
 import { authorizeRegion } from "../lib/auth.ts";
 import { ConsistencyToken, RegionInput, RegionView } from "../lib/schemas.ts";
 import { regionExample, regionWrittenExample } from "./_examples.ts";
@@ -122,8 +128,8 @@ export function regionRoutes({ kv, clock }: RouteDeps) {
       // A backup serves this region's claims from its pool: a scoped admin may only name
       // one of its own regions (which also keeps other regions' existence hidden from it).
       if (input.backup !== null) authorizeRegion(principal, input.backup);
-      const { created, consistencyToken } = await putRegion(kv, clock, region, input);
-      const view = { ...await describeRegion(kv, clock, region), consistencyToken };
+      const { config, created, consistencyToken } = await putRegion(kv, clock, region, input);
+      const view = { ...await describeWritten(kv, clock, config), consistencyToken };
       c.header("Allot-Consistency-Token", consistencyToken);
       return c.json(view, created ? 201 : 200);
     })

@@ -7,6 +7,7 @@ import { StatusApplier } from "../lib/applier.ts";
 import { keys } from "../lib/keys.ts";
 import { handleQueueMessage, type StatusBatchMessage } from "../lib/queue.ts";
 import { evaluateEveryRegion, takeWatch, watchRegions } from "../lib/region_watch.ts";
+import { deleteRegion as removeRegion } from "../lib/regions.ts";
 import { finishLeaseLosses } from "../lib/resources.ts";
 import { ingestStatus } from "../lib/status.ts";
 import { seededRandom } from "../lib/random.ts";
@@ -442,6 +443,59 @@ Deno.test("the region watch passes over a region deleted after its listing", asy
     },
   });
   assert.equal(await evaluateEveryRegion(kv, t.clock), 0);
+});
+
+/**
+ * A KV handle over `inner` on which, once armed, the first read of `region`'s
+ * configuration (describeRegion's) is preceded by that region's deletion through `inner`.
+ */
+function deletedBeforeItsRead(inner: Deno.Kv, region: string) {
+  let armed = false;
+  const kv = new Proxy(inner, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop, target);
+      if (prop !== "getMany") return typeof value === "function" ? value.bind(target) : value;
+      return async (wanted: Deno.KvKey[], options?: { consistency?: Deno.KvConsistencyLevel }) => {
+        if (armed && String(wanted[0]) === String(keys.regionConfig(region))) {
+          armed = false;
+          await removeRegion(target, region, null);
+        }
+        return await target.getMany(wanted, options);
+      };
+    },
+  });
+  return { kv, arm: () => armed = true };
+}
+
+Deno.test("a region deleted just before it is described answers as documented", async (t) => {
+  await t.step("a listing leaves it out", async () => {
+    await using inner = await Deno.openKv(":memory:");
+    const hook = deletedBeforeItsRead(inner, "bbb");
+    await using app = await makeApp({ kv: hook.kv });
+    for (const region of ["aaa", "bbb", "ccc"]) {
+      assert.equal((await app.request("PUT", `/v1/regions/${region}`, { body: {} })).status, 201);
+    }
+    hook.arm();
+    const listed = await app.request("GET", "/v1/regions");
+    assert.equal(listed.status, 200, JSON.stringify(listed.body));
+    assert.deepEqual(listed.body.items.map((r: { name: string }) => r.name), ["aaa", "ccc"]);
+  });
+
+  await t.step("a PUT answers the configuration it wrote, as an empty region", async () => {
+    await using inner = await Deno.openKv(":memory:");
+    const hook = deletedBeforeItsRead(inner, "bbb");
+    await using app = await makeApp({ kv: hook.kv });
+    hook.arm();
+    const body = { lag: { enterMs: 3000, exitMs: 1000 } };
+    const put = await app.request("PUT", "/v1/regions/bbb", { body });
+    assert.equal(put.status, 201, JSON.stringify(put.body));
+    assert.deepEqual(
+      [put.body.name, put.body.lag, put.body.mode, put.body.total, put.body.pending],
+      ["bbb", body.lag, "primary", 0, 0],
+    );
+    assert.equal(put.headers.get("allot-consistency-token"), put.body.consistencyToken);
+    assert.equal((await app.request("GET", "/v1/regions/bbb")).status, 404, "it was deleted");
+  });
 });
 
 Deno.test("deletions racing every kind of write, through two instances, never leave state in a deleted region", async (t) => {
