@@ -72,6 +72,28 @@ export function afterTombstone(tombstone: Telemetry, deletedAt?: string): Teleme
   };
 }
 
+/**
+ * A spec written directly (PUT) comes after every status report applied so far: a report
+ * delayed in the queue, whose seq is not above the resource's, changes none of the fields
+ * the PUT set, as it changes none a newer report set. Reports sent after it (higher seqs)
+ * still do.
+ */
+function supersededReports(telemetry: Telemetry): Telemetry {
+  const { seq, fieldSeq } = telemetry;
+  return {
+    ...telemetry,
+    fieldSeq: {
+      ...fieldSeq,
+      state: Math.max(fieldSeq.state, seq),
+      slots: Math.max(fieldSeq.slots, seq),
+      labels: Math.max(fieldSeq.labels, seq),
+    },
+  };
+}
+
+const supersedesReports = ({ seq, fieldSeq }: Telemetry) =>
+  fieldSeq.state < seq || fieldSeq.slots < seq || fieldSeq.labels < seq;
+
 /** Fields a status update may carry, each ordered by its own seq. */
 export type FieldSeq = Record<"state" | "slots" | "labels" | "load", number>;
 
@@ -216,6 +238,8 @@ async function changeSpec(
         telemetry.key,
         afterTombstone(telemetry.value, telemetry.versionstamp),
       );
+    } else if (telemetry.value !== null && supersedesReports(telemetry.value)) {
+      op.check(telemetry).set(telemetry.key, supersededReports(telemetry.value));
     }
     const lossRecorded = loss !== null && held.size > 0;
     if (lossRecorded) stageLeaseLoss(op, region, id, loss);

@@ -227,7 +227,7 @@ export const StatusUpdate = z.strictObject({
   resource: ResourceId,
   seq: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).openapi({
     description:
-      "Per-resource sequence number; an update not newer than the applied one is a no-op.",
+      "Per-resource sequence number, increasing with each report: each field (state, slots, labels, load) takes the value of the highest-seq update that carried it, so an update changes only the fields it carries whose value came from a lower seq. A PUT of the resource counts as newer than every report applied before it.",
   }),
   state: ResourceState,
   slots: z.number().int().min(1).max(LIMITS.slots).optional(),

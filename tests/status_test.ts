@@ -738,6 +738,38 @@ Deno.test("status apply never works from a stale resource cache", async (t) => {
   });
 });
 
+Deno.test("a report delayed past an admin's PUT changes none of the fields the PUT set", async (t) => {
+  await using app = await makeApp();
+  await app.request("PUT", "/v1/regions/iad", { body: {} });
+  const report = reporter(app, new StatusApplier(app.kv, app.clock));
+  const read = async () => {
+    const { body } = await app.request("GET", "/v1/regions/iad/resources/pf");
+    return [body.state, body.slots, body.labels, body.seq, body.load];
+  };
+  await report([{ resource: "pf", seq: 1, state: "ready", slots: 2, labels: { v: "one" } }]);
+  await report([{ resource: "pf", seq: 10, state: "ready" }]);
+  const put = await app.request("PUT", "/v1/regions/iad/resources/pf", {
+    body: { slots: 3, labels: { v: "admin" }, state: "draining" },
+  });
+  assert.equal(put.status, 200, JSON.stringify(put.body));
+
+  await t.step("a report sent before the PUT (seq 5 < 10) changes only its load", async () => {
+    await report([
+      { resource: "pf", seq: 5, state: "ready", slots: 7, labels: { v: "late" }, load: 0.5 },
+    ]);
+    assert.deepEqual(
+      await read(),
+      ["draining", 3, { v: "admin" }, 10, 0.5],
+      "load is no spec field",
+    );
+  });
+
+  await t.step("a report sent after it (seq 11) changes what it carries", async () => {
+    await report([{ resource: "pf", seq: 11, state: "ready", labels: { v: "agent" } }]);
+    assert.deepEqual(await read(), ["ready", 3, { v: "agent" }, 11, 0.5]);
+  });
+});
+
 Deno.test("a status report older than a DELETE never brings the resource back", async (t) => {
   await using app = await makeApp();
   await app.request("PUT", "/v1/regions/iad", { body: {} });
