@@ -47,6 +47,10 @@ export function fieldIssues(issues: readonly z.core.$ZodIssue[], prefix = ""): F
         message: "is not a known field",
       }));
     }
+    // A bad record key: its own schema's message says what a key may be, zod's does not.
+    if (issue.code === "invalid_key") {
+      return [{ field: named(path), message: issue.issues.map((i) => i.message).join("; ") }];
+    }
     return [{ field: named(path), message: issue.message }];
   });
 }
@@ -366,6 +370,8 @@ export const pageResponse = <T extends z.ZodType>(item: T, example: unknown) => 
   },
 });
 
+const PAGE_LIMIT = "must be a whole number from 1 to 1000";
+
 export const PageQuery = z.object({
   cursor: z.string().max(1024).optional().openapi({
     description: "The `cursor` of the previous page; omit for the first page.",
@@ -373,7 +379,8 @@ export const PageQuery = z.object({
   // Decimal digits only: coercing with Number() would also read `0x10`, `1e2` or ` 1 `.
   limit: z.preprocess(
     (raw) => (typeof raw === "string" && /^\d{1,7}$/.test(raw) ? Number(raw) : raw),
-    z.number().int().min(1).max(1000),
+    z.number({ error: PAGE_LIMIT }).int({ error: PAGE_LIMIT }).min(1, { error: PAGE_LIMIT })
+      .max(1000, { error: PAGE_LIMIT }),
   ).default(100).openapi({
     description: "Most items on this page.",
   }),

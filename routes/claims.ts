@@ -65,7 +65,7 @@ const createRouteDef = createRoute({
     params: RegionParams,
     headers: z.object({
       "idempotency-key": z.string().min(1).max(LIMITS.idempotencyKey).regex(/^[\x21-\x7e]+$/, {
-        message: "must be 1-256 printable ASCII characters",
+        message: "must be 1-256 visible ASCII characters (no spaces)",
       }).optional().openapi({
         description:
           "`Idempotency-Key`: retrying with the same key (same caller, same body) returns the same claim, never a second one. The same key with another body is 422 naming `Idempotency-Key`.",

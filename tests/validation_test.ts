@@ -532,6 +532,54 @@ Deno.test("bad input gets a problem+json 4xx naming the field, and changes nothi
   }
 });
 
+Deno.test("a refused field's message says what the field may be", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 1);
+  const detailOf = async (method: string, path: string, options = {}) => {
+    const res = await app.request(method, path, { token: TOKENS.admin, ...options });
+    assert.ok(res.status === 400 || res.status === 422, JSON.stringify(res.body));
+    return res.body.errors.map((e: { field: string; message: string }) =>
+      `${e.field} ${e.message}`
+    );
+  };
+
+  await t.step("a bad label key, in a claim, a resource and a status update", async () => {
+    const rule = "label keys are 1-63 characters of A-Z, a-z, 0-9 and '._/-'";
+    const bad = { "bad key": "v" };
+    assert.deepEqual(
+      await detailOf("POST", "/v1/regions/iad/claims", { body: { holder: "h", labels: bad } }),
+      [`labels.bad key ${rule}`],
+    );
+    assert.deepEqual(
+      await detailOf("PUT", "/v1/regions/iad/resources/r", { body: { labels: bad } }),
+      [`labels.bad key ${rule}`],
+    );
+    const update = { resource: "r", seq: 1, state: "ready", labels: { "-x": "v" } };
+    assert.deepEqual(
+      await detailOf("POST", "/v1/regions/iad/status", { body: { updates: [update] } }),
+      [`updates.0.labels.-x ${rule}`],
+    );
+  });
+
+  await t.step("a page limit out of range or not a whole number", async () => {
+    for (const limit of ["-1", "99999999", "1.5", "0", "1001", "ten"]) {
+      assert.deepEqual(
+        await detailOf("GET", `/v1/regions/iad/claims?limit=${limit}`),
+        ["limit must be a whole number from 1 to 1000"],
+        `limit=${limit}`,
+      );
+    }
+  });
+
+  await t.step("an Idempotency-Key with a space", async () => {
+    const [detail] = await detailOf("POST", "/v1/regions/iad/claims", {
+      body: { holder: "h" },
+      headers: { "idempotency-key": "a b" },
+    });
+    assert.equal(detail, "Idempotency-Key must be 1-256 visible ASCII characters (no spaces)");
+  });
+});
+
 Deno.test("valid boundary values are accepted", async (t) => {
   await using app = await makeApp();
   await seedRegion(app, "fra", 0);
