@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { ADMIN, startMain } from "./_main.ts";
 
 /** Polls `check` until it is true or `ms` pass. */
 async function eventually(check: () => boolean, ms: number): Promise<boolean> {
@@ -16,31 +17,16 @@ Deno.test("with OTEL_DENO=true a claim exports an allot.claim span and allot met
     received.push(`${new URL(req.url).pathname} ${await req.text()}`);
     return Response.json({});
   });
-  const admin = "otel-admin-token-000001";
-  const port = 20000 + Math.floor(Math.random() * 20000);
-  const server = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-net", "--allow-env", "--allow-read", "main.ts"],
-    env: {
+  try {
+    // Stopped before the collector, so that its last export finds one.
+    await using main = await startMain(undefined, {
       OTEL_DENO: "true",
       OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${collector.addr.port}`,
       OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
       OTEL_METRIC_EXPORT_INTERVAL: "500",
       OTEL_BSP_SCHEDULE_DELAY: "100",
-      ALLOT_KV: ":memory:",
-      ALLOT_TOKENS: JSON.stringify([{ token: admin, role: "admin" }]),
-      PORT: String(port),
-    },
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  const base = `http://127.0.0.1:${port}`;
-  let up = false;
-  const probe = setInterval(() => {
-    fetch(`${base}/healthz`).then((r) => r.body?.cancel()).then(() => up = true, () => {});
-  }, 100);
-  try {
-    const headers = { authorization: `Bearer ${admin}`, "content-type": "application/json" };
-    assert.ok(await eventually(() => up, 10_000), "server started");
+    });
+    const headers = { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" };
     for (
       const [method, path, body] of [
         ["PUT", "/v1/regions/otel", "{}"],
@@ -48,7 +34,7 @@ Deno.test("with OTEL_DENO=true a claim exports an allot.claim span and allot met
         ["POST", "/v1/regions/otel/claims", '{"holder":"h"}'],
       ]
     ) {
-      const res = await fetch(base + path, { method, headers, body });
+      const res = await fetch(main.base + path, { method, headers, body });
       await res.body?.cancel();
       assert.ok(res.status < 300, `${method} ${path}: ${res.status}`);
     }
@@ -63,7 +49,7 @@ Deno.test("with OTEL_DENO=true a claim exports an allot.claim span and allot met
 
     // A deleted region's gauges stop: later exports carry the other metrics, not them.
     for (const path of ["/v1/regions/otel/resources/r1", "/v1/regions/otel"]) {
-      const res = await fetch(base + path, { method: "DELETE", headers });
+      const res = await fetch(main.base + path, { method: "DELETE", headers });
       await res.body?.cancel();
       assert.equal(res.status, 200, `DELETE ${path}`);
     }
@@ -76,9 +62,6 @@ Deno.test("with OTEL_DENO=true a claim exports an allot.claim span and allot met
       assert.ok(!later.includes('"allot.region.lag_ms"'), "the deleted region's lag gauge is not");
     }
   } finally {
-    clearInterval(probe);
-    server.kill("SIGKILL");
-    await server.status;
     await collector.shutdown();
   }
 });
