@@ -79,7 +79,8 @@ export function afterTombstone(tombstone: Telemetry, deletedAt?: string): Teleme
  * still do.
  */
 function supersededReports(telemetry: Telemetry): Telemetry {
-  const { seq, fieldSeq } = telemetry;
+  const { seq } = telemetry;
+  const fieldSeq = fieldSeqOf(telemetry);
   return {
     ...telemetry,
     fieldSeq: {
@@ -91,8 +92,15 @@ function supersededReports(telemetry: Telemetry): Telemetry {
   };
 }
 
-const supersedesReports = ({ seq, fieldSeq }: Telemetry) =>
-  fieldSeq.state < seq || fieldSeq.slots < seq || fieldSeq.labels < seq;
+function supersedesReports(telemetry: Telemetry): boolean {
+  const { seq } = telemetry;
+  const fieldSeq = fieldSeqOf(telemetry);
+  return fieldSeq.state < seq || fieldSeq.slots < seq || fieldSeq.labels < seq;
+}
+
+/** Telemetry written before per-field seqs were kept has none: every field at 0. */
+const fieldSeqOf = (telemetry: Telemetry): FieldSeq =>
+  telemetry.fieldSeq ?? { state: 0, slots: 0, labels: 0, load: 0 };
 
 /** Fields a status update may carry, each ordered by its own seq. */
 export type FieldSeq = Record<"state" | "slots" | "labels" | "load", number>;
@@ -238,8 +246,13 @@ async function changeSpec(
         telemetry.key,
         afterTombstone(telemetry.value, telemetry.versionstamp),
       );
-    } else if (telemetry.value !== null && supersedesReports(telemetry.value)) {
-      op.check(telemetry).set(telemetry.key, supersededReports(telemetry.value));
+    } else if (telemetry.value !== null) {
+      // Checked even when nothing is raised: a report applied meanwhile may have moved the
+      // seq past fields it did not carry.
+      op.check(telemetry);
+      if (supersedesReports(telemetry.value)) {
+        op.set(telemetry.key, supersededReports(telemetry.value));
+      }
     }
     const lossRecorded = loss !== null && held.size > 0;
     if (lossRecorded) stageLeaseLoss(op, region, id, loss);

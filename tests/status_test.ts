@@ -770,6 +770,72 @@ Deno.test("a report delayed past an admin's PUT changes none of the fields the P
   });
 });
 
+/**
+ * A heartbeat (state only) applied between a PUT's read and its commit moves the seq past
+ * the slots and labels it did not carry: the PUT must see it (it checks the telemetry), or
+ * a report older than the heartbeat would undo what the PUT set.
+ */
+Deno.test("a PUT racing a status apply still comes after every report applied before it", async (t) => {
+  for (const race of [false, true]) {
+    await t.step(
+      race ? "heartbeat applied between the PUT's read and commit" : "sequential",
+      async () => {
+        await using inner = await Deno.openKv(":memory:");
+        const hook = interceptCommits(inner);
+        await using app = await makeApp({ kv: hook.kv });
+        await app.request("PUT", "/v1/regions/iad", { body: {} });
+        const applier = new StatusApplier(inner, app.clock);
+        const ingest = async (u: StatusUpdate) =>
+          (await ingestStatus(inner, app.clock, "iad", [u])).messages;
+        const apply = async (m: StatusBatchMessage[]) =>
+          assert.deepEqual(await applier.apply(m), m.map(() => null));
+
+        await apply(
+          await ingest({ resource: "r", seq: 10, state: "ready", slots: 2, labels: { v: "one" } }),
+        );
+        // Sent by the agent before the PUT, delivered late:
+        const late = await ingest({
+          resource: "r",
+          seq: 11,
+          state: "ready",
+          slots: 7,
+          labels: { v: "late" },
+        });
+        const beat = await ingest({ resource: "r", seq: 12, state: "ready" });
+        if (race) hook.arm(() => apply(beat));
+        else await apply(beat);
+        const put = await app.request("PUT", "/v1/regions/iad/resources/r", {
+          body: { slots: 3, labels: { v: "admin" }, state: "ready" },
+        });
+        assert.equal(put.status, 200, JSON.stringify(put.body));
+        if (race) assert.ok(hook.fired(), "the heartbeat was applied before the PUT committed");
+        const atPut = (await app.request("GET", "/v1/regions/iad/resources/r")).body;
+        assert.deepEqual([atPut.seq, atPut.slots, atPut.labels], [12, 3, { v: "admin" }]);
+
+        await apply(late); // seq 11 <= 12, the resource's seq at the PUT
+        const r = (await app.request("GET", "/v1/regions/iad/resources/r")).body;
+        assert.deepEqual(
+          [r.slots, r.labels],
+          [3, { v: "admin" }],
+          "a report with a seq not above the resource's at the PUT changed what the PUT set",
+        );
+      },
+    );
+  }
+});
+
+Deno.test("a PUT of a resource whose telemetry predates per-field seqs is not a 500", async () => {
+  await using app = await makeApp();
+  await app.request("PUT", "/v1/regions/iad", { body: {} });
+  const created = await app.request("PUT", "/v1/regions/iad/resources/old", { body: { slots: 2 } });
+  assert.equal(created.status, 201);
+  // As written before fieldSeq was kept.
+  await app.kv.set(keys.telemetry("iad", "old"), { seq: 5, load: 0.3, at: 0 });
+  const put = await app.request("PUT", "/v1/regions/iad/resources/old", { body: { slots: 3 } });
+  assert.equal(put.status, 200, JSON.stringify(put.body));
+  assert.equal(put.body.slots, 3);
+});
+
 Deno.test("a status report older than a DELETE never brings the resource back", async (t) => {
   await using app = await makeApp();
   await app.request("PUT", "/v1/regions/iad", { body: {} });
