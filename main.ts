@@ -49,11 +49,7 @@ try {
 function cannotOpenKv(kvPath: string | undefined, error: unknown): never {
   const why = String(error instanceof Error ? error.message : error);
   const shown = kvPath === undefined ? "(Deno's default)" : redactedKv(kvPath);
-  cannotStart(
-    `ALLOT_KV: cannot open ${JSON.stringify(shown)}: ${
-      kvPath === undefined ? why : why.replaceAll(kvPath, shown)
-    }`,
-  );
+  cannotStart(`ALLOT_KV: cannot open ${JSON.stringify(shown)}: ${redactedKv(why)}`);
 }
 
 // Held (never closed) while the process runs: a second allot on the file stops here.
@@ -101,10 +97,13 @@ try {
   cannotStart(`PORT: cannot listen on ${config.port}: ${(error as Error).message}`);
 }
 if (generated) {
-  console.log(
+  // Written to stdout itself: with OTEL_DENO=true, console output is exported as logs, and
+  // the token would reach the telemetry backend.
+  const banner = new TextEncoder().encode(
     `No ALLOT_TOKENS configured: generated an admin token for this run (shown once):\n\n  ${generated.token}\n\n` +
-      `Set ALLOT_TOKENS to choose your own, e.g. ALLOT_TOKENS='[{"token":"...","role":"admin"}]'`,
+      `Set ALLOT_TOKENS to choose your own, e.g. ALLOT_TOKENS='[{"token":"...","role":"admin"}]'\n`,
   );
+  for (let done = 0; done < banner.length;) done += Deno.stdout.writeSync(banner.subarray(done));
 }
 
 // Expiry sweeps end leases in shared commits, like releases.

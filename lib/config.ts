@@ -31,7 +31,8 @@ const Env = z.object({
   // file: which file would be the store, and be locked (kv_file.ts), depends on the flags.
   ALLOT_KV: z.string().min(1).refine((raw) => !raw.startsWith("file:"), {
     error: "a `file:` URI names different files under different permissions: give a path",
-  }).optional(),
+  }).transform((raw) => raw.replace(/^https?:\/\//i, (scheme) => scheme.toLowerCase()))
+    .optional(),
   ALLOT_TOKENS: z.string().optional().transform((raw, ctx) => {
     if (raw === undefined || raw.trim() === "") return [];
     try {

@@ -16,7 +16,7 @@ export class KvFileInUseError extends Error {}
  */
 export function localKvFile(kvPath: string | undefined): string | null {
   if (kvPath === undefined || kvPath === ":memory:") return null;
-  return /^https?:\/\//.test(kvPath) ? null : kvPath;
+  return /^https?:\/\//i.test(kvPath) ? null : kvPath;
 }
 
 /**
@@ -37,7 +37,11 @@ export async function lockKvFile(path: string): Promise<Deno.FsFile | null> {
   );
 }
 
-/** ALLOT_KV as it may be printed: a KV Connect URL without the user and password in it. */
-export function redactedKv(kvPath: string): string {
-  return kvPath.replace(/^(https?:\/\/)[^/@]*@/, "$1***@");
+/**
+ * Text that may name ALLOT_KV, as it may be printed: every http(s) URL in it without its
+ * user and password (Deno's own errors spell a KV Connect URL their own way: host in lower
+ * case, port and path tidied, the password percent-encoded).
+ */
+export function redactedKv(text: string): string {
+  return text.replace(/\b(https?:\/\/)[^\s/@'"]*@/gi, "$1***@");
 }

@@ -46,6 +46,11 @@ Deno.test("loadConfig() parses valid settings", async (t) => {
   await t.step("PORT 0 asks for any free port", () => {
     assert.equal(loadConfig({ PORT: "0" }).port, 0);
   });
+
+  await t.step("a KV Connect URL's scheme in capitals is still a URL, not a file name", () => {
+    const config = loadConfig({ ALLOT_KV: "HTTPS://Kv.Example.com/DB" });
+    assert.equal(config.kvPath, "https://Kv.Example.com/DB");
+  });
 });
 
 Deno.test("loadConfig() refuses bad settings with a message naming the variable", async (t) => {

@@ -358,6 +358,18 @@ Deno.test("main.ts refuses to start with a clear message and exit code 2", async
     assert.equal(run.code, 2, run.stderr);
     assert.match(run.stderr, /^ALLOT_KV: cannot open "http:\/\/\*\*\*@127\.0\.0\.1:9\/": /);
     assert.doesNotMatch(run.stderr + run.stdout, /kv-secret|kvuser/);
+    // Spelt as Deno would not: its own errors then name the URL differently.
+    const respelt = await runMainToExit({
+      ALLOT_KV: "HTTP://kvuser:kv-secret-0001@LOCALHOST:00009/a/../",
+      DENO_KV_ACCESS_TOKEN: "kv-connect-test-token-000000000000",
+      PORT: "0",
+    });
+    assert.equal(respelt.code, 2, respelt.stderr);
+    assert.match(
+      respelt.stderr,
+      /^ALLOT_KV: cannot open "http:\/\/\*\*\*@LOCALHOST:00009\/a\/\.\.\/": /,
+    );
+    assert.doesNotMatch(respelt.stderr + respelt.stdout, /kv-secret|kvuser/);
   });
 
   await t.step("an ALLOT_KV `file:` URI, before it opens or locks anything", async () => {

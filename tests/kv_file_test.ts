@@ -7,6 +7,7 @@ Deno.test("localKvFile() names only a local file: not :memory:, a KV Connect URL
   assert.equal(localKvFile(":memory:"), null);
   assert.equal(localKvFile("https://kv.example.com/db"), null);
   assert.equal(localKvFile("http://127.0.0.1:4512"), null);
+  assert.equal(localKvFile("HTTPS://kv.example.com/db"), null);
   assert.equal(localKvFile(undefined), null);
 });
 
@@ -49,4 +50,12 @@ Deno.test("redactedKv() keeps a KV Connect URL's user and password out of what i
   assert.equal(redactedKv("http://token@127.0.0.1:4512/"), "http://***@127.0.0.1:4512/");
   assert.equal(redactedKv("https://kv.example.com/a@b"), "https://kv.example.com/a@b");
   assert.equal(redactedKv("/var/lib/allot/kv.sqlite"), "/var/lib/allot/kv.sqlite");
+  // Deno's errors spell the URL their own way (host in lower case, port and path tidied).
+  assert.equal(
+    redactedKv(
+      "failed to connect to 'https://user:hunter%202@localhost:9/': error sending request for url (https://user:hunter%202@localhost:9/)",
+    ),
+    "failed to connect to 'https://***@localhost:9/': error sending request for url (https://***@localhost:9/)",
+  );
+  assert.equal(redactedKv("HTTPS://user:pw@kv.example.com/"), "HTTPS://***@kv.example.com/");
 });

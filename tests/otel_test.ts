@@ -65,3 +65,32 @@ Deno.test("with OTEL_DENO=true a claim exports an allot.claim span and allot met
     await collector.shutdown();
   }
 });
+
+Deno.test("with OTEL_DENO=true, a generated admin token is printed to the terminal only", async () => {
+  const received: string[] = [];
+  const collector = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+    received.push(`${new URL(req.url).pathname} ${await req.text()}`);
+    return Response.json({});
+  });
+  try {
+    await using main = await startMain(undefined, {
+      ALLOT_TOKENS: "",
+      OTEL_DENO: "true",
+      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${collector.addr.port}`,
+      OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+      OTEL_BLRP_SCHEDULE_DELAY: "100",
+    });
+    const token = () => main.output().match(/\n {2}(allot_\S+)\n/)?.[1];
+    assert.ok(await eventually(() => token() !== undefined, 10_000), main.output());
+    // The "listening" line, logged before the token was printed, has been exported.
+    const exported = () => received.filter((r) => r.startsWith("/v1/logs"));
+    assert.ok(await eventually(() => exported().some((r) => r.includes("listening")), 15_000));
+    const res = await fetch(`${main.base}/v1/regions`, {
+      headers: { authorization: `Bearer ${token()}` },
+    });
+    assert.equal(res.status, 200, await res.text());
+    assert.ok(!received.some((r) => r.includes(token()!)), "the token reached the collector");
+  } finally {
+    await collector.shutdown();
+  }
+});
