@@ -84,13 +84,15 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
     // No signals here (Deno Deploy stops isolates itself).
   }
 }
+// Counted so that a stop can say how many requests it answers before it exits.
+const requests = new InFlight();
 let server: Deno.HttpServer;
 try {
   server = Deno.serve({
     port: config.port,
     onListen: ({ hostname, port }) =>
       log("info", "listening", { url: `http://${hostname}:${port}/`, kv: storeOf(config.kvPath) }),
-  }, app.fetch);
+  }, (request, info) => requests.track(Promise.resolve(app.fetch(request, info))));
 } catch (error) {
   if (error instanceof Deno.errors.AddrInUse) cannotStart(`PORT: ${config.port} is already in use`);
   // A port below 1024 without the privilege, a permission Deno was not given...
@@ -136,7 +138,7 @@ async function shutDown(signal: Deno.Signal): Promise<void> {
     Deno.exit(1);
   }
   stoppingSince = performance.now();
-  log("info", "stopping", { signal });
+  log("info", "stopping", { signal, requests: requests.size, queueHandlers: queueWork.size });
   // Requests first: a status batch they accept is queue work too. Then the queue.
   const finished = (async () => {
     await Promise.all([server.shutdown(), watch.stop()]);
