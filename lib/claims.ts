@@ -4,7 +4,7 @@ import type { AtomicWriter } from "./atomic.ts";
 import type { Clock } from "./clock.ts";
 import { ForbiddenError, LeaseLostError, UnavailableError } from "./errors.ts";
 import { keys } from "./keys.ts";
-import { cursorError, kvCursorOf, markWrite, nextPageCursor } from "./kv.ts";
+import { cursorError, getAll, kvCursorOf, markWrite, nextPageCursor } from "./kv.ts";
 import {
   type ClaimRecord,
   claimView,
@@ -274,8 +274,9 @@ export interface ClaimQuery {
 }
 
 /**
- * A page of the region's claims (those served by its pool), newest id last. Filtering
- * happens while scanning, so a page may hold fewer than `limit` items and still have a cursor.
+ * A page of the region's claims (those served by its pool), newest id last; active ones
+ * (`state: "active"`) soonest expiry first, read from the lease index. Filtering happens
+ * while scanning, so a page may hold fewer than `limit` items and still have a cursor.
  */
 export async function listClaims(
   kv: Deno.Kv,
@@ -285,6 +286,9 @@ export async function listClaims(
   consistency: Deno.KvConsistencyLevel = "strong",
 ): Promise<{ items: Claim[]; cursor: string | null }> {
   await getRegionConfig(kv, region, consistency);
+  if (query.state === "active") {
+    return await listActiveClaims(kv, clock, region, query, consistency);
+  }
   const scanBudget = query.limit * 10;
   const listing = `claims/${region}`;
   const prefix = keys.claims(region);
@@ -319,4 +323,54 @@ export async function listClaims(
   if (!full && scanned < scanBudget) return { items, cursor: null };
   // iter.cursor: past the last entry scanned.
   return { items, cursor: await nextPageCursor(kv, listing, prefix, iter.cursor, consistency) };
+}
+
+/**
+ * The region's active claims from its lease index (live leases by expiry), so a page is
+ * full while there are more, however many ended claims the region keeps. Each lease read
+ * yields at most one item, so reading no more leases than items still wanted never scans
+ * past the page's last item, and the index's own cursor is the page's.
+ */
+async function listActiveClaims(
+  kv: Deno.Kv,
+  clock: Clock,
+  region: string,
+  query: ClaimQuery,
+  consistency: Deno.KvConsistencyLevel,
+): Promise<{ items: Claim[]; cursor: string | null }> {
+  const listing = `claims/${region}/active`;
+  const prefix = keys.leases(region);
+  const scanBudget = query.limit * 10;
+  const items: Claim[] = [];
+  const now = clock.now();
+  let cursor = kvCursorOf(listing, query.cursor);
+  let scanned = 0;
+  while (items.length < query.limit && scanned < scanBudget) {
+    const wanted = Math.min(query.limit - items.length, scanBudget - scanned);
+    const iter = kv.list({ prefix }, { cursor, limit: wanted, consistency });
+    const ids: string[] = [];
+    try {
+      for await (const lease of iter) ids.push(lease.key[lease.key.length - 1] as string);
+    } catch (error) {
+      throw cursorError(error);
+    }
+    scanned += ids.length;
+    cursor = iter.cursor;
+    const records = await getAll<ClaimRecord>(
+      kv,
+      ids.map((id) => keys.claim(region, id)),
+      consistency,
+    );
+    for (const entry of records) {
+      if (entry.versionstamp === null) continue;
+      const record = recordAsOf(entry.value, now);
+      if (
+        record.state === "active" &&
+        (query.holder === undefined || record.holder === query.holder) &&
+        (!query.askedIn || query.askedIn.has(record.region))
+      ) items.push(claimView(entry as Deno.KvEntry<ClaimRecord>, now));
+    }
+    if (ids.length < wanted) return { items, cursor: null };
+  }
+  return { items, cursor: await nextPageCursor(kv, listing, prefix, cursor!, consistency) };
 }

@@ -214,7 +214,7 @@ const listRoute = createRoute({
   operationId: "listClaims",
   summary: "The claims served by a region's pool (admin, client); never a secret",
   description:
-    "**Roles:** admin, client (region-scoped tokens: their regions, and among the claims there those asked for in their regions, as for `GET /v1/claims/{id}`).\n\nWho holds what: filter by `holder` and `state`, page with `cursor`. Honours `Allot-Consistency-Token` (read-your-writes).",
+    "**Roles:** admin, client (region-scoped tokens: their regions, and among the claims there those asked for in their regions, as for `GET /v1/claims/{id}`).\n\nWho holds what: filter by `holder` and `state`, page with `cursor`. A filtered page scans at most 10 × `limit` claims (newest id last), so it may hold fewer than `limit` and still have a cursor; `state=active` reads the region's lease index instead (soonest expiry first), so its pages are full while more claims are active. Honours `Allot-Consistency-Token` (read-your-writes).",
   security: bearerSecurity,
   middleware: [allow(["admin", "client"], "region")],
   request: {

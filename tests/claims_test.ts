@@ -197,6 +197,65 @@ Deno.test("the region's claim list filters by state", async () => {
   assertProblem(bad, 400, "state");
 });
 
+Deno.test("the active claims are listed from the lease index, however many ended claims a region keeps", async (t) => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 8);
+  // 60 claims come and go first: a scan of the claim records (10 × limit a page) finds
+  // none of the live ones behind them at limit 5.
+  for (let i = 0; i < 60; i++) {
+    const held = await claim(app, "iad", { holder: "gone" });
+    assert.equal((await release(app, held.body.id, held.body.secret)).status, 204);
+  }
+  const live: Array<{ id: string }> = [];
+  for (const [i, leaseMs] of [50_000, 20_000, 40_000, 10_000, 30_000].entries()) {
+    live.push((await claim(app, "iad", { holder: i % 2 ? "odd" : "even", leaseMs })).body);
+  }
+  const soonestFirst = [3, 1, 4, 2, 0].map((i) => live[i].id);
+
+  await t.step("one page holds them, soonest expiry first, without a secret", async () => {
+    const page = await app.request("GET", "/v1/regions/iad/claims?state=active&limit=5");
+    assert.equal(page.status, 200, JSON.stringify(page.body));
+    assert.deepEqual(page.body.items.map((c: { id: string }) => c.id), soonestFirst);
+    assert.equal(page.body.cursor, null);
+    assert.ok(page.body.items.every((c: object) => !("secret" in c)));
+  });
+
+  await t.step("paged, and filtered by holder", async () => {
+    const paged = await listPages<{ id: string }>(
+      app,
+      "/v1/regions/iad/claims?state=active&limit=2",
+    );
+    assert.deepEqual(paged.items.map((c) => c.id), soonestFirst);
+    const odd = await listPages<{ holder: string }>(
+      app,
+      "/v1/regions/iad/claims?state=active&holder=odd&limit=1",
+    );
+    assert.deepEqual(odd.items.map((c) => c.holder), ["odd", "odd"]);
+  });
+
+  await t.step("a lease past its expiry, not yet swept, is no longer active", async () => {
+    app.clock.advance(10_000);
+    const page = await app.request("GET", "/v1/regions/iad/claims?state=active");
+    assert.deepEqual(page.body.items.map((c: { id: string }) => c.id), soonestFirst.slice(1));
+  });
+
+  await t.step("its cursors and the unfiltered listing's are not each other's", async () => {
+    const active = await app.request("GET", "/v1/regions/iad/claims?state=active&limit=1");
+    const all = await app.request("GET", "/v1/regions/iad/claims?limit=1");
+    const cursorOf = (page: { body: { cursor: string } }) => encodeURIComponent(page.body.cursor);
+    assertProblem(
+      await app.request("GET", `/v1/regions/iad/claims?cursor=${cursorOf(active)}`),
+      400,
+      "cursor",
+    );
+    assertProblem(
+      await app.request("GET", `/v1/regions/iad/claims?state=active&cursor=${cursorOf(all)}`),
+      400,
+      "cursor",
+    );
+  });
+});
+
 async function revokeAs(t: TestApp, id: string, token: string, reason = "host maintenance") {
   return await t.request("POST", `/v1/claims/${id}/revoke`, { token, body: { reason } });
 }
