@@ -94,9 +94,14 @@ function svg(tag, attrs = {}, ...children) {
   return element;
 }
 
-/** @param {string} iso */
+/** The time of day, after the date when it is not today's. @param {string} iso */
 function clock(iso) {
-  return new Date(iso).toLocaleTimeString([], { hour12: false });
+  const at = new Date(iso);
+  const time = at.toLocaleTimeString([], { hour12: false });
+  if (at.toDateString() === new Date().toDateString()) return time;
+  return `${
+    at.toLocaleDateString([], { year: "numeric", month: "short", day: "numeric" })
+  } ${time}`;
 }
 
 /** @param {number} n */
@@ -128,12 +133,16 @@ function signOut(message) {
   setStatus("");
 }
 
-/** The region's active claims, or null when the token may not list them. @param {string} region */
+/**
+ * The region's active claims, or why they cannot be shown. @param {string} region
+ * @returns {Promise<Claim[] | string>}
+ */
 async function activeClaims(region) {
   const res = await api(
     `/v1/regions/${encodeURIComponent(region)}/claims?state=active&limit=${CLAIMS_SHOWN}`,
   );
-  if (!res.ok) return null;
+  if (res.status === 403) return "This token cannot list claims.";
+  if (!res.ok) return `Claims are unavailable (HTTP ${res.status}); the next refresh retries.`;
   /** @type {{ items: Claim[] }} */
   const page = await res.json();
   return page.items;
@@ -185,7 +194,7 @@ async function refresh() {
 
 /**
  * @param {Region[]} regions
- * @param {(Claim[] | null)[]} claims
+ * @param {(Claim[] | string)[]} claims
  */
 function render(regions, claims) {
   byId("login").hidden = true;
@@ -205,7 +214,7 @@ function render(regions, claims) {
 
 /**
  * @param {Region} region
- * @param {Claim[] | null} claims
+ * @param {Claim[] | string} claims
  */
 function card(region, claims) {
   const used = region.total > 0 ? region.claimed / region.total : 0;
@@ -320,11 +329,11 @@ function modeChanges(changes) {
 }
 
 /**
- * @param {Claim[] | null} claims
+ * @param {Claim[] | string} claims the claims, or why they cannot be shown
  * @param {number} total
  */
 function claimTable(claims, total) {
-  if (claims === null) return h("p", { class: "muted" }, "This token cannot list claims.");
+  if (typeof claims === "string") return h("p", { class: "muted" }, claims);
   if (claims.length === 0) return h("p", { class: "muted" }, "None.");
   const rows = claims.map((c) =>
     h(

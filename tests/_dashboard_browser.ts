@@ -42,6 +42,20 @@ async function seed(app: ReturnType<typeof createApp>): Promise<void> {
         labels: { browser: "chromium" },
       });
     }
+    // fra's one live claim comes after 60 ended ones: the card must still list it.
+    for (let i = 0; region === "fra" && i < 60; i++) {
+      const res = await app.request(`/v1/regions/${region}/claims`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${TOKENS.client}`, "content-type": "application/json" },
+        body: JSON.stringify({ holder: "short-job" }),
+      });
+      const { id, secret } = await res.json();
+      const released = await app.request(`/v1/claims/${id}`, {
+        method: "DELETE",
+        headers: { authorization: `Bearer ${TOKENS.client}`, "allot-claim-secret": secret },
+      });
+      assert.equal(released.status, 204);
+    }
     for (let i = 0; i < claimed; i++) {
       await call(
         "POST",
@@ -103,6 +117,9 @@ async function main(executablePath: string, outDir: string): Promise<void> {
     await page.waitForSelector(`${card("iad")}[data-mode="primary"]`, WAIT);
     assert.equal(await page.locator("section[data-region]").count(), 3);
     assert.match(await page.textContent(card("iad")) ?? "", /5 of 8 slots claimed \(63%\)/);
+    const fra = await page.textContent(card("fra")) ?? "";
+    assert.match(fra, /worker-fra-0/, "the live claim behind 60 ended ones is listed");
+    assert.doesNotMatch(fra, /short-job|None\./);
 
     // Queue lag: one status batch enqueued and left unapplied, time moving on.
     const since = clock.now();
