@@ -8,14 +8,19 @@
  *
  * const allot = new AllotClient("http://localhost:8000", { token: Deno.env.get("ALLOT_TOKEN")! });
  * const idempotencyKey = crypto.randomUUID(); // the same for every attempt
- * const claim = await withRetry(() => allot.claim("iad", { holder: "worker-7" }, { idempotencyKey }));
+ * const claim = await withRetry(
+ *   () => allot.claim("iad", { holder: "worker-7" }, { idempotencyKey }),
+ *   { retryNetworkErrors: true }, // safe with the key: a retry answers the same claim
+ * );
  * await allot.renew(claim, 120_000);
  * await allot.release(claim);
  * ```
  *
  * Failures throw an {@link AllotProblem} carrying the RFC 9457 problem document:
  * {@link LeaseLostError} for 409 and {@link UnavailableError} (with `retryAfter`)
- * for 503, which {@link withRetry} retries after the server's `Retry-After`.
+ * for 503, which {@link withRetry} retries after the server's `Retry-After`; a request
+ * or answer lost on the way throws a {@link NetworkError}, which `withRetry` retries
+ * when asked to (`retryNetworkErrors`).
  */
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import { type ClientResponse, hc } from "hono/client";
@@ -103,6 +108,35 @@ export class UnavailableError extends AllotProblem {
   declare readonly retryAfter: number;
 }
 
+/**
+ * The request or its answer was lost on the way (a connection refused, reset or cut off):
+ * the server may or may not have acted on it. A TypeError, as fetch's own failures are.
+ */
+export class NetworkError extends TypeError {
+  constructor(cause: unknown) {
+    super(`The request or its answer was lost: ${cause}`, { cause });
+    this.name = "NetworkError";
+  }
+}
+
+/** Whatever `read` resolves to; a failure of the connection under it is a NetworkError. */
+async function unlessLost<T>(read: Promise<T>): Promise<T> {
+  try {
+    return await read;
+  } catch (error) {
+    throw error instanceof TypeError && !(error instanceof NetworkError)
+      ? new NetworkError(error)
+      : error;
+  }
+}
+
+/** Whether a parsed body can stand for a problem document (a proxy's own JSON cannot). */
+function isProblemLike(body: unknown): body is Partial<Problem> {
+  if (typeof body !== "object" || body === null || Array.isArray(body)) return false;
+  const { type, title, detail } = body as Record<string, unknown>;
+  return typeof type === "string" || typeof title === "string" || typeof detail === "string";
+}
+
 /** Seconds from a `Retry-After` header (delta-seconds or HTTP date), or null. */
 function retryAfterSeconds(header: string | null): number | null {
   if (header === null) return null;
@@ -115,13 +149,17 @@ function retryAfterSeconds(header: string | null): number | null {
 async function problemFrom(
   res: Pick<Response, "status" | "statusText" | "headers" | "text">,
 ): Promise<AllotProblem> {
-  const text = await res.text();
-  let problem: Problem;
+  const text = await unlessLost(res.text());
+  let parsed: unknown = null;
   try {
-    problem = JSON.parse(text);
+    parsed = JSON.parse(text);
   } catch {
-    problem = { type: "about:blank", title: res.statusText, status: res.status, detail: text };
+    // not JSON: the text is the detail
   }
+  const fallback = { type: "about:blank", title: res.statusText, status: res.status };
+  const problem: Problem = isProblemLike(parsed)
+    ? { ...fallback, ...parsed } as Problem
+    : { ...fallback, detail: text };
   const retryAfter = retryAfterSeconds(res.headers.get("retry-after"));
   if (res.status === 409) {
     return problem.type === "urn:allot:problem:in-use"
@@ -140,7 +178,7 @@ async function expect<R extends ClientResponse<unknown, number, string>, S exten
   status: S,
 ): Promise<BodyOf<R, S>> {
   if (res.status !== status) throw await problemFrom(res);
-  return await res.json() as BodyOf<R, S>;
+  return await unlessLost(res.json()) as BodyOf<R, S>;
 }
 
 /**
@@ -174,9 +212,10 @@ export class AllotClient {
   readonly #api;
 
   constructor(baseUrl: string | URL, { token, fetch }: ClientOptions) {
+    const send = fetch ?? globalThis.fetch;
     this.#root = hc<AllotApi>(String(baseUrl), {
       headers: { authorization: `Bearer ${token}` },
-      fetch,
+      fetch: (input: RequestInfo | URL, init?: RequestInit) => unlessLost(send(input, init)),
     });
     this.#api = this.#root.v1;
   }
@@ -379,13 +418,20 @@ export interface RetryOptions {
   /** How to wait (default: a timer); tests pass one that does not. */
   sleep?: (ms: number) => Promise<void>;
   /** Called before each wait, e.g. to log it. */
-  onRetry?: (error: UnavailableError, attempt: number, delayMs: number) => void;
+  onRetry?: (error: UnavailableError | NetworkError, attempt: number, delayMs: number) => void;
+  /**
+   * Also retry a NetworkError (the answer was lost; the server may have acted), after 0.25,
+   * 0.5, 1, 2… s: only for what is safe to repeat, such as a claim with an idempotency key
+   * (the retry answers the same claim), a renew, a status report or a PUT. Default false.
+   */
+  retryNetworkErrors?: boolean;
 }
 
 /**
  * Runs `fn`, retrying it after each UnavailableError (503) for as long as the
- * server's `Retry-After` asks, up to `attempts` in all; other errors, and the last
- * 503, are thrown. Give claims an idempotency key so a retry can never claim twice.
+ * server's `Retry-After` asks (and, with `retryNetworkErrors`, after a lost answer), up
+ * to `attempts` in all; other errors, and the last one, are thrown. Give claims an
+ * idempotency key so a retry can never claim twice.
  */
 export async function withRetry<T>(
   fn: () => Promise<T>,
@@ -394,14 +440,19 @@ export async function withRetry<T>(
     maxDelayMs = 30_000,
     sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
     onRetry,
+    retryNetworkErrors = false,
   }: RetryOptions = {},
 ): Promise<T> {
   for (let attempt = 1;; attempt++) {
     try {
       return await fn();
     } catch (error) {
-      if (!(error instanceof UnavailableError) || attempt >= attempts) throw error;
-      const delayMs = Math.min(maxDelayMs, error.retryAfter * 1000);
+      const lost = retryNetworkErrors && error instanceof NetworkError;
+      if (!(error instanceof UnavailableError || lost) || attempt >= attempts) throw error;
+      const delayMs = Math.min(
+        maxDelayMs,
+        error instanceof UnavailableError ? error.retryAfter * 1000 : 250 * 2 ** (attempt - 1),
+      );
       onRetry?.(error, attempt, delayMs);
       await sleep(delayMs);
     }

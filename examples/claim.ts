@@ -5,7 +5,7 @@
  *   ALLOT_URL=http://localhost:8000 ALLOT_TOKEN=<client token> \
  *     deno run --allow-net --allow-env examples/claim.ts iad
  */
-import { AllotClient, LeaseLostError, withRetry } from "../client.ts";
+import { AllotClient, LeaseLostError, NetworkError, withRetry } from "../client.ts";
 
 const token = Deno.env.get("ALLOT_TOKEN");
 if (!token) {
@@ -20,8 +20,13 @@ const idempotencyKey = crypto.randomUUID();
 const claim = await withRetry(
   () => allot.claim(region, { holder: `example-${Deno.pid}`, leaseMs: 30_000 }, { idempotencyKey }),
   {
+    // Safe to repeat: the key makes a retry answer the claim a lost answer carried.
+    retryNetworkErrors: true,
     onRetry: (error, attempt, delayMs) =>
-      console.log(`${error.problem.detail}; attempt ${attempt + 1} in ${delayMs} ms`),
+      console.log(
+        `${error instanceof NetworkError ? error.message : error.problem.detail}; ` +
+          `attempt ${attempt + 1} in ${delayMs} ms`,
+      ),
   },
 );
 console.log(

@@ -6,6 +6,7 @@ import {
   type ClaimGrant,
   InUseError,
   LeaseLostError,
+  NetworkError,
   UnavailableError,
   withRetry,
 } from "../client.ts";
@@ -187,6 +188,94 @@ Deno.test("a retried claim with one idempotency key returns the same claim, and 
   });
   const told = await older.claim("iad", { holder: "h" }, { idempotencyKey: "job-1" });
   assert.deepEqual(told.replay, { state: null });
+});
+
+Deno.test("a lost answer is a NetworkError, which withRetry retries only when asked", async (t) => {
+  await using s = await serve();
+  await seed(s.admin, "iad", 3);
+  /** A client whose next `drops` answers are lost after the server acted on the request. */
+  const losing = (drops: number) =>
+    new AllotClient(s.url, {
+      token: TOKENS.client,
+      fetch: async (input, init) => {
+        const res = await fetch(input, init);
+        if (drops-- <= 0) return res;
+        await res.body?.cancel();
+        throw new TypeError("error reading a body from connection: connection reset");
+      },
+    });
+  const active = async (holder: string) =>
+    (await s.client.listClaims("iad", { holder, state: "active" })).items.map((c) => c.id);
+  const { waits, sleep } = recordingSleep();
+
+  await t.step("by default it is thrown, as a TypeError, after one attempt", async () => {
+    const error = await withRetry(
+      () => losing(1).claim("iad", { holder: "a" }, { idempotencyKey: "job-a" }),
+      { sleep },
+    ).catch((e) => e);
+    assert.ok(error instanceof NetworkError && error instanceof TypeError, String(error));
+    assert.match(error.message, /lost: TypeError: error reading a body/);
+    assert.deepEqual(waits, []);
+    assert.equal((await active("a")).length, 1, "the server had claimed");
+  });
+
+  await t.step("with retryNetworkErrors, the key's claim comes back: one claim", async () => {
+    const client = losing(2);
+    const grant = await withRetry(
+      () => client.claim("iad", { holder: "b" }, { idempotencyKey: "job-b" }),
+      { sleep, retryNetworkErrors: true },
+    );
+    assert.deepEqual(waits, [250, 500]);
+    assert.deepEqual(grant.replay, { state: "active" });
+    assert.deepEqual(await active("b"), [grant.id]);
+  });
+
+  await t.step("a body cut off while it is read is a NetworkError too", async () => {
+    const cut = new AllotClient(s.url, {
+      token: TOKENS.admin,
+      fetch: () =>
+        Promise.resolve(
+          new Response(
+            new ReadableStream({ start: (c) => c.error(new TypeError("connection reset")) }),
+            { status: 200, headers: { "content-type": "application/json" } },
+          ),
+        ),
+    });
+    const error = await cut.region("iad").catch((e) => e);
+    assert.ok(error instanceof NetworkError, String(error));
+  });
+});
+
+Deno.test("an answer that is not a problem document keeps its text, and its status's error class", async () => {
+  const answering = (status: number, body: string) =>
+    new AllotClient("http://allot.test", {
+      token: TOKENS.admin,
+      fetch: () =>
+        Promise.resolve(
+          new Response(body, {
+            status,
+            statusText: "Proxy says no",
+            headers: { "content-type": "application/json" },
+          }),
+        ),
+    });
+  const fail = (status: number, body: string) =>
+    answering(status, body).region("iad").then(() => null, (e) => e);
+
+  const proxied = await fail(502, '{"message":"upstream connect error"}');
+  assert.ok(proxied instanceof AllotProblem, String(proxied));
+  assert.deepEqual(
+    [proxied.status, proxied.problem.title, proxied.problem.detail],
+    [502, "Proxy says no", '{"message":"upstream connect error"}'],
+  );
+  assert.ok((await fail(503, "null")) instanceof UnavailableError);
+  assert.ok((await fail(409, "null")) instanceof LeaseLostError);
+  const problem = await fail(404, '{"type":"urn:allot:problem:not-found","detail":"gone"}');
+  assert.deepEqual([problem.problem.type, problem.problem.detail, problem.problem.title], [
+    "urn:allot:problem:not-found",
+    "gone",
+    "Proxy says no",
+  ]);
 });
 
 Deno.test("a lost lease is a LeaseLostError carrying the problem document", async () => {
