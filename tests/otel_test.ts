@@ -11,18 +11,34 @@ async function eventually(check: () => boolean, ms: number): Promise<boolean> {
   return check();
 }
 
-Deno.test("with OTEL_DENO=true a claim exports an allot.claim span and allot metrics over OTLP", async () => {
+/**
+ * An OTLP/HTTP collector on a free port recording `path body` of each export, and the
+ * environment that points main.ts's telemetry at it.
+ */
+function startCollector() {
   const received: string[] = [];
-  const collector = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
+  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
     received.push(`${new URL(req.url).pathname} ${await req.text()}`);
     return Response.json({});
   });
+  return {
+    received,
+    env: {
+      OTEL_DENO: "true",
+      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${server.addr.port}`,
+      OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+    },
+    shutdown: () => server.shutdown(),
+  };
+}
+
+Deno.test("with OTEL_DENO=true a claim exports an allot.claim span and allot metrics over OTLP", async () => {
+  const collector = startCollector();
+  const { received } = collector;
   try {
     // Stopped before the collector, so that its last export finds one.
     await using main = await startMain(undefined, {
-      OTEL_DENO: "true",
-      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${collector.addr.port}`,
-      OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+      ...collector.env,
       OTEL_METRIC_EXPORT_INTERVAL: "500",
       OTEL_BSP_SCHEDULE_DELAY: "100",
     });
@@ -67,17 +83,12 @@ Deno.test("with OTEL_DENO=true a claim exports an allot.claim span and allot met
 });
 
 Deno.test("with OTEL_DENO=true, a generated admin token is printed to the terminal only", async () => {
-  const received: string[] = [];
-  const collector = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, async (req) => {
-    received.push(`${new URL(req.url).pathname} ${await req.text()}`);
-    return Response.json({});
-  });
+  const collector = startCollector();
+  const { received } = collector;
   try {
     await using main = await startMain(undefined, {
       ALLOT_TOKENS: "",
-      OTEL_DENO: "true",
-      OTEL_EXPORTER_OTLP_ENDPOINT: `http://127.0.0.1:${collector.addr.port}`,
-      OTEL_EXPORTER_OTLP_PROTOCOL: "http/json",
+      ...collector.env,
       OTEL_BLRP_SCHEDULE_DELAY: "100",
     });
     const token = () => main.output().match(/\n {2}(allot_\S+)\n/)?.[1];
