@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { listClaims } from "../lib/claims.ts";
 import { sweepExpired } from "../lib/leases.ts";
 import {
   assertProblem,
@@ -253,6 +254,44 @@ Deno.test("the active claims are listed from the lease index, however many ended
       400,
       "cursor",
     );
+  });
+});
+
+Deno.test("an active claims page never lists a claim twice, nor waits behind leases run out", async (t) => {
+  await t.step("a claim renewed between two reads of one page is listed once", async () => {
+    await using app = await makeApp();
+    await seedRegion(app, "iad", 4);
+    const x = (await claim(app, "iad", { holder: "h", leaseMs: 10_000 })).body;
+    await claim(app, "iad", { holder: "other", leaseMs: 20_000 });
+    // x heartbeats once the page has read its record: the page's next read of the lease
+    // index (the holder filter asks for more) finds it again, further on.
+    let reads = 0;
+    const kv = new Proxy(app.kv, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop, target);
+        if (prop !== "getMany") return typeof value === "function" ? value.bind(target) : value;
+        return async (...args: Parameters<Deno.Kv["getMany"]>) => {
+          const read = await target.getMany(...args);
+          if (++reads === 1) {
+            assert.equal((await renew(app, x.id, x.secret, { leaseMs: 60_000 })).status, 200);
+          }
+          return read;
+        };
+      },
+    });
+    const page = await listClaims(kv, app.clock, "iad", { state: "active", holder: "h", limit: 2 });
+    assert.deepEqual(page.items.map((c) => c.id), [x.id]);
+  });
+
+  await t.step("60 leases run out and not yet swept do not hide a live one", async () => {
+    await using app = await makeApp();
+    await seedRegion(app, "iad", 80);
+    for (let i = 0; i < 60; i++) await claim(app, "iad", { holder: "crashed", leaseMs: 1_000 });
+    app.clock.advance(2_000);
+    const live = (await claim(app, "iad", { holder: "live", leaseMs: 60_000 })).body;
+    const page = await app.request("GET", "/v1/regions/iad/claims?state=active&limit=5");
+    assert.deepEqual(page.body.items.map((c: { id: string }) => c.id), [live.id]);
+    assert.equal(page.body.cursor, null);
   });
 });
 
