@@ -212,6 +212,11 @@ export class AllotClient {
   readonly #api;
 
   constructor(baseUrl: string | URL, { token, fetch }: ClientOptions) {
+    // Checked here, so that fetch's refusal of a URL is never taken for a lost request.
+    const { protocol } = new URL(baseUrl);
+    if (protocol !== "http:" && protocol !== "https:") {
+      throw new TypeError(`Invalid allot URL ${String(baseUrl)}: not http or https`);
+    }
     const send = fetch ?? globalThis.fetch;
     this.#root = hc<AllotApi>(String(baseUrl), {
       headers: { authorization: `Bearer ${token}` },
@@ -410,21 +415,25 @@ export class AllotClient {
 }
 
 /** Options of {@link withRetry}. */
-export interface RetryOptions {
+export interface RetryOptions<RetryLost extends boolean = false> {
   /** Attempts in all, the first included (default 5). */
   attempts?: number;
   /** Longest single wait in ms, whatever Retry-After says (default 30 s). */
   maxDelayMs?: number;
   /** How to wait (default: a timer); tests pass one that does not. */
   sleep?: (ms: number) => Promise<void>;
-  /** Called before each wait, e.g. to log it. */
-  onRetry?: (error: UnavailableError | NetworkError, attempt: number, delayMs: number) => void;
+  /** Called before each wait, e.g. to log it (a NetworkError only with `retryNetworkErrors`). */
+  onRetry?: (
+    error: RetryLost extends true ? UnavailableError | NetworkError : UnavailableError,
+    attempt: number,
+    delayMs: number,
+  ) => void;
   /**
    * Also retry a NetworkError (the answer was lost; the server may have acted), after 0.25,
    * 0.5, 1, 2… s: only for what is safe to repeat, such as a claim with an idempotency key
    * (the retry answers the same claim), a renew, a status report or a PUT. Default false.
    */
-  retryNetworkErrors?: boolean;
+  retryNetworkErrors?: RetryLost;
 }
 
 /**
@@ -433,15 +442,15 @@ export interface RetryOptions {
  * to `attempts` in all; other errors, and the last one, are thrown. Give claims an
  * idempotency key so a retry can never claim twice.
  */
-export async function withRetry<T>(
+export async function withRetry<T, RetryLost extends boolean = false>(
   fn: () => Promise<T>,
   {
     attempts = 5,
     maxDelayMs = 30_000,
     sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
     onRetry,
-    retryNetworkErrors = false,
-  }: RetryOptions = {},
+    retryNetworkErrors,
+  }: RetryOptions<RetryLost> = {},
 ): Promise<T> {
   for (let attempt = 1;; attempt++) {
     try {
@@ -453,7 +462,8 @@ export async function withRetry<T>(
         maxDelayMs,
         error instanceof UnavailableError ? error.retryAfter * 1000 : 250 * 2 ** (attempt - 1),
       );
-      onRetry?.(error, attempt, delayMs);
+      // A NetworkError gets here only with retryNetworkErrors, which types onRetry for it.
+      onRetry?.(error as UnavailableError, attempt, delayMs);
       await sleep(delayMs);
     }
   }

@@ -105,7 +105,14 @@ if (generated) {
     `No ALLOT_TOKENS configured: generated an admin token for this run (shown once):\n\n  ${generated.token}\n\n` +
       `Set ALLOT_TOKENS to choose your own, e.g. ALLOT_TOKENS='[{"token":"...","role":"admin"}]'\n`,
   );
-  for (let done = 0; done < banner.length;) done += Deno.stdout.writeSync(banner.subarray(done));
+  try {
+    for (let done = 0; done < banner.length;) {
+      done += Deno.stdout.writeSync(banner.subarray(done));
+    }
+  } catch (error) {
+    // No one reads stdout any more (as console.log, go on serving).
+    if (!(error instanceof Deno.errors.BrokenPipe)) throw error;
+  }
 }
 
 // Expiry sweeps end leases in shared commits, like releases.

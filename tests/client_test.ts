@@ -246,6 +246,24 @@ Deno.test("a lost answer is a NetworkError, which withRetry retries only when as
   });
 });
 
+Deno.test("withRetry's onRetry gets a NetworkError only when asked to retry one; a URL fetch cannot use is refused at once", async () => {
+  // Checked by the compiler: code written for 503s alone still reads the problem document.
+  await withRetry(() => Promise.resolve(1), {
+    onRetry: (error) => void error.problem.detail,
+  });
+  await withRetry(() => Promise.resolve(1), {
+    retryNetworkErrors: true,
+    // @ts-expect-error: a NetworkError carries no problem document
+    onRetry: (error) => void error.problem.detail,
+  });
+  for (const url of ["htp://allot.test", "not a url"]) {
+    assert.throws(
+      () => new AllotClient(url, { token: TOKENS.client }),
+      (error) => error instanceof TypeError && !(error instanceof NetworkError),
+    );
+  }
+});
+
 Deno.test("an answer that is not a problem document keeps its text, and its status's error class", async () => {
   const answering = (status: number, body: string) =>
     new AllotClient("http://allot.test", {

@@ -402,3 +402,37 @@ Deno.test("main.ts refuses to start with a clear message and exit code 2", async
     assert.doesNotMatch(run.stdout, /allot_/, "no generated token was printed");
   });
 });
+
+Deno.test("main.ts with a generated token goes on serving when no one reads its stdout", async () => {
+  const free = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = free.addr.port;
+  free.close();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-net", "--allow-env", "--allow-read", "main.ts"],
+    cwd: ROOT,
+    env: { ALLOT_KV: ":memory:", ALLOT_TOKENS: "", PORT: String(port), NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  await child.stdout.cancel(); // a `| head` that has ended, a log shipper that died
+  const stderr = new Response(child.stderr).text();
+  let exited = false;
+  child.status.then(() => exited = true);
+  try {
+    let answered = 0;
+    for (const deadline = Date.now() + 20_000; !exited && !answered && Date.now() < deadline;) {
+      answered = await fetch(`http://127.0.0.1:${port}/v1/regions`)
+        .then(async (res) => (await res.body?.cancel(), res.status), () => 0);
+      if (answered === 0) await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.equal(
+      answered,
+      401,
+      `it serves, with its generated token: ${exited ? await stderr : ""}`,
+    );
+  } finally {
+    if (!exited) child.kill("SIGTERM");
+    await child.status;
+  }
+});
