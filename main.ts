@@ -12,7 +12,13 @@ import { StatusApplier } from "./lib/applier.ts";
 import { GroupEnder } from "./lib/ender.ts";
 import { encodeBase64Url } from "./lib/base64.ts";
 import { watchRegions } from "./lib/region_watch.ts";
-import { KvFileInUseError, localKvFile, lockKvFile, redactedKv } from "./lib/kv_file.ts";
+import {
+  KvFileInUseError,
+  localKvFile,
+  lockKvFile,
+  redactedKv,
+  withoutKvCredentials,
+} from "./lib/kv_file.ts";
 import { InFlight, queueDrained, within } from "./lib/in_flight.ts";
 import { log } from "./lib/log.ts";
 
@@ -49,7 +55,11 @@ try {
 function cannotOpenKv(kvPath: string | undefined, error: unknown): never {
   const why = String(error instanceof Error ? error.message : error);
   const shown = kvPath === undefined ? "(Deno's default)" : redactedKv(kvPath);
-  cannotStart(`ALLOT_KV: cannot open ${JSON.stringify(shown)}: ${redactedKv(why)}`);
+  cannotStart(
+    `ALLOT_KV: cannot open ${JSON.stringify(shown)}: ${
+      kvPath === undefined ? why : withoutKvCredentials(why, kvPath)
+    }`,
+  );
 }
 
 // Held (never closed) while the process runs: a second allot on the file stops here.

@@ -37,11 +37,22 @@ export async function lockKvFile(path: string): Promise<Deno.FsFile | null> {
   );
 }
 
+/** ALLOT_KV as it may be printed: a KV Connect URL without its user and password. */
+export function redactedKv(kvPath: string): string {
+  // Up to the authority's last `@`: a password may hold quotes or spaces.
+  return kvPath.replace(/^(https?:\/\/)[^/]*@/i, "$1***@");
+}
+
 /**
- * Text that may name ALLOT_KV, as it may be printed: every http(s) URL in it without its
- * user and password (Deno's own errors spell a KV Connect URL their own way: host in lower
- * case, port and path tidied, the password percent-encoded).
+ * A message about ALLOT_KV as it may be printed: without the URL's user and password,
+ * also where Deno's own error spells the URL its own way (host in lower case, port and
+ * path tidied, the password percent-encoded), and in any other http(s) URL it names.
  */
-export function redactedKv(text: string): string {
-  return text.replace(/\b(https?:\/\/)[^\s/@'"]*@/gi, "$1***@");
+export function withoutKvCredentials(message: string, kvPath: string): string {
+  let text = message.replaceAll(kvPath, redactedKv(kvPath));
+  if (URL.canParse(kvPath)) {
+    const { href } = new URL(kvPath);
+    text = text.replaceAll(href, redactedKv(href));
+  }
+  return text.replace(/\b(https?:\/\/)[^\s/@]*@/gi, "$1***@");
 }

@@ -373,6 +373,13 @@ Deno.test("main.ts refuses to start with a clear message and exit code 2", async
       /^ALLOT_KV: cannot open "http:\/\/\*\*\*@LOCALHOST:00009\/a\/\.\.\/": /,
     );
     assert.doesNotMatch(respelt.stderr + respelt.stdout, /kv-secret|kvuser/);
+    const quoted = await runMainToExit({
+      ALLOT_KV: "http://kvuser:kv'secret-0001@127.0.0.1:9/",
+      DENO_KV_ACCESS_TOKEN: "kv-connect-test-token-000000000000",
+      PORT: "0",
+    });
+    assert.equal(quoted.code, 2, quoted.stderr);
+    assert.doesNotMatch(quoted.stderr + quoted.stdout, /secret-0001|kvuser/, quoted.stderr);
   });
 
   await t.step("an ALLOT_KV `file:` URI, before it opens or locks anything", async () => {

@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { KvFileInUseError, localKvFile, lockKvFile, redactedKv } from "../lib/kv_file.ts";
+import {
+  KvFileInUseError,
+  localKvFile,
+  lockKvFile,
+  redactedKv,
+  withoutKvCredentials,
+} from "../lib/kv_file.ts";
 
 Deno.test("localKvFile() names only a local file: not :memory:, a KV Connect URL or Deno's default", () => {
   assert.equal(localKvFile("/var/lib/allot/kv.sqlite"), "/var/lib/allot/kv.sqlite");
@@ -50,12 +56,26 @@ Deno.test("redactedKv() keeps a KV Connect URL's user and password out of what i
   assert.equal(redactedKv("http://token@127.0.0.1:4512/"), "http://***@127.0.0.1:4512/");
   assert.equal(redactedKv("https://kv.example.com/a@b"), "https://kv.example.com/a@b");
   assert.equal(redactedKv("/var/lib/allot/kv.sqlite"), "/var/lib/allot/kv.sqlite");
-  // Deno's errors spell the URL their own way (host in lower case, port and path tidied).
-  assert.equal(
-    redactedKv(
-      "failed to connect to 'https://user:hunter%202@localhost:9/': error sending request for url (https://user:hunter%202@localhost:9/)",
-    ),
-    "failed to connect to 'https://***@localhost:9/': error sending request for url (https://***@localhost:9/)",
-  );
   assert.equal(redactedKv("HTTPS://user:pw@kv.example.com/"), "HTTPS://***@kv.example.com/");
+  for (const password of ["kv'secret", "kv secret", 'kv"secret']) {
+    assert.equal(redactedKv(`http://kvuser:${password}@127.0.0.1:9/`), "http://***@127.0.0.1:9/");
+  }
+});
+
+Deno.test("withoutKvCredentials() masks the URL however Deno's error spells it", () => {
+  const kvPath = "https://user:hunter 2@LOCALHOST:00009/a/../";
+  assert.equal(
+    withoutKvCredentials(
+      `cannot open ${kvPath}: failed to connect to 'https://user:hunter%202@localhost:9/': ` +
+        "error sending request for url (https://user:hunter%202@localhost:9/)",
+      kvPath,
+    ),
+    "cannot open https://***@LOCALHOST:00009/a/../: failed to connect to 'https://***@localhost:9/': " +
+      "error sending request for url (https://***@localhost:9/)",
+  );
+  const quoted = "http://kvuser:kv'secret@127.0.0.1:9/";
+  assert.equal(
+    withoutKvCredentials(`failed to connect to '${quoted}' (${quoted})`, quoted),
+    "failed to connect to 'http://***@127.0.0.1:9/' (http://***@127.0.0.1:9/)",
+  );
 });
