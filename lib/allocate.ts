@@ -392,22 +392,27 @@ export function replay(entry: Deno.KvEntry<IdempotencyRecord>, bodyHash: string)
   };
 }
 
-/** Up to `want` free entries matching `labels`, read from a random point of the index. */
+/**
+ * Up to `want` free entries matching `labels`, read from a random point of the index, of
+ * at most `scanLimit` read (all of them by default: labels few free slots match may take
+ * the whole index to find, or to find none).
+ */
 export async function findFreeSlots(
   kv: Deno.Kv,
   region: string,
   labels: ClaimInput["labels"],
   want: number,
+  scanLimit = Infinity,
 ): Promise<Deno.KvEntry<FreeSlot>[]> {
   const prefix = keys.freeIndex(region);
   const from = keys.freeFrom(region, Math.floor(Math.random() * 2 ** 32));
   const found: Deno.KvEntry<FreeSlot>[] = [];
+  let scanned = 0;
   for (const selector of [{ prefix, start: from }, { prefix, end: from }]) {
-    const batchSize = labels ? 100 : Math.min(want, 100);
+    const batchSize = Math.min(labels ? 100 : want, 100, scanLimit);
     for await (const entry of kv.list<FreeSlot>(selector, { batchSize })) {
-      if (!labelsMatch(entry.value.labels, labels)) continue;
-      found.push(entry);
-      if (found.length >= want) return found;
+      if (labelsMatch(entry.value.labels, labels)) found.push(entry);
+      if (found.length >= want || ++scanned >= scanLimit) return found;
     }
   }
   return found;

@@ -42,6 +42,8 @@ type Waiting = Pending<PreparedClaim, ClaimOutcome>;
 
 /** Most claims in one commit: bounded by 100 checks (2-3 a claim, 1 a region) and 1,000 mutations. */
 const MAX_GROUP = 48;
+/** Free entries a group reads at most per serving pool and labels (see #candidates). */
+export const GROUP_SCAN_LIMIT = 1_000;
 /** Lone claims running beside the groups past which a group waits for its own. */
 const MAX_LONE_RUNNING = 256;
 /** Claims waiting for a group beyond which new ones get 503 (bounded work per isolate). */
@@ -254,12 +256,19 @@ export class GroupCommitter implements Allocator {
       const key = JSON.stringify([servedBy(waiting), input.labels ?? null]);
       byPool.set(key, [...(byPool.get(key) ?? []), waiting]);
     }
-    const assigned = new Map<Waiting, Deno.KvEntry<FreeSlot>>();
-    const taken = new Set<string>();
-    for (const [key, waiting] of byPool) {
+    // Each search is bounded, so that labels few free slots match cannot hold up the group
+    // (and every claim behind it): claims they leave without a candidate go alone, beside
+    // the groups, where the search reads the whole index if it has to.
+    const pools = [...byPool];
+    const found = await Promise.all(pools.map(([key, waiting]) => {
       const [servedBy] = JSON.parse(key) as [string];
       const labels = waiting[0].job.request.input.labels;
-      const free = await findFreeSlots(this.kv, servedBy, labels, waiting.length + 4);
+      return findFreeSlots(this.kv, servedBy, labels, waiting.length + 4, GROUP_SCAN_LIMIT);
+    }));
+    const assigned = new Map<Waiting, Deno.KvEntry<FreeSlot>>();
+    const taken = new Set<string>();
+    for (const [i, [, waiting]] of pools.entries()) {
+      const free = found[i];
       let next = 0;
       for (const w of waiting) {
         while (next < free.length && taken.has(JSON.stringify(free[next].key))) next++;

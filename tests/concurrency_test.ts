@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { GROUP_SCAN_LIMIT } from "../lib/group.ts";
 import { keys } from "../lib/keys.ts";
 import { endLease } from "../lib/leases.ts";
 import { checkHistory, grantEvent, type HistoryEvent, HistoryRecorder } from "./_checker.ts";
@@ -212,6 +213,47 @@ Deno.test("a claim's slow lone path (a full region's catch-up sweep) holds up no
   assert.notEqual(other, "held up", "a claim in another region waited for the lone path");
   assert.equal((other as TestResponse).status, 201);
   assertProblem(await stuck, 503);
+  inner.close();
+});
+
+Deno.test("claims whose labels match no free slot hold up no other claim", async () => {
+  const inner = await Deno.openKv(":memory:");
+  // A listing of the free index that reads past what a group may read waits at the gate:
+  // only a whole-index search (of labels nothing matches) does.
+  const gate = Promise.withResolvers<void>();
+  let gated = 0;
+  const kv = new Proxy(inner, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop, target);
+      if (prop !== "list") return typeof value === "function" ? value.bind(target) : value;
+      return async function* (selector: Deno.KvListSelector, options?: Deno.KvListOptions) {
+        let read = 0;
+        for await (const entry of target.list(selector, options)) {
+          if (entry.key[2] === "free" && ++read === GROUP_SCAN_LIMIT + 1) {
+            gated++;
+            await gate.promise;
+          }
+          yield entry;
+        }
+      };
+    },
+  });
+  await using t = await makeApp({ kv });
+  await seedRegion(t, "iad", 20, { slots: 64 }); // 1,280 free slots, none labelled "gpu"
+  const unmatched = Array.from(
+    { length: 5 },
+    (_, i) => claim(t, "iad", { holder: `gpu-${i}`, labels: { gpu: `h${i}` } }),
+  );
+  const ordinary = claim(t, "iad", { holder: "browser" });
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const bound = new Promise<string>((resolve) => timer = setTimeout(resolve, 10_000, "held up"));
+  const answered = await Promise.race([ordinary, bound]);
+  clearTimeout(timer);
+  gate.resolve();
+  assert.notEqual(answered, "held up", "an ordinary claim waited for the labelled claims' search");
+  assert.equal((answered as TestResponse).status, 201);
+  for (const res of await Promise.all(unmatched)) assertProblem(res, 503);
+  assert.ok(gated > 0, "the labelled claims searched the whole index, alone");
   inner.close();
 });
 
