@@ -268,14 +268,20 @@ export function claimRoutes({ kv, clock, allocator, ender, renewer }: RouteDeps)
     .openapi(getRoute, async (c) => {
       const { id } = c.req.valid("param");
       const region = regionOf(id);
-      const token = c.req.valid("header")["allot-consistency-token"];
+      const principal = c.get("principal");
+      // A token scoped away from the serving region may still read a claim asked in one of
+      // its regions (served by a backup), but never waits on that region's replica: how long
+      // it waited would tell whether the region exists and when it was last written.
+      const token = principal.regions?.has(region) === false
+        ? undefined
+        : c.req.valid("header")["allot-consistency-token"];
       const { value, consistency } = await readYourWrites(
         kv,
         region,
         token,
         async (level) => claimView(await getClaimEntry(kv, id, level), clock.now()),
       );
-      authorizeRegion(c.get("principal"), value.region);
+      authorizeRegion(principal, value.region);
       c.header("Allot-Consistency", consistency);
       return c.json(value, 200);
     })

@@ -492,6 +492,40 @@ Deno.test("region-scoped tokens see and act in their own regions only", async (t
   });
 });
 
+Deno.test("a scoped token's read of a claim served outside its regions never waits on that region", async () => {
+  // How long a read-your-writes read waited for a region's replica would tell a token scoped
+  // away from it whether the region exists, and when it was written.
+  const inner = await Deno.openKv(":memory:");
+  const marksRead: string[] = [];
+  const kv = new Proxy(inner, {
+    get(target, prop) {
+      const value = Reflect.get(target, prop, target);
+      if (prop !== "get") return typeof value === "function" ? value.bind(target) : value;
+      return (key: Deno.KvKey, options?: { consistency?: Deno.KvConsistencyLevel }) => {
+        if (key[2] === "wm") marksRead.push(String(key[1]));
+        return target.get(key, options);
+      };
+    },
+  });
+  await using app = await makeApp({ kv });
+  await seedRegion(app, "fra", 1);
+  await seedRegion(app, "secret-gpu", 1);
+  const { body: held } = await claim(app, "fra", { holder: "h" });
+  const read = (id: string) =>
+    app.request("GET", `/v1/claims/${id}`, {
+      token: TOKENS.clientFra,
+      headers: { "allot-consistency-token": "00000000000000000000" },
+    });
+  for (const region of ["secret-gpu", "no-such-region"]) {
+    assertProblem(await read(`${region}.01JD3J3ZK6S6M2P1TQ4Z3X9V7A`), 404);
+  }
+  assert.deepEqual(marksRead, [], "no write mark of a region outside the token's read");
+  const own = await read(held.id);
+  assert.equal(own.status, 200, "its own region's claims still honour the token");
+  assert.deepEqual(marksRead, ["fra"]);
+  inner.close();
+});
+
 Deno.test("digestsEqual() is true only for the same digest", async (t) => {
   const digest = sha256Hex("a claim secret");
   await t.step(
