@@ -114,18 +114,44 @@ async function claimOnce(
     ? null
     : keys.idempotency(request.region, request.caller, request.idempotencyKey);
   const bodyHash = idemKey ? sha256Hex(canonicalJson(request.input)) : "";
-  if (idemKey) {
-    // A key outlives a deletion of its region: no replay while the region is gone.
-    const [earlier, config] = await kv.getMany<[IdempotencyRecord, unknown]>([
-      idemKey,
-      keys.regionConfig(request.region),
-    ]);
-    if (config.versionstamp === null) throw regionNotFound(request.region);
-    if (earlier.versionstamp !== null) return replay(earlier, bodyHash);
-  }
-  const prepared = { request, bodyHash, idemKey };
-  if (allocator) return await allocator.allocate(prepared);
-  return await allocateAlone(kv, clock, prepared, await routeClaim(kv, clock, request.region));
+  const allocate = async (): Promise<ClaimOutcome> => {
+    if (idemKey) {
+      // A key outlives a deletion of its region: no replay while the region is gone.
+      const [earlier, config] = await kv.getMany<[IdempotencyRecord, unknown]>([
+        idemKey,
+        keys.regionConfig(request.region),
+      ]);
+      if (config.versionstamp === null) throw regionNotFound(request.region);
+      if (earlier.versionstamp !== null) return replay(earlier, bodyHash);
+    }
+    const prepared = { request, bodyHash, idemKey };
+    if (allocator) return await allocator.allocate(prepared);
+    return await allocateAlone(kv, clock, prepared, await routeClaim(kv, clock, request.region));
+  };
+  return idemKey ? await oneAtATime(kv, idemKey, allocate) : await allocate();
+}
+
+/** Keyed claims in flight, per KV handle and idempotency key: the last one's work. */
+const keyedInFlight = new WeakMap<Deno.Kv, Map<string, Promise<unknown>>>();
+
+/**
+ * Runs the claims of one idempotency key one after another in this isolate: a retry sent
+ * while its first request still runs then replays that request's claim, even when the first
+ * found its slot only after a sweep, where the retry could have found neither the slot nor
+ * the claim yet and answered 503. (Isolates sharing a store still race; a retry then
+ * replays.)
+ */
+function oneAtATime<T>(kv: Deno.Kv, idemKey: Deno.KvKey, work: () => Promise<T>): Promise<T> {
+  let running = keyedInFlight.get(kv);
+  if (!running) keyedInFlight.set(kv, running = new Map());
+  const id = JSON.stringify(idemKey);
+  const turn = (running.get(id) ?? Promise.resolve()).catch(() => {}).then(work);
+  running.set(id, turn);
+  const forget = () => {
+    if (running.get(id) === turn) running.delete(id);
+  };
+  turn.then(forget, forget);
+  return turn;
 }
 
 /**

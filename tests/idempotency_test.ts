@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import type { PreparedClaim } from "../lib/allocate.ts";
+import { allocateAlone, createClaim, type PreparedClaim } from "../lib/allocate.ts";
+import { routeClaim } from "../lib/fallback.ts";
 import { GroupCommitter } from "../lib/group.ts";
 import { keys } from "../lib/keys.ts";
 import {
@@ -148,6 +149,43 @@ Deno.test("concurrent duplicates for the last free slot all get the one claim", 
   for (const res of answers) assert.equal(res.status, 201, JSON.stringify(res.body));
   assert.equal(new Set(answers.map((r) => r.body.id)).size, 1);
   assert.deepEqual(await poolOf(t, "iad"), { free: 0, claimed: 1, total: 1 });
+});
+
+Deno.test("a retry sent while its first request is still allocating waits for it, then replays", async () => {
+  await using app = await makeApp();
+  await seedRegion(app, "iad", 1);
+  // The first request's allocation is held (as one that found its slot only after a sweep);
+  // the retry must not allocate meanwhile: it could find neither the slot nor the claim.
+  const held = Promise.withResolvers<void>();
+  let allocations = 0;
+  const allocator = {
+    async allocate(claim: PreparedClaim) {
+      allocations++;
+      await held.promise;
+      return await allocateAlone(
+        app.kv,
+        app.clock,
+        claim,
+        await routeClaim(app.kv, app.clock, "iad"),
+      );
+    },
+  };
+  const request = {
+    region: "iad",
+    caller: "caller-1",
+    input: { holder: "worker-1" },
+    idempotencyKey: "job-1",
+  };
+  const first = createClaim(app.kv, app.clock, request, allocator);
+  const retry = createClaim(app.kv, app.clock, request, allocator);
+  while (allocations === 0) await new Promise((resolve) => setTimeout(resolve, 0));
+  for (let turn = 0; turn < 20; turn++) await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.equal(allocations, 1, "the retry did not allocate beside its first request");
+  held.resolve();
+  const [a, b] = await Promise.all([first, retry]);
+  assert.deepEqual([a.replayed, b.replayed], [false, true]);
+  assert.equal(b.grant.id, a.grant.id);
+  assert.equal(allocations, 1);
 });
 
 Deno.test("Idempotency-Keys of different callers are independent", async () => {
