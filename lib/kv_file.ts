@@ -37,10 +37,23 @@ export async function lockKvFile(path: string): Promise<Deno.FsFile | null> {
   );
 }
 
-/** ALLOT_KV as it may be printed: a KV Connect URL without its user and password. */
+/**
+ * ALLOT_KV as it may be printed: a KV Connect URL without its user and password, however it
+ * is written (spaces around it, one slash after the scheme, quotes, spaces or `/` in the
+ * password).
+ */
 export function redactedKv(kvPath: string): string {
-  // Up to the authority's last `@`: a password may hold quotes or spaces.
-  return kvPath.replace(/^(https?:\/\/)[^/]*@/i, "$1***@");
+  const scheme = kvPath.match(/^\s*https?:\/*/i)?.[0];
+  if (scheme === undefined) return kvPath;
+  const rest = kvPath.slice(scheme.length);
+  const url = URL.canParse(kvPath.trim()) ? new URL(kvPath.trim()) : null;
+  if (url !== null && url.username === "" && url.password === "") return kvPath;
+  // A URL that parses has no `/` before its host: mask up to the last `@` before its path.
+  // One that does not may have one in its password: mask up to the last `@` of all (a
+  // hidden path is better than a printed password).
+  const authority = url === null ? rest : rest.split("/")[0];
+  const at = authority.lastIndexOf("@");
+  return at === -1 ? kvPath : `${scheme}***${rest.slice(at)}`;
 }
 
 /**

@@ -354,11 +354,12 @@ Deno.test("main.ts refuses to start with a clear message and exit code 2", async
 
   await t.step("a KV Connect URL it cannot reach, without printing its credentials", async () => {
     // As given, then spelt as Deno would not (its own errors name the URL differently), then
-    // with a quote in the password.
+    // with a quote, then a `/` (base64), in the password.
     const shown = [
       ["http://kvuser:kv-secret-0001@127.0.0.1:9/", "http://***@127.0.0.1:9/"],
       ["HTTP://kvuser:kv-secret-0001@LOCALHOST:00009/a/../", "http://***@LOCALHOST:00009/a/../"],
       ["http://kvuser:kv'secret-0001@127.0.0.1:9/", "http://***@127.0.0.1:9/"],
+      ["http://kvuser:kv/secret-0001==@127.0.0.1:9/", "http://***@127.0.0.1:9/"],
     ];
     for (const [kvUrl, redacted] of shown) {
       const run = await runMainToExit({

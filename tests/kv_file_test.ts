@@ -57,9 +57,12 @@ Deno.test("redactedKv() keeps a KV Connect URL's user and password out of what i
   assert.equal(redactedKv("https://kv.example.com/a@b"), "https://kv.example.com/a@b");
   assert.equal(redactedKv("/var/lib/allot/kv.sqlite"), "/var/lib/allot/kv.sqlite");
   assert.equal(redactedKv("HTTPS://user:pw@kv.example.com/"), "HTTPS://***@kv.example.com/");
-  for (const password of ["kv'secret", "kv secret", 'kv"secret']) {
+  for (const password of ["kv'secret", "kv secret", 'kv"secret', "abc/def+ghi==", "a@b"]) {
     assert.equal(redactedKv(`http://kvuser:${password}@127.0.0.1:9/`), "http://***@127.0.0.1:9/");
   }
+  assert.equal(redactedKv(" https://kvuser:s3cret@kv.test/ "), " https://***@kv.test/ ");
+  assert.equal(redactedKv("https:/kvuser:s3cret@kv.test/db"), "https:/***@kv.test/db");
+  assert.equal(redactedKv("https://kvuser:s3cret@kv.test/a@b"), "https://***@kv.test/a@b");
 });
 
 Deno.test("withoutKvCredentials() masks the URL however Deno's error spells it", () => {
