@@ -415,7 +415,7 @@ export class AllotClient {
 }
 
 /** Options of {@link withRetry}. */
-export interface RetryOptions<RetryLost extends boolean = false> {
+export interface RetryOptions {
   /** Attempts in all, the first included (default 5). */
   attempts?: number;
   /** Longest single wait in ms, whatever Retry-After says (default 30 s). */
@@ -423,17 +423,19 @@ export interface RetryOptions<RetryLost extends boolean = false> {
   /** How to wait (default: a timer); tests pass one that does not. */
   sleep?: (ms: number) => Promise<void>;
   /** Called before each wait, e.g. to log it (a NetworkError only with `retryNetworkErrors`). */
-  onRetry?: (
-    error: RetryLost extends true ? UnavailableError | NetworkError : UnavailableError,
-    attempt: number,
-    delayMs: number,
-  ) => void;
+  onRetry?(error: UnavailableError | NetworkError, attempt: number, delayMs: number): void;
   /**
    * Also retry a NetworkError (the answer was lost; the server may have acted), after 0.25,
    * 0.5, 1, 2… s: only for what is safe to repeat, such as a claim with an idempotency key
    * (the retry answers the same claim), a renew, a status report or a PUT. Default false.
    */
-  retryNetworkErrors?: RetryLost;
+  retryNetworkErrors?: boolean;
+}
+
+/** Options of {@link withRetry} that retry 503s only: `onRetry` then only sees those. */
+export interface RetryOn503Options extends Omit<RetryOptions, "onRetry" | "retryNetworkErrors"> {
+  onRetry?(error: UnavailableError, attempt: number, delayMs: number): void;
+  retryNetworkErrors?: false;
 }
 
 /**
@@ -442,7 +444,9 @@ export interface RetryOptions<RetryLost extends boolean = false> {
  * to `attempts` in all; other errors, and the last one, are thrown. Give claims an
  * idempotency key so a retry can never claim twice.
  */
-export async function withRetry<T, RetryLost extends boolean = false>(
+export function withRetry<T>(fn: () => Promise<T>, options?: RetryOn503Options): Promise<T>;
+export function withRetry<T>(fn: () => Promise<T>, options: RetryOptions): Promise<T>;
+export async function withRetry<T>(
   fn: () => Promise<T>,
   {
     attempts = 5,
@@ -450,7 +454,7 @@ export async function withRetry<T, RetryLost extends boolean = false>(
     sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms)),
     onRetry,
     retryNetworkErrors,
-  }: RetryOptions<RetryLost> = {},
+  }: RetryOptions = {},
 ): Promise<T> {
   for (let attempt = 1;; attempt++) {
     try {
@@ -462,8 +466,7 @@ export async function withRetry<T, RetryLost extends boolean = false>(
         maxDelayMs,
         error instanceof UnavailableError ? error.retryAfter * 1000 : 250 * 2 ** (attempt - 1),
       );
-      // A NetworkError gets here only with retryNetworkErrors, which types onRetry for it.
-      onRetry?.(error as UnavailableError, attempt, delayMs);
+      onRetry?.(error, attempt, delayMs);
       await sleep(delayMs);
     }
   }

@@ -7,6 +7,7 @@ import {
   InUseError,
   LeaseLostError,
   NetworkError,
+  type RetryOptions,
   UnavailableError,
   withRetry,
 } from "../client.ts";
@@ -256,6 +257,10 @@ Deno.test("withRetry's onRetry gets a NetworkError only when asked to retry one;
     // @ts-expect-error: a NetworkError carries no problem document
     onRetry: (error) => void error.problem.detail,
   });
+  // An explicit result type, and options built once, type-check either way.
+  await withRetry<number>(() => Promise.resolve(1), { retryNetworkErrors: true });
+  const options: RetryOptions = { retryNetworkErrors: true, onRetry: (e) => void e.message };
+  await withRetry<number>(() => Promise.resolve(1), options);
   for (const url of ["htp://allot.test", "not a url"]) {
     assert.throws(
       () => new AllotClient(url, { token: TOKENS.client }),
