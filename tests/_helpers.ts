@@ -354,6 +354,26 @@ function wrapCommits(
   });
 }
 
+/** The read methods a test stands in for with kvWith. */
+type KvReads = Pick<Deno.Kv, "get" | "getMany" | "list">;
+
+/**
+ * `inner` with some of its read methods replaced (to watch them, fail them, or land another
+ * write first; a replacement calls `inner` itself), every other member `inner`'s own.
+ */
+export function kvWith(
+  inner: Deno.Kv,
+  replaced: { [K in keyof KvReads]?: (...args: Parameters<KvReads[K]>) => unknown },
+): Deno.Kv {
+  return new Proxy(inner, {
+    get(target, prop) {
+      if (Object.hasOwn(replaced, prop)) return replaced[prop as keyof KvReads];
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
 /**
  * Wraps a KV handle so a test can land other writes between an operation's reads and
  * its commit, deterministically: `arm(hook)` makes the next atomic commit through the

@@ -6,6 +6,7 @@ import { ingestStatus } from "../lib/status.ts";
 import {
   assertProblem,
   claim,
+  kvWith,
   listPages,
   makeApp,
   seedRegion,
@@ -497,14 +498,10 @@ Deno.test("a scoped token's read of a claim served outside its regions never wai
   // away from it whether the region exists, and when it was written.
   const inner = await Deno.openKv(":memory:");
   const marksRead: string[] = [];
-  const kv = new Proxy(inner, {
-    get(target, prop) {
-      const value = Reflect.get(target, prop, target);
-      if (prop !== "get") return typeof value === "function" ? value.bind(target) : value;
-      return (key: Deno.KvKey, options?: { consistency?: Deno.KvConsistencyLevel }) => {
-        if (key[2] === "wm") marksRead.push(String(key[1]));
-        return target.get(key, options);
-      };
+  const kv = kvWith(inner, {
+    get: (key, options) => {
+      if (key[2] === "wm") marksRead.push(String(key[1]));
+      return inner.get(key, options);
     },
   });
   await using app = await makeApp({ kv });

@@ -5,6 +5,7 @@ import {
   claim,
   getClaim,
   interceptCommits,
+  kvWith,
   makeApp,
   poolOf,
   release,
@@ -76,20 +77,14 @@ Deno.test("a group whose run throws sends only the members it had not answered a
 function failOneFreeListing(inner: Deno.Kv): { kv: Deno.Kv; arm(): void; fired(): boolean } {
   let armed = false;
   let fired = false;
-  const kv = new Proxy(inner, {
-    get(target, prop) {
-      if (prop === "list") {
-        return (selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
-          if (armed && "prefix" in selector && selector.prefix[2] === "free") {
-            armed = false;
-            fired = true;
-            throw new TypeError("a transient KV read failure");
-          }
-          return target.list(selector, options);
-        };
+  const kv = kvWith(inner, {
+    list: (selector, options) => {
+      if (armed && "prefix" in selector && selector.prefix[2] === "free") {
+        armed = false;
+        fired = true;
+        throw new TypeError("a transient KV read failure");
       }
-      const value = Reflect.get(target, prop, target);
-      return typeof value === "function" ? value.bind(target) : value;
+      return inner.list(selector, options);
     },
   });
   return { kv, arm: () => armed = true, fired: () => fired };
@@ -118,16 +113,10 @@ Deno.test("a claim group whose shared read fails answers each claim alone, never
 Deno.test("a release of a claim this app granted reads claim, spec and slot in one round trip", async () => {
   const inner = await Deno.openKv(":memory:");
   let reads = 0;
-  const kv = new Proxy(inner, {
-    get(target, prop) {
-      if (prop === "getMany") {
-        return (...args: Parameters<Deno.Kv["getMany"]>) => {
-          reads++;
-          return target.getMany(...args);
-        };
-      }
-      const value = Reflect.get(target, prop, target);
-      return typeof value === "function" ? value.bind(target) : value;
+  const kv = kvWith(inner, {
+    getMany: (...args) => {
+      reads++;
+      return inner.getMany(...args);
     },
   });
   await using t = await makeApp({ kv });

@@ -8,6 +8,7 @@ import {
   claim,
   getClaim,
   interceptCommits,
+  kvWith,
   listPages,
   loseCommitAnswers,
   makeApp,
@@ -222,20 +223,16 @@ Deno.test("claims whose labels match no free slot hold up no other claim", async
   // only a whole-index search (of labels nothing matches) does.
   const gate = Promise.withResolvers<void>();
   let gated = 0;
-  const kv = new Proxy(inner, {
-    get(target, prop) {
-      const value = Reflect.get(target, prop, target);
-      if (prop !== "list") return typeof value === "function" ? value.bind(target) : value;
-      return async function* (selector: Deno.KvListSelector, options?: Deno.KvListOptions) {
-        let read = 0;
-        for await (const entry of target.list(selector, options)) {
-          if (entry.key[2] === "free" && ++read === GROUP_SCAN_LIMIT + 1) {
-            gated++;
-            await gate.promise;
-          }
-          yield entry;
+  const kv = kvWith(inner, {
+    list: async function* (selector, options) {
+      let read = 0;
+      for await (const entry of inner.list(selector, options)) {
+        if (entry.key[2] === "free" && ++read === GROUP_SCAN_LIMIT + 1) {
+          gated++;
+          await gate.promise;
         }
-      };
+        yield entry;
+      }
     },
   });
   await using t = await makeApp({ kv });

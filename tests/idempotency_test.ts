@@ -7,6 +7,7 @@ import {
   assertProblem,
   claim,
   getClaim,
+  kvWith,
   makeApp,
   poolOf,
   release,
@@ -351,30 +352,21 @@ Deno.test("a group whose idempotency re-read fails while it routes answers its c
   let armed = false;
   let gate = Promise.resolve();
   let open = () => {};
-  const kv = new Proxy(inner, {
-    get(target, prop) {
-      if (prop === "getMany") {
-        return async (
-          keyList: Deno.KvKey[],
-          options?: { consistency?: Deno.KvConsistencyLevel },
-        ) => {
-          // The group's re-read (idempotency keys only), not the route's first read (which
-          // reads the key with the region's configuration).
-          if (armed && keyList.every((key) => key[2] === "idem")) {
-            armed = false;
-            open();
-            throw new TypeError("a transient KV read failure");
-          }
-          // The group's routing reads finish only after that failure, which must then not go
-          // unheard (an unhandled rejection ends the process).
-          if (!keyList.some((key) => key[2] === "idem")) {
-            await gate.then(() => new Promise((resolve) => setTimeout(resolve, 0)));
-          }
-          return target.getMany(keyList, options);
-        };
+  const kv = kvWith(inner, {
+    getMany: async (keyList, options) => {
+      // The group's re-read (idempotency keys only), not the route's first read (which
+      // reads the key with the region's configuration).
+      if (armed && keyList.every((key) => key[2] === "idem")) {
+        armed = false;
+        open();
+        throw new TypeError("a transient KV read failure");
       }
-      const value = Reflect.get(target, prop, target);
-      return typeof value === "function" ? value.bind(target) : value;
+      // The group's routing reads finish only after that failure, which must then not go
+      // unheard (an unhandled rejection ends the process).
+      if (!keyList.some((key) => key[2] === "idem")) {
+        await gate.then(() => new Promise((resolve) => setTimeout(resolve, 0)));
+      }
+      return inner.getMany(keyList, options);
     },
   });
   await using app = await makeApp({ kv });

@@ -18,6 +18,7 @@ import {
   assertProblem,
   claim,
   getClaim,
+  kvWith,
   leaseQueueDeps,
   makeApp,
   racingApps,
@@ -259,16 +260,12 @@ Deno.test("a resource removal finished by another (the sweep chain) leaves no ma
   let racer: (() => Promise<void>) | null = null;
   const lossKey = JSON.stringify(keys.leaseLoss("iad", "res-0000"));
   // Runs `racer` once, as the removal reads its lease-loss record to finish it.
-  const kv = new Proxy(inner, {
-    get(target, prop) {
-      const value = Reflect.get(target, prop, target);
-      if (prop !== "get") return typeof value === "function" ? value.bind(target) : value;
-      return async (key: Deno.KvKey, options?: { consistency?: Deno.KvConsistencyLevel }) => {
-        const run = JSON.stringify(key) === lossKey ? racer : null;
-        racer = run ? null : racer;
-        await run?.();
-        return await target.get(key, options);
-      };
+  const kv = kvWith(inner, {
+    get: async (key, options) => {
+      const run = JSON.stringify(key) === lossKey ? racer : null;
+      racer = run ? null : racer;
+      await run?.();
+      return await inner.get(key, options);
     },
   });
   await using subject = await makeApp({ kv });
@@ -428,18 +425,12 @@ Deno.test("the region watch passes over a region deleted after its listing", asy
   await using t = await makeApp();
   await t.request("PUT", "/v1/regions/iad", { body: {} });
   // The listing still names "ghost", deleted since (the list is read a page ahead).
-  const kv = new Proxy(t.kv, {
-    get(target, prop) {
-      if (prop !== "list") {
-        const value = Reflect.get(target, prop, target);
-        return typeof value === "function" ? value.bind(target) : value;
+  const kv = kvWith(t.kv, {
+    list: async function* (selector, options) {
+      yield* t.kv.list(selector, options);
+      if ("prefix" in selector && selector.prefix.length === 1) {
+        yield { key: keys.regionConfig("ghost"), value: { name: "ghost" }, versionstamp: "0" };
       }
-      return async function* (selector: Deno.KvListSelector, options?: Deno.KvListOptions) {
-        yield* target.list(selector, options);
-        if ("prefix" in selector && selector.prefix.length === 1) {
-          yield { key: keys.regionConfig("ghost"), value: { name: "ghost" }, versionstamp: "0" };
-        }
-      };
     },
   });
   assert.equal(await evaluateEveryRegion(kv, t.clock), 0);
@@ -451,17 +442,13 @@ Deno.test("the region watch passes over a region deleted after its listing", asy
  */
 function deletedBeforeItsRead(inner: Deno.Kv, region: string) {
   let armed = false;
-  const kv = new Proxy(inner, {
-    get(target, prop) {
-      const value = Reflect.get(target, prop, target);
-      if (prop !== "getMany") return typeof value === "function" ? value.bind(target) : value;
-      return async (wanted: Deno.KvKey[], options?: { consistency?: Deno.KvConsistencyLevel }) => {
-        if (armed && String(wanted[0]) === String(keys.regionConfig(region))) {
-          armed = false;
-          await removeRegion(target, region, null);
-        }
-        return await target.getMany(wanted, options);
-      };
+  const kv = kvWith(inner, {
+    getMany: async (wanted, options) => {
+      if (armed && String(wanted[0]) === String(keys.regionConfig(region))) {
+        armed = false;
+        await removeRegion(inner, region, null);
+      }
+      return await inner.getMany(wanted, options);
     },
   });
   return { kv, arm: () => armed = true };

@@ -11,6 +11,7 @@ import {
   claim,
   getClaim,
   interceptCommits,
+  kvWith,
   makeApp,
   poolOf,
   recordEnqueues,
@@ -180,22 +181,14 @@ function onRead(inner: Deno.Kv, matches: (key: Deno.KvKey) => boolean, then: () 
       then();
     }
   };
-  return new Proxy(inner, {
-    get(target, prop) {
-      const value = Reflect.get(target, prop, target);
-      if (prop === "getMany") {
-        return (list: Deno.KvKey[], options?: { consistency?: Deno.KvConsistencyLevel }) => {
-          fire(list);
-          return target.getMany(list, options);
-        };
-      }
-      if (prop === "get") {
-        return (key: Deno.KvKey, options?: { consistency?: Deno.KvConsistencyLevel }) => {
-          fire([key]);
-          return target.get(key, options);
-        };
-      }
-      return typeof value === "function" ? value.bind(target) : value;
+  return kvWith(inner, {
+    getMany: (list, options) => {
+      fire([...list]);
+      return inner.getMany(list, options);
+    },
+    get: (key, options) => {
+      fire([key]);
+      return inner.get(key, options);
     },
   });
 }

@@ -13,6 +13,7 @@ import {
   claim,
   claimAll,
   getClaim,
+  kvWith,
   makeApp,
   poolOf,
   racingApps,
@@ -300,20 +301,14 @@ Deno.test("spec changes racing lease ends and claims keep the pool exact", async
  */
 function onSlotListing(inner: Deno.Kv, nth: number, before: () => Promise<void>): Deno.Kv {
   let listings = 0;
-  return new Proxy(inner, {
-    get(target, prop) {
-      if (prop === "list") {
-        return (selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
-          const prefix = "prefix" in selector ? selector.prefix : [];
-          if (prefix[2] !== "slot" || ++listings !== nth) return target.list(selector, options);
-          return (async function* () {
-            await before();
-            yield* target.list(selector, options);
-          })();
-        };
-      }
-      const value = Reflect.get(target, prop, target);
-      return typeof value === "function" ? value.bind(target) : value;
+  return kvWith(inner, {
+    list: (selector, options) => {
+      const prefix = "prefix" in selector ? selector.prefix : [];
+      if (prefix[2] !== "slot" || ++listings !== nth) return inner.list(selector, options);
+      return (async function* () {
+        await before();
+        yield* inner.list(selector, options);
+      })();
     },
   });
 }
@@ -522,21 +517,17 @@ Deno.test("a DELETE's token covers its lease losses when another finisher takes 
       const held = await Promise.all([1, 2].map((i) => claim(app, "iad", { holder: `h${i}` })));
       // Just before the DELETE reads its own lease-loss record, the other finishes it.
       let armed = true;
-      const kv = new Proxy(app.kv, {
-        get(target, prop) {
-          const value = Reflect.get(target, prop, target);
-          if (prop !== "get") return typeof value === "function" ? value.bind(target) : value;
-          return async (key: Deno.KvKey, options?: { consistency?: Deno.KvConsistencyLevel }) => {
-            if (armed && key[2] === "loss") {
-              armed = false;
-              if (other === "the sweep chain") await finishLeaseLosses(app.kv, app.clock, "iad");
-              else {assert.equal(
-                  (await putResource(app, "r1", { slots: 2, state: "gone" })).status,
-                  201,
-                );}
-            }
-            return await target.get(key, options);
-          };
+      const kv = kvWith(app.kv, {
+        get: async (key, options) => {
+          if (armed && key[2] === "loss") {
+            armed = false;
+            if (other === "the sweep chain") await finishLeaseLosses(app.kv, app.clock, "iad");
+            else {assert.equal(
+                (await putResource(app, "r1", { slots: 2, state: "gone" })).status,
+                201,
+              );}
+          }
+          return await app.kv.get(key, options);
         },
       });
       const { consistencyToken } = await deleteResource(kv, app.clock, "iad", "r1");
