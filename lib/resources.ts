@@ -76,11 +76,12 @@ export function afterTombstone(tombstone: Telemetry, deletedAt?: string): Teleme
  * A spec written directly (PUT) comes after every status report applied so far: a report
  * delayed in the queue, whose seq is not above the resource's, changes none of the fields
  * the PUT set, as it changes none a newer report set. Reports sent after it (higher seqs)
- * still do.
+ * still do. The telemetry itself when none of those fields is behind.
  */
 function supersededReports(telemetry: Telemetry): Telemetry {
   const { seq } = telemetry;
   const fieldSeq = fieldSeqOf(telemetry);
+  if (fieldSeq.state >= seq && fieldSeq.slots >= seq && fieldSeq.labels >= seq) return telemetry;
   return {
     ...telemetry,
     fieldSeq: {
@@ -92,15 +93,12 @@ function supersededReports(telemetry: Telemetry): Telemetry {
   };
 }
 
-function supersedesReports(telemetry: Telemetry): boolean {
-  const { seq } = telemetry;
-  const fieldSeq = fieldSeqOf(telemetry);
-  return fieldSeq.state < seq || fieldSeq.slots < seq || fieldSeq.labels < seq;
-}
-
-/** Telemetry written before per-field seqs were kept has none: every field at 0. */
-const fieldSeqOf = (telemetry: Telemetry): FieldSeq =>
-  telemetry.fieldSeq ?? { state: 0, slots: 0, labels: 0, load: 0 };
+/**
+ * The seq each field's value came from; every field at 0 without telemetry, and in telemetry
+ * written before per-field seqs were kept.
+ */
+export const fieldSeqOf = (telemetry: Telemetry | null): FieldSeq =>
+  telemetry?.fieldSeq ?? { state: 0, slots: 0, labels: 0, load: 0 };
 
 /** Fields a status update may carry, each ordered by its own seq. */
 export type FieldSeq = Record<"state" | "slots" | "labels" | "load", number>;
@@ -250,9 +248,8 @@ async function changeSpec(
       // Checked even when nothing is raised: a report applied meanwhile may have moved the
       // seq past fields it did not carry.
       op.check(telemetry);
-      if (supersedesReports(telemetry.value)) {
-        op.set(telemetry.key, supersededReports(telemetry.value));
-      }
+      const superseded = supersededReports(telemetry.value);
+      if (superseded !== telemetry.value) op.set(telemetry.key, superseded);
     }
     const lossRecorded = loss !== null && held.size > 0;
     if (lossRecorded) stageLeaseLoss(op, region, id, loss);

@@ -18,6 +18,7 @@ import { regionNotFound } from "./regions.ts";
 import {
   afterTombstone,
   type FieldSeq,
+  fieldSeqOf,
   finishUnfinishedLosses,
   stageLeaseLoss,
   type Telemetry,
@@ -181,7 +182,7 @@ export function mergeUpdates(
   // an update newer than all its seqs was sent after the deletion, and may register the
   // resource again.
   const telemetry = spec === null && stored !== null ? afterTombstone(stored, storedAt) : stored;
-  const fieldSeq: FieldSeq = telemetry?.fieldSeq ?? { state: 0, slots: 0, labels: 0, load: 0 };
+  const fieldSeq = fieldSeqOf(telemetry);
   // A record written before goneSeq and stateAcceptedAt were kept takes no gone older than
   // its state: it cannot tell whether one lost leases already, nor when the state was sent.
   const stateAcceptedAt = telemetry?.stateAcceptedAt;
