@@ -166,14 +166,27 @@ export async function allocateAlone(
 ): Promise<ClaimOutcome> {
   const region = claim.request.region;
   const pools = route.servedBy === region ? [region] : [route.servedBy, region];
-  for (const [i, servedBy] of pools.entries()) {
+  let refused: NoCapacityError | null = null;
+  let soonest = Infinity;
+  for (const servedBy of pools) {
     try {
       return await allocateFrom(kv, clock, claim, route, servedBy);
     } catch (error) {
-      if (!(error instanceof NoCapacityError) || i === pools.length - 1) throw error;
+      if (!(error instanceof NoCapacityError)) throw error;
+      refused = error;
+      soonest = Math.min(soonest, error.retryAfterSeconds ?? 1);
     }
   }
-  throw new Error("unreachable: the last pool rethrows");
+  // In fallback or lagging, the retry may be served by a backup this claim did not try
+  // (refused as exhausted): its soonest expiry counts too.
+  const backup = route.config.backup;
+  if (
+    backup !== null && !pools.includes(backup) && (route.mode === "fallback" || route.note !== null)
+  ) {
+    const expiresAt = await soonestLeaseExpiry(kv, backup);
+    if (expiresAt !== null) soonest = Math.min(soonest, secondsUntil(clock, expiresAt));
+  }
+  throw new NoCapacityError(refused!.message, soonest);
 }
 
 async function allocateFrom(
@@ -323,7 +336,7 @@ export function stageClaim(
     ...describeClaim(record),
     secret,
     mode: route.mode,
-    lagMs: routed ? route.lagMs : 0,
+    lagMs: routed ? route.lagMs : route.ownLagMs,
     note: routed ? route.note : `backup "${route.servedBy}" ran out; served by "${servedBy}"`,
   };
   if (claim.idemKey) {
@@ -447,8 +460,12 @@ export async function findFreeSlots(
 /** Seconds until the region's soonest lease expiry, as a Retry-After hint (1..60). */
 async function secondsUntilNextExpiry(kv: Deno.Kv, clock: Clock, region: string): Promise<number> {
   const expiresAt = await soonestLeaseExpiry(kv, region);
-  if (expiresAt === null) return 5;
-  return Math.min(60, Math.max(1, Math.ceil((expiresAt - clock.now()) / 1000)));
+  return expiresAt === null ? 5 : secondsUntil(clock, expiresAt);
+}
+
+/** Whole seconds until `at`, as a Retry-After hint (1..60). */
+function secondsUntil(clock: Clock, at: number): number {
+  return Math.min(60, Math.max(1, Math.ceil((at - clock.now()) / 1000)));
 }
 
 /** JSON with sorted object keys, so equal bodies hash equally. */

@@ -11,6 +11,7 @@ import { type Lag, lagCounterKeys, lagFrom, oldestPending, readLag } from "./lag
 import { log } from "./log.ts";
 import { getRegionConfig, poolCounts, regionNotFound } from "./regions.ts";
 import { observeRegion } from "./telemetry.ts";
+import { soonestLeaseExpiry } from "./leases.ts";
 import type { RegionConfig, RegionMode } from "./schemas.ts";
 
 /** How many mode changes a region remembers. */
@@ -31,6 +32,8 @@ export interface ModeRecord {
   since: number;
   reason: string;
   history: ModeChange[];
+  /** The backup a fallback serves from, as of the change (absent in older records). */
+  backup?: string | null;
 }
 
 /** The outcome of one evaluation: the region's mode after it, and the figures it used. */
@@ -78,7 +81,12 @@ export async function backupHealth(
     return { refusal: { kind: "lagging", reason: `backup "${backup}" lags ${lag.lagMs}ms` }, lag };
   }
   if ((await poolCounts(kv, backup)).free <= 0) {
-    return { refusal: { kind: "exhausted", reason: `backup "${backup}" has no free slot` }, lag };
+    // A lease past its expiry frees its slot as soon as a claim sweeps it (allocateFrom
+    // does when it finds no free slot): its sweep tick may be late behind the same queue.
+    const soonest = await soonestLeaseExpiry(kv, backup);
+    if (soonest === null || soonest > clock.now()) {
+      return { refusal: { kind: "exhausted", reason: `backup "${backup}" has no free slot` }, lag };
+    }
   }
   return { refusal: null, lag };
 }
@@ -114,6 +122,7 @@ export async function evaluateMode(
       mode: change.to,
       since: now,
       reason: change.reason,
+      backup: config.backup,
       history: [
         ...current.history,
         { at: now, from: current.mode, to: change.to, reason: change.reason, lagMs: lag.lagMs },
@@ -158,6 +167,9 @@ async function nextMode(
   if (lag.lagMs < config.lag.exitMs) {
     return { to: "primary", reason: `lag ${lag.lagMs}ms < exitMs ${config.lag.exitMs}ms` };
   }
+  if (current.backup !== undefined && current.backup !== config.backup) {
+    return { to: "fallback", reason: `backup now "${config.backup}": claims served by it` };
+  }
   return null;
 }
 
@@ -168,6 +180,8 @@ export interface ClaimRoute {
   servedBy: string;
   /** Lag of the serving region when routed. */
   lagMs: number;
+  /** Lag of the region asked for: what a claim its own pool serves instead reports. */
+  ownLagMs: number;
   /** Set when the region is in fallback but its backup could not take the claim. */
   note: string | null;
 }
@@ -182,13 +196,27 @@ export async function routeClaim(kv: Deno.Kv, clock: Clock, region: string): Pro
   const { config, mode, lag } = await evaluateMode(kv, clock, region);
   const primary = mode.mode === "primary";
   if (config.backup === null || (primary && lag.lagMs <= config.lag.enterMs)) {
-    return { config, mode: mode.mode, servedBy: region, lagMs: lag.lagMs, note: null };
+    return {
+      config,
+      mode: mode.mode,
+      servedBy: region,
+      lagMs: lag.lagMs,
+      ownLagMs: lag.lagMs,
+      note: null,
+    };
   }
   const backup = await backupHealth(kv, clock, config.backup);
   if (primary && backup.refusal === null) {
     // The backup became healthy since the evaluation (or its mode change lost a race):
     // the next evaluation switches; this claim keeps to the stored mode.
-    return { config, mode: "primary", servedBy: region, lagMs: lag.lagMs, note: null };
+    return {
+      config,
+      mode: "primary",
+      servedBy: region,
+      lagMs: lag.lagMs,
+      ownLagMs: lag.lagMs,
+      note: null,
+    };
   }
   if (backup.refusal === null) {
     return {
@@ -196,6 +224,7 @@ export async function routeClaim(kv: Deno.Kv, clock: Clock, region: string): Pro
       mode: "fallback",
       servedBy: config.backup,
       lagMs: backup.lag!.lagMs,
+      ownLagMs: lag.lagMs,
       note: null,
     };
   }
@@ -207,6 +236,7 @@ export async function routeClaim(kv: Deno.Kv, clock: Clock, region: string): Pro
     mode: mode.mode,
     servedBy: backupIsFresher ? config.backup : region,
     lagMs: backupIsFresher ? backup.lag!.lagMs : lag.lagMs,
+    ownLagMs: lag.lagMs,
     note: `fallback refused (${backup.refusal.reason}); served by the least stale region`,
   };
 }

@@ -456,3 +456,109 @@ Deno.test("replacing a region's configuration does not move the date of its mode
     assert.equal((await app.request("GET", "/v1/regions/fra")).body.modeSince, shown);
   }
 });
+
+/** fra with one plain resource; iad (backed up by fra) with one gpu=a100 resource. */
+async function gpuRegions(t: TestApp) {
+  await t.request("PUT", "/v1/regions/fra", { body: { lag: LAG } });
+  await t.request("PUT", "/v1/regions/iad", { body: { backup: "fra", lag: LAG } });
+  // fra has free slots, but none carrying gpu=a100; iad has one that does.
+  assert.equal(
+    (await t.request("PUT", "/v1/regions/fra/resources/fra-0", { body: {} })).status,
+    201,
+  );
+  assert.equal(
+    (await t.request("PUT", "/v1/regions/iad/resources/iad-gpu", {
+      body: { labels: { gpu: "a100" } },
+    }))
+      .status,
+    201,
+  );
+}
+
+Deno.test("a fallback claim the backup cannot match, served by the lagging region, reports that region's lag", async () => {
+  await using app = await makeApp();
+  await gpuRegions(app);
+  await ingestStatus(app.kv, app.clock, "iad", [{ resource: "iad-gpu", seq: 1, state: "ready" }]);
+  app.clock.advance(3000);
+  assert.equal((await app.request("GET", "/v1/regions/iad")).body.mode, "fallback");
+  const res = await claim(app, "iad", { holder: "h", labels: { gpu: "a100" } });
+  assert.equal(res.status, 201, JSON.stringify(res.body));
+  assert.equal(res.body.servedBy, "iad");
+  // iad's pool view is 3000 ms stale: the answer must say so, not claim a fresh view.
+  assert.equal(
+    res.body.lagMs,
+    3000,
+    `answer: ${JSON.stringify({ lagMs: res.body.lagMs, note: res.body.note })}`,
+  );
+});
+
+Deno.test("in fallback, a backup whose only slot's lease ran out (its sweep not yet delivered) still serves", async () => {
+  await using app = await makeApp();
+  await app.request("PUT", "/v1/regions/fra", { body: { lag: LAG } });
+  await app.request("PUT", "/v1/regions/iad", { body: { backup: "fra", lag: LAG } });
+  assert.equal(
+    (await app.request("PUT", "/v1/regions/fra/resources/fra-0", { body: {} })).status,
+    201,
+  );
+  assert.equal(
+    (await app.request("PUT", "/v1/regions/iad/resources/iad-0", { body: {} })).status,
+    201,
+  );
+  // iad's status queue lags: it falls back to fra. (The expiry sweeps ride the same queue,
+  // so, as here where no queue is delivered, they are late too.)
+  await ingestStatus(app.kv, app.clock, "iad", [{ resource: "iad-0", seq: 1, state: "ready" }]);
+  app.clock.advance(3000);
+  assert.equal((await app.request("GET", "/v1/regions/iad")).body.mode, "fallback");
+  const short = await claim(app, "iad", { holder: "short", leaseMs: 1000 });
+  assert.equal(short.body.servedBy, "fra");
+  const long = await claim(app, "iad", { holder: "long", leaseMs: 600_000 });
+  assert.equal(long.body.servedBy, "iad");
+  app.clock.advance(1001); // fra's lease has run out; its slot is claimable again
+  const res = await claim(app, "iad", { holder: "next" });
+  assert.equal(
+    res.status,
+    201,
+    `iad (in fallback) answered ${res.status} Retry-After ${
+      res.headers.get("retry-after")
+    }: ${res.body.detail}`,
+  );
+  assert.equal(res.body.servedBy, "fra");
+});
+
+Deno.test("in fallback, a 503's Retry-After counts the backup's soonest expiry too", async () => {
+  await using app = await makeApp();
+  await app.request("PUT", "/v1/regions/fra", { body: { lag: LAG } });
+  await app.request("PUT", "/v1/regions/iad", { body: { backup: "fra", lag: LAG } });
+  await app.request("PUT", "/v1/regions/fra/resources/fra-0", { body: {} });
+  await app.request("PUT", "/v1/regions/iad/resources/iad-0", { body: {} });
+  await ingestStatus(app.kv, app.clock, "iad", [{ resource: "iad-0", seq: 1, state: "ready" }]);
+  app.clock.advance(3000);
+  assert.equal((await app.request("GET", "/v1/regions/iad")).body.mode, "fallback");
+  assert.equal((await claim(app, "iad", { holder: "a", leaseMs: 2000 })).body.servedBy, "fra");
+  assert.equal((await claim(app, "iad", { holder: "b", leaseMs: 600_000 })).body.servedBy, "iad");
+  const full = await claim(app, "iad", { holder: "c" });
+  assert.equal(full.status, 503);
+  // fra's slot is free again in 2 s, and a claim for iad then takes it.
+  assert.ok(
+    Number(full.headers.get("retry-after")) <= 2,
+    `Retry-After: ${full.headers.get("retry-after")} (fra's lease ends in 2 s)`,
+  );
+});
+
+Deno.test("a region in fallback whose backup is replaced moves to the new one and says so", async () => {
+  await using app = await makeApp();
+  for (const r of ["fra", "lhr"]) {
+    await app.request("PUT", `/v1/regions/${r}`, { body: { lag: LAG } });
+    await app.request("PUT", `/v1/regions/${r}/resources/${r}-0`, { body: {} });
+  }
+  await app.request("PUT", "/v1/regions/iad", { body: { backup: "fra", lag: LAG } });
+  await ingestStatus(app.kv, app.clock, "iad", [{ resource: "x", seq: 1, state: "ready" }]);
+  app.clock.advance(3000);
+  assert.equal((await app.request("GET", "/v1/regions/iad")).body.mode, "fallback");
+  const put = await app.request("PUT", "/v1/regions/iad", { body: { backup: "lhr", lag: LAG } });
+  assert.equal(put.status, 200);
+  const granted = await claim(app, "iad");
+  assert.equal(granted.body.servedBy, "lhr");
+  const view = (await app.request("GET", "/v1/regions/iad")).body;
+  assert.doesNotMatch(view.modeReason, /"fra"/, `modeReason: ${view.modeReason}`);
+});
