@@ -227,8 +227,9 @@ export function stageLeaseEnd(
     ...record,
     state: end.state,
     // An expiry ended the lease at its expiry, whenever the sweep records it (as reads
-    // showed it: recordAsOf).
-    endedAt: end.state === "expired" ? record.expiresAt : clock.now(),
+    // showed it: recordAsOf). A server whose clock is behind the granting one's does not
+    // end a claim before it began.
+    endedAt: end.state === "expired" ? record.expiresAt : Math.max(clock.now(), record.createdAt),
     reason: end.reason,
     fencingToken: fencingTokenOf(claim),
   };

@@ -247,3 +247,23 @@ Deno.test("a claim that finds no candidate reads again after its catch-up sweep,
   assert.notEqual(answers[0].body.resource, answers[1].body.resource);
   assert.deepEqual(await poolOf(a, "iad"), { total: 8, free: 6, claimed: 2 });
 });
+
+Deno.test("a claim ended by a server whose clock is behind the granting one's does not end before it began", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  const now = Date.UTC(2026, 0, 1);
+  await using granter = await makeApp({ kv, clock: new FakeClock(now + 400) });
+  await using ender = await makeApp({ kv, clock: new FakeClock(now) });
+  await seedRegion(ender, "iad", 2);
+  for (const end of ["release", "revoke"] as const) {
+    const granted = await claim(granter, "iad");
+    assert.equal(granted.status, 201);
+    const res = end === "release"
+      ? await release(ender, granted.body.id, granted.body.secret)
+      : await ender.request("POST", `/v1/claims/${granted.body.id}/revoke`, {
+        body: { reason: "maintenance" },
+      });
+    assert.ok(res.status < 300, JSON.stringify(res.body));
+    const read = await getClaim(ender, granted.body.id);
+    assert.equal(read.endedAt, read.createdAt, `${end}: ${JSON.stringify(read)}`);
+  }
+});
