@@ -167,26 +167,28 @@ export async function allocateAlone(
   const region = claim.request.region;
   const pools = route.servedBy === region ? [region] : [route.servedBy, region];
   let refused: NoCapacityError | null = null;
-  let soonest = Infinity;
   for (const servedBy of pools) {
     try {
       return await allocateFrom(kv, clock, claim, route, servedBy);
     } catch (error) {
       if (!(error instanceof NoCapacityError)) throw error;
       refused = error;
-      soonest = Math.min(soonest, error.retryAfterSeconds ?? 1);
     }
   }
-  // In fallback or lagging, the retry may be served by a backup this claim did not try
-  // (refused as exhausted): its soonest expiry counts too.
+  // In fallback or lagging, the retry may be served by the other pool, or by a backup this
+  // claim did not try (refused as exhausted): the soonest lease to end in any of them counts.
   const backup = route.config.backup;
-  if (
-    backup !== null && !pools.includes(backup) && (route.mode === "fallback" || route.note !== null)
-  ) {
-    const expiresAt = await soonestLeaseExpiry(kv, backup);
-    if (expiresAt !== null) soonest = Math.min(soonest, secondsUntil(clock, expiresAt));
-  }
-  throw new NoCapacityError(refused!.message, soonest);
+  const retryPools = backup !== null && !pools.includes(backup) &&
+      (route.mode === "fallback" || route.note !== null)
+    ? [...pools, backup]
+    : pools;
+  if (retryPools.length === 1) throw refused!;
+  const ends = await Promise.all(retryPools.map((pool) => soonestLeaseExpiry(kv, pool)));
+  const soonest = Math.min(...ends.map((end) => end ?? Infinity));
+  throw new NoCapacityError(
+    refused!.message,
+    soonest === Infinity ? refused!.retryAfterSeconds : secondsUntil(clock, soonest),
+  );
 }
 
 async function allocateFrom(

@@ -106,7 +106,10 @@ export const Resource = z.object({
   state: ResourceState,
   seq: z.number().int().openapi({ description: "Last applied status sequence number (0: none)." }),
   load: z.number().nullable(),
-  claimed: z.number().int().openapi({ description: "Slots held by live leases." }),
+  claimed: z.number().int().openapi({
+    description:
+      "Slots held by leases, counting one that ran out until its expiry is recorded (within about a second).",
+  }),
   updatedAt: z.string().datetime(),
 }).openapi("Resource");
 export type Resource = z.infer<typeof Resource>;
@@ -216,7 +219,10 @@ export const RegionView = z.object({
   }),
   total: z.number().int().openapi({ description: "Slots of all resources not gone." }),
   free: z.number().int().openapi({ description: "Slots that can be claimed now." }),
-  claimed: z.number().int().openapi({ description: "Slots held by live leases." }),
+  claimed: z.number().int().openapi({
+    description:
+      "Slots held by leases, counting one that ran out until its expiry is recorded (within about a second).",
+  }),
 }).openapi("Region");
 export type RegionView = z.infer<typeof RegionView>;
 
