@@ -100,10 +100,6 @@ const IN_USE: ReadonlyArray<
     used: (kv, r) => anyUnder(kv, keys.leases(r)),
   },
   {
-    what: "leases of a removed resource still being ended",
-    used: (kv, r) => anyUnder(kv, keys.leaseLosses(r)),
-  },
-  {
     // Retires on the way the entries of messages dead-lettered since (see the next).
     what: "status messages waiting to be applied",
     used: async (kv, r) => (await oldestPending(kv, r)).oldest !== null,
@@ -116,6 +112,9 @@ const IN_USE: ReadonlyArray<
 
 /** Most dependants a refusal names. */
 const NAMED_DEPENDANTS = 5;
+
+/** Most lease-loss records a deletion clears in its commit (each checked: 100 checks at most). */
+const CLEARED_LOSSES = 90;
 
 /**
  * Deletes a region that nothing uses any more: no resources, leases, pending or dead-lettered
@@ -154,8 +153,20 @@ export async function deleteRegion(
         `Cannot delete region "${region}": it is the backup of ${which} (give them another backup first)`,
       );
     }
-    const op = kv.atomic().check(config, mark).delete(config.key);
+    // With no resource and no lease left, a removal's lease-loss record has nothing left to
+    // end: one a crash left behind (its sweep chain gone with the last lease) goes with the
+    // region rather than hold its deletion up for ever.
+    const losses = await Array.fromAsync(
+      kv.list({ prefix: keys.leaseLosses(region) }, { limit: CLEARED_LOSSES + 1 }),
+    );
+    if (losses.length > CLEARED_LOSSES) {
+      throw new InUseError(
+        `Cannot delete region "${region}": it still has leases of removed resources being ended`,
+      );
+    }
+    const op = kv.atomic().check(config, mark, ...losses).delete(config.key);
     for (const key of keys.regionBookkeeping(region)) op.delete(key);
+    for (const loss of losses) op.delete(loss.key);
     // Moved on, not deleted: a status applier's copy of the resources is trusted while this
     // versionstamp stays the one it was taken at, and a deleted key would be null again, as
     // it was when a region of the same name had no resource yet.

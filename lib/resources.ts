@@ -205,8 +205,10 @@ async function changeSpec(
     ]);
     if (config.versionstamp === null) throw regionNotFound(region);
     // Any change, a registration again included: the leases that removal took away must
-    // not live on (renewed, say) on the resource registered anew.
-    if (held.size > 0 && recorded.versionstamp !== null) {
+    // not live on (renewed, say) on the resource registered anew. A record whose leases are
+    // all gone is finished too: left by a crash, it would otherwise hold up its region's
+    // deletion with no lease for the sweep chain to run for.
+    if (recorded.versionstamp !== null) {
       await finishRecordedLoss(kv, clock, region, id, recorded);
       continue;
     }
