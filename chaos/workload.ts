@@ -294,7 +294,17 @@ export class Workload {
       }
       if (!this.#expect("release", outcome, [204, 409, 503])) return null;
       if (outcome.status === 204) {
-        this.history.record({ kind: "release", claimId: held.id, invoked, acked });
+        // After an unanswered release, a 204 may replay that one, which may have landed
+        // before the lease ran out: it proves the lease ended, not that this call ended it.
+        this.history.record(
+          i === 0 ? { kind: "release", claimId: held.id, invoked, acked } : {
+            kind: "ended",
+            claimId: held.id,
+            why: "release 204 after a lost answer",
+            invoked,
+            acked,
+          },
+        );
         this.released.add(held.id);
       } else if (outcome.status === 409) {
         this.history.record({
