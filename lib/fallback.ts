@@ -81,12 +81,7 @@ export async function backupHealth(
     return { refusal: { kind: "lagging", reason: `backup "${backup}" lags ${lag.lagMs}ms` }, lag };
   }
   if ((await poolCounts(kv, backup)).free <= 0) {
-    // A lease past its expiry frees its slot as soon as a claim sweeps it (allocateFrom
-    // does when it finds no free slot): its sweep tick may be late behind the same queue.
-    const soonest = await soonestLeaseExpiry(kv, backup);
-    if (soonest === null || soonest > clock.now()) {
-      return { refusal: { kind: "exhausted", reason: `backup "${backup}" has no free slot` }, lag };
-    }
+    return { refusal: { kind: "exhausted", reason: `backup "${backup}" has no free slot` }, lag };
   }
   return { refusal: null, lag };
 }
@@ -173,6 +168,12 @@ async function nextMode(
   return null;
 }
 
+/** Whether one of the region's leases has run out with its expiry not yet recorded. */
+async function hasOverdueLease(kv: Deno.Kv, clock: Clock, region: string): Promise<boolean> {
+  const soonest = await soonestLeaseExpiry(kv, region);
+  return soonest !== null && soonest <= clock.now();
+}
+
 /** Where a new claim for a region is served, and how stale that pool may be. */
 export interface ClaimRoute {
   config: RegionConfig;
@@ -218,7 +219,15 @@ export async function routeClaim(kv: Deno.Kv, clock: Clock, region: string): Pro
       note: null,
     };
   }
-  if (backup.refusal === null) {
+  // In fallback, a backup whose slots are all held, one of whose leases has run out (its
+  // sweep may be late behind the same queue), still takes the claim: allocateFrom sweeps it
+  // first, and hands the claim back to the region's own pool if that freed nothing it can
+  // take. Entering fallback still wants a free slot (nextMode).
+  if (
+    backup.refusal === null ||
+    (!primary && backup.refusal.kind === "exhausted" &&
+      await hasOverdueLease(kv, clock, config.backup))
+  ) {
     return {
       config,
       mode: "fallback",

@@ -68,8 +68,16 @@ export const EXPIRED_REASON = "lease expired";
  */
 export function recordAsOf(record: ClaimRecord, now: number): ClaimRecord {
   return isPastExpiry(record, now)
-    ? { ...record, state: "expired", endedAt: record.expiresAt, reason: EXPIRED_REASON }
+    ? { ...record, state: "expired", endedAt: endOfExpired(record), reason: EXPIRED_REASON }
     : record;
+}
+
+/**
+ * When an expired lease ended: at its expiry, but never before the claim began (a renew by a
+ * server whose clock is behind the granting one's can date the expiry earlier).
+ */
+function endOfExpired(record: ClaimRecord): number {
+  return Math.max(record.expiresAt, record.createdAt);
 }
 
 /** Whether a lease still active by its record has run out (its expiry not yet recorded). */
@@ -229,7 +237,9 @@ export function stageLeaseEnd(
     // An expiry ended the lease at its expiry, whenever the sweep records it (as reads
     // showed it: recordAsOf). A server whose clock is behind the granting one's does not
     // end a claim before it began.
-    endedAt: end.state === "expired" ? record.expiresAt : Math.max(clock.now(), record.createdAt),
+    endedAt: end.state === "expired"
+      ? endOfExpired(record)
+      : Math.max(clock.now(), record.createdAt),
     reason: end.reason,
     fencingToken: fencingTokenOf(claim),
   };

@@ -129,7 +129,7 @@ export async function deleteRegion(
   region: string,
   visible: ReadonlySet<string> | null,
 ): Promise<{ consistencyToken: string }> {
-  for (let attempt = 0; attempt < 5; attempt++) {
+  attempts: for (let attempt = 0; attempt < 5; attempt++) {
     const [config, mark] = await kv.getMany<[RegionConfig, unknown]>([
       keys.regionConfig(region),
       keys.writeMark(region),
@@ -155,14 +155,14 @@ export async function deleteRegion(
     }
     // With no resource and no lease left, a removal's lease-loss record has nothing left to
     // end: one a crash left behind (its sweep chain gone with the last lease) goes with the
-    // region rather than hold its deletion up for ever.
-    const losses = await Array.fromAsync(
-      kv.list({ prefix: keys.leaseLosses(region) }, { limit: CLEARED_LOSSES + 1 }),
-    );
-    if (losses.length > CLEARED_LOSSES) {
-      throw new InUseError(
-        `Cannot delete region "${region}": it still has leases of removed resources being ended`,
-      );
+    // region rather than hold its deletion up for ever, those beyond one commit's checks first.
+    let losses = await leaseLossRecords(kv, region);
+    while (losses.length > CLEARED_LOSSES) {
+      const first = losses.slice(0, CLEARED_LOSSES);
+      const clear = kv.atomic().check(config, mark, ...first);
+      for (const loss of first) clear.delete(loss.key);
+      if (!(await clear.commit()).ok) continue attempts;
+      losses = await leaseLossRecords(kv, region);
     }
     const op = kv.atomic().check(config, mark, ...losses).delete(config.key);
     for (const key of keys.regionBookkeeping(region)) op.delete(key);
@@ -178,6 +178,13 @@ export async function deleteRegion(
     }
   }
   throw new UnavailableError(`Cannot delete region "${region}": too many concurrent changes`);
+}
+
+/** Up to one more than CLEARED_LOSSES of the region's lease-loss records. */
+function leaseLossRecords(kv: Deno.Kv, region: string): Promise<Deno.KvEntry<unknown>[]> {
+  return Array.fromAsync(
+    kv.list({ prefix: keys.leaseLosses(region) }, { limit: CLEARED_LOSSES + 1 }),
+  );
 }
 
 /** The regions whose backup is `region`, in name order. */

@@ -562,3 +562,38 @@ Deno.test("a region in fallback whose backup is replaced moves to the new one an
   const view = (await app.request("GET", "/v1/regions/iad")).body;
   assert.doesNotMatch(view.modeReason, /"fra"/, `modeReason: ${view.modeReason}`);
 });
+
+Deno.test("a lagging region does not enter fallback on a backup whose only overdue lease frees nothing claimable", async () => {
+  await using app = await makeApp();
+  await app.request("PUT", "/v1/regions/fra", { body: { lag: LAG } });
+  await app.request("PUT", "/v1/regions/iad", { body: { backup: "fra", lag: LAG } });
+  await app.request("PUT", "/v1/regions/fra/resources/fra-0", { body: {} });
+  await app.request("PUT", "/v1/regions/iad/resources/iad-0", { body: {} });
+  // fra's only slot is held by a short lease, then its resource drains: sweeping that lease
+  // frees nothing claimable.
+  assert.equal((await claim(app, "fra", { holder: "x", leaseMs: 1000 })).status, 201);
+  const drained = await app.request("PUT", "/v1/regions/fra/resources/fra-0", {
+    body: { state: "draining" },
+  });
+  assert.equal(drained.status, 200);
+  await ingestStatus(app.kv, app.clock, "iad", [{ resource: "iad-0", seq: 1, state: "ready" }]);
+  app.clock.advance(3000); // iad lags 3000 ms; fra's lease is overdue, its sweep not delivered
+  const view = await health(app, "iad");
+  // SPEC: "Fallback is refused when the backup is itself lagging or exhausted".
+  assert.equal(view.mode, "primary", `mode ${view.mode}: ${view.modeReason}`);
+});
+
+Deno.test("a lagging region in primary keeps its claims when its full backup has a lease past its expiry", async () => {
+  await using app = await makeApp();
+  await app.request("PUT", "/v1/regions/fra", { body: { lag: LAG } });
+  await app.request("PUT", "/v1/regions/iad", { body: { backup: "fra", lag: LAG } });
+  await app.request("PUT", "/v1/regions/fra/resources/fra-0", { body: {} });
+  await app.request("PUT", "/v1/regions/iad/resources/iad-0", { body: {} });
+  assert.equal((await claim(app, "fra", { holder: "x", leaseMs: 1000 })).status, 201);
+  await stall(app, "iad");
+  app.clock.advance(3000); // iad lags; fra's only slot is held by a lease not yet swept
+  const granted = await claim(app, "iad");
+  assert.equal(granted.status, 201, JSON.stringify(granted.body));
+  assert.deepEqual([granted.body.servedBy, granted.body.mode], ["iad", "primary"]);
+  assert.match(granted.body.note, /^fallback refused \(backup "fra" has no free slot\)/);
+});

@@ -267,3 +267,23 @@ Deno.test("a claim ended by a server whose clock is behind the granting one's do
     assert.equal(read.endedAt, read.createdAt, `${end}: ${JSON.stringify(read)}`);
   }
 });
+
+Deno.test("a renew by a server whose clock is behind the granting one's never makes endedAt precede createdAt", async () => {
+  await using kv = await Deno.openKv(":memory:");
+  const now = Date.UTC(2026, 0, 1);
+  await using granter = await makeApp({ kv, clock: new FakeClock(now + 2000) });
+  await using renewer = await makeApp({ kv, clock: new FakeClock(now) });
+  await granter.request("PUT", "/v1/regions/iad", { body: {} });
+  await granter.request("PUT", "/v1/regions/iad/resources/r0", { body: {} });
+  const granted = await claim(granter, "iad", { holder: "h", leaseMs: 1000 });
+  assert.equal(granted.status, 201);
+  const renewed = await renew(renewer, granted.body.id, granted.body.secret);
+  assert.equal(renewed.status, 200, JSON.stringify(renewed.body));
+  const read = await getClaim(granter, granted.body.id);
+  assert.ok(
+    read.endedAt === null || read.endedAt >= read.createdAt,
+    `README: "A claim's endedAt is never before its createdAt, whichever server ends it": ${
+      JSON.stringify({ state: read.state, createdAt: read.createdAt, endedAt: read.endedAt })
+    }`,
+  );
+});

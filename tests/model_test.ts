@@ -256,11 +256,7 @@ class Model {
     if (!config) return "missing";
     if (config.mode === "fallback") return "fallback";
     if (this.lag(backup).lagMs > config.enterMs) return "lagging";
-    // A lease past its expiry is no obstacle: a claim routed there sweeps it.
-    const overdue = this.claims.some((c) =>
-      c.held && c.servedBy === backup && c.expiresAt <= this.now
-    );
-    if (this.pool(backup).free <= 0 && !overdue) return "exhausted";
+    if (this.pool(backup).free <= 0) return "exhausted";
     return null;
   }
 
@@ -295,7 +291,12 @@ class Model {
       return own;
     }
     const backup = config.backup;
-    const refusal = this.backupRefusal(backup);
+    let refusal = this.backupRefusal(backup);
+    // In fallback, a full backup with a lease past its expiry takes the claim (it sweeps).
+    const overdue = this.claims.some((c) =>
+      c.held && c.servedBy === backup && c.expiresAt <= this.now
+    );
+    if (refusal === "exhausted" && config.mode === "fallback" && overdue) refusal = null;
     if (refusal === null) {
       return config.mode === "primary"
         ? own
