@@ -480,7 +480,7 @@ Deno.test("a fallback claim the backup cannot match, served by the lagging regio
   await gpuRegions(app);
   await ingestStatus(app.kv, app.clock, "iad", [{ resource: "iad-gpu", seq: 1, state: "ready" }]);
   app.clock.advance(3000);
-  assert.equal((await app.request("GET", "/v1/regions/iad")).body.mode, "fallback");
+  assert.equal((await health(app, "iad")).mode, "fallback");
   const res = await claim(app, "iad", { holder: "h", labels: { gpu: "a100" } });
   assert.equal(res.status, 201, JSON.stringify(res.body));
   assert.equal(res.body.servedBy, "iad");
@@ -494,21 +494,12 @@ Deno.test("a fallback claim the backup cannot match, served by the lagging regio
 
 Deno.test("in fallback, a backup whose only slot's lease ran out (its sweep not yet delivered) still serves", async () => {
   await using app = await makeApp();
-  await app.request("PUT", "/v1/regions/fra", { body: { lag: LAG } });
-  await app.request("PUT", "/v1/regions/iad", { body: { backup: "fra", lag: LAG } });
-  assert.equal(
-    (await app.request("PUT", "/v1/regions/fra/resources/fra-0", { body: {} })).status,
-    201,
-  );
-  assert.equal(
-    (await app.request("PUT", "/v1/regions/iad/resources/iad-0", { body: {} })).status,
-    201,
-  );
+  await twoRegions(app, 1);
   // iad's status queue lags: it falls back to fra. (The expiry sweeps ride the same queue,
   // so, as here where no queue is delivered, they are late too.)
-  await ingestStatus(app.kv, app.clock, "iad", [{ resource: "iad-0", seq: 1, state: "ready" }]);
+  await stall(app, "iad");
   app.clock.advance(3000);
-  assert.equal((await app.request("GET", "/v1/regions/iad")).body.mode, "fallback");
+  assert.equal((await health(app, "iad")).mode, "fallback");
   const short = await claim(app, "iad", { holder: "short", leaseMs: 1000 });
   assert.equal(short.body.servedBy, "fra");
   const long = await claim(app, "iad", { holder: "long", leaseMs: 600_000 });
@@ -527,13 +518,10 @@ Deno.test("in fallback, a backup whose only slot's lease ran out (its sweep not 
 
 Deno.test("in fallback, a 503's Retry-After counts the backup's soonest expiry too", async () => {
   await using app = await makeApp();
-  await app.request("PUT", "/v1/regions/fra", { body: { lag: LAG } });
-  await app.request("PUT", "/v1/regions/iad", { body: { backup: "fra", lag: LAG } });
-  await app.request("PUT", "/v1/regions/fra/resources/fra-0", { body: {} });
-  await app.request("PUT", "/v1/regions/iad/resources/iad-0", { body: {} });
-  await ingestStatus(app.kv, app.clock, "iad", [{ resource: "iad-0", seq: 1, state: "ready" }]);
+  await twoRegions(app, 1);
+  await stall(app, "iad");
   app.clock.advance(3000);
-  assert.equal((await app.request("GET", "/v1/regions/iad")).body.mode, "fallback");
+  assert.equal((await health(app, "iad")).mode, "fallback");
   assert.equal((await claim(app, "iad", { holder: "a", leaseMs: 2000 })).body.servedBy, "fra");
   assert.equal((await claim(app, "iad", { holder: "b", leaseMs: 600_000 })).body.servedBy, "iad");
   const full = await claim(app, "iad", { holder: "c" });
@@ -554,21 +542,18 @@ Deno.test("a region in fallback whose backup is replaced moves to the new one an
   await app.request("PUT", "/v1/regions/iad", { body: { backup: "fra", lag: LAG } });
   await ingestStatus(app.kv, app.clock, "iad", [{ resource: "x", seq: 1, state: "ready" }]);
   app.clock.advance(3000);
-  assert.equal((await app.request("GET", "/v1/regions/iad")).body.mode, "fallback");
+  assert.equal((await health(app, "iad")).mode, "fallback");
   const put = await app.request("PUT", "/v1/regions/iad", { body: { backup: "lhr", lag: LAG } });
   assert.equal(put.status, 200);
   const granted = await claim(app, "iad");
   assert.equal(granted.body.servedBy, "lhr");
-  const view = (await app.request("GET", "/v1/regions/iad")).body;
+  const view = await health(app, "iad");
   assert.doesNotMatch(view.modeReason, /"fra"/, `modeReason: ${view.modeReason}`);
 });
 
 Deno.test("a lagging region does not enter fallback on a backup whose only overdue lease frees nothing claimable", async () => {
   await using app = await makeApp();
-  await app.request("PUT", "/v1/regions/fra", { body: { lag: LAG } });
-  await app.request("PUT", "/v1/regions/iad", { body: { backup: "fra", lag: LAG } });
-  await app.request("PUT", "/v1/regions/fra/resources/fra-0", { body: {} });
-  await app.request("PUT", "/v1/regions/iad/resources/iad-0", { body: {} });
+  await twoRegions(app, 1);
   // fra's only slot is held by a short lease, then its resource drains: sweeping that lease
   // frees nothing claimable.
   assert.equal((await claim(app, "fra", { holder: "x", leaseMs: 1000 })).status, 201);
@@ -576,7 +561,7 @@ Deno.test("a lagging region does not enter fallback on a backup whose only overd
     body: { state: "draining" },
   });
   assert.equal(drained.status, 200);
-  await ingestStatus(app.kv, app.clock, "iad", [{ resource: "iad-0", seq: 1, state: "ready" }]);
+  await stall(app, "iad");
   app.clock.advance(3000); // iad lags 3000 ms; fra's lease is overdue, its sweep not delivered
   const view = await health(app, "iad");
   // SPEC: "Fallback is refused when the backup is itself lagging or exhausted".
@@ -585,10 +570,7 @@ Deno.test("a lagging region does not enter fallback on a backup whose only overd
 
 Deno.test("a lagging region in primary keeps its claims when its full backup has a lease past its expiry", async () => {
   await using app = await makeApp();
-  await app.request("PUT", "/v1/regions/fra", { body: { lag: LAG } });
-  await app.request("PUT", "/v1/regions/iad", { body: { backup: "fra", lag: LAG } });
-  await app.request("PUT", "/v1/regions/fra/resources/fra-0", { body: {} });
-  await app.request("PUT", "/v1/regions/iad/resources/iad-0", { body: {} });
+  await twoRegions(app, 1);
   assert.equal((await claim(app, "fra", { holder: "x", leaseMs: 1000 })).status, 201);
   await stall(app, "iad");
   app.clock.advance(3000); // iad lags; fra's only slot is held by a lease not yet swept

@@ -678,6 +678,35 @@ function claimBody(ask: ClaimAsk): Record<string, unknown> {
 }
 
 /** Checks a claim answer against the model and records what it granted. */
+
+/**
+ * The model's record of a claim the app just granted: where and to whom as the model
+ * expects, the rest (ids, secret, tokens) from its 201 body `g`.
+ */
+function grantedClaim(
+  m: Model,
+  g: TestResponse["body"],
+  expected: { region: string; servedBy: string; holder: string; leaseMs: number },
+): MClaim {
+  const { leaseMs } = expected;
+  return {
+    ...expected,
+    id: g.id,
+    resource: g.resource,
+    slot: g.slot,
+    secret: g.secret,
+    fencingToken: g.fencingToken,
+    createdAt: m.now,
+    expiresAt: m.now + leaseMs,
+    state: "active",
+    endedAt: null,
+    reason: null,
+    held: true,
+    grant: g,
+    order: ++m.ops,
+  };
+}
+
 function expectClaim(m: Model, ask: ClaimAsk, res: TestResponse, what: string): void {
   if (!m.regions.has(ask.region)) return expectStatus(res, 404, what);
   const body = claimBody(ask);
@@ -761,25 +790,7 @@ function expectClaim(m: Model, ask: ClaimAsk, res: TestResponse, what: string): 
     `${what}: fencing token ${g.fencingToken} not above ${last} on ${fenceKey}`,
   );
   m.fences.set(fenceKey, g.fencingToken);
-  const claim: MClaim = {
-    id: g.id,
-    region: ask.region,
-    servedBy,
-    resource: g.resource,
-    slot: g.slot,
-    holder: ask.holder,
-    secret: g.secret,
-    fencingToken: g.fencingToken,
-    leaseMs,
-    createdAt: m.now,
-    expiresAt: m.now + leaseMs,
-    state: "active",
-    endedAt: null,
-    reason: null,
-    held: true,
-    grant: g,
-    order: ++m.ops,
-  };
+  const claim = grantedClaim(m, g, { region: ask.region, servedBy, holder: ask.holder, leaseMs });
   const routed = servedBy === route.servedBy;
   assert.deepEqual(g, {
     ...viewOf(claim, m.now),
@@ -914,25 +925,12 @@ class SwitchBurst implements Cmd {
       assert.ok(last === undefined || g.fencingToken > last, `${what}: fencing token`);
       m.fences.set(fenceKey, g.fencingToken);
       const leaseMs = Math.min(config.defaultMs, config.maxMs);
-      const claim: MClaim = {
-        id: g.id,
+      const claim = grantedClaim(m, g, {
         region: this.region,
         servedBy: g.servedBy,
-        resource: g.resource,
-        slot: g.slot,
         holder: g.holder,
-        secret: g.secret,
-        fencingToken: g.fencingToken,
         leaseMs,
-        createdAt: m.now,
-        expiresAt: m.now + leaseMs,
-        state: "active",
-        endedAt: null,
-        reason: null,
-        held: true,
-        grant: g,
-        order: ++m.ops,
-      };
+      });
       assert.match(g.id, new RegExp(`^${g.servedBy}\\.[0-9A-Z]{26}$`));
       const { mode, lagMs: _l, note: _n, secret: _s, consistencyToken: _c, ...view } = g;
       assert.deepEqual(view, viewOf(claim, m.now), `${what}: the grant`);
