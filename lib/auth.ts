@@ -63,6 +63,17 @@ export function authorize(principal: Principal, roles: readonly Role[], region?:
   if (region !== undefined) authorizeRegion(principal, region);
 }
 
+/**
+ * Throws 403 unless the principal may act on a claim asked in `region`. The refusal names the
+ * claim, not the region: a claim served by a scoped token's pool may have been asked in a
+ * region outside its scope, whose name the caller is not to learn.
+ */
+export function authorizeClaim(principal: Principal, claimId: string, region: string): void {
+  if (principal.regions && !principal.regions.has(region)) {
+    throw new ForbiddenError(`This token may not act on claim "${claimId}"`);
+  }
+}
+
 /** Throws 403 unless the principal may act in `region` (its role already checked). */
 export function authorizeRegion(principal: Principal, region: string): void {
   if (principal.regions && !principal.regions.has(region)) {

@@ -20,7 +20,7 @@ import {
   RenewInput,
   RevokeInput,
 } from "../lib/schemas.ts";
-import { authorizeRegion, type Principal } from "../lib/auth.ts";
+import { authorizeClaim, type Principal } from "../lib/auth.ts";
 import { claimExample, claimWrittenExample, grantExample, revokedExample } from "./_examples.ts";
 import {
   allow,
@@ -243,7 +243,7 @@ function regionOf(claimId: string): string {
 
 /** Region-scoped tokens act on claims asked for in their regions, wherever they were served. */
 function scopedTo(principal: Principal): ClaimAccess {
-  return (record) => authorizeRegion(principal, record.region);
+  return (record) => authorizeClaim(principal, record.id, record.region);
 }
 
 /** Claim routes. */
@@ -281,7 +281,7 @@ export function claimRoutes({ kv, clock, allocator, ender, renewer }: RouteDeps)
         token,
         async (level) => claimView(await getClaimEntry(kv, id, level), clock.now()),
       );
-      authorizeRegion(principal, value.region);
+      authorizeClaim(principal, value.id, value.region);
       c.header("Allot-Consistency", consistency);
       return c.json(value, 200);
     })

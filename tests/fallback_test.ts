@@ -579,3 +579,29 @@ Deno.test("a lagging region in primary keeps its claims when its full backup has
   assert.deepEqual([granted.body.servedBy, granted.body.mode], ["iad", "primary"]);
   assert.match(granted.body.note, /^fallback refused \(backup "fra" has no free slot\)/);
 });
+
+Deno.test("a scoped token refused a claim its pool serves for a region outside its scope is not told that region's name", async () => {
+  await using app = await makeApp();
+  await app.request("PUT", "/v1/regions/fra", { body: { lag: LAG } });
+  await app.request("PUT", "/v1/regions/secret-gpu", { body: { backup: "fra", lag: LAG } });
+  for (const r of ["fra", "secret-gpu"]) {
+    await app.request("PUT", `/v1/regions/${r}/resources/${r}-0`, { body: {} });
+  }
+  await stall(app, "secret-gpu");
+  app.clock.advance(3000); // secret-gpu falls back: its claim is served by fra's pool
+  const held = (await claim(app, "secret-gpu", { holder: "h" })).body;
+  assert.equal(held.servedBy, "fra");
+  for (
+    const [token, method, path, body, headers] of [
+      [TOKENS.clientFra, "GET", `/v1/claims/${held.id}`, undefined, {}],
+      [TOKENS.clientFra, "DELETE", `/v1/claims/${held.id}`, undefined, {
+        "allot-claim-secret": held.secret,
+      }],
+      [TOKENS.adminFra, "POST", `/v1/claims/${held.id}/revoke`, { reason: "x" }, {}],
+    ] as const
+  ) {
+    const res = await app.request(method, path, { token, body, headers });
+    assert.equal(res.status, 403);
+    assert.equal(res.body.detail, `This token may not act on claim "${held.id}"`, method);
+  }
+});
