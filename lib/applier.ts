@@ -219,8 +219,8 @@ export class StatusApplier {
         this.stats.effective += planned.effective;
         this.stats.messages += planned.completed;
         span.setAttributes({ "allot.updates": planned.processed, "allot.retries": attempt });
-        for (const region of planned.regions) {
-          instruments.statusUpdates.add(planned.processed, { region });
+        for (const [region, updates] of planned.processedIn) {
+          instruments.statusUpdates.add(updates, { region });
         }
         instruments.updatesPerCommit.record(planned.processed);
         await this.#afterCommit(planned.regions, planned.gone, res.versionstamp);

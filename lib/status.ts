@@ -255,6 +255,8 @@ export interface PlannedApply {
   effective: number;
   /** Updates of the messages this plan completes. */
   processed: number;
+  /** The same, by the region each message was accepted for (one commit may span several). */
+  processedIn: Map<string, number>;
   /** Messages whose bookkeeping is in this plan. */
   completed: number;
   regions: Set<string>;
@@ -326,6 +328,7 @@ export async function planApply(
   const result: PlannedApply = {
     effective: 0,
     processed: 0,
+    processedIn: new Map(),
     completed: 0,
     regions: new Set(),
     gone: [],
@@ -438,6 +441,10 @@ export async function planApply(
       plan.delete(pending.key);
       addCounter(plan, message.region, "applied", pending.value!.count);
       result.processed += pending.value!.count;
+      result.processedIn.set(
+        message.region,
+        (result.processedIn.get(message.region) ?? 0) + pending.value!.count,
+      );
       result.regions.add(message.region);
       result.completed++;
     }
