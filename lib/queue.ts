@@ -74,6 +74,26 @@ export type QueueOutcome =
  * transient failure throws, so the queue redelivers it.
  */
 export async function handleQueueMessage(deps: QueueDeps, raw: unknown): Promise<QueueOutcome> {
+  try {
+    return await handle(deps, raw);
+  } catch (error) {
+    // Deno prints a failed handler as plain text; operators query the JSON lines.
+    log("warn", "a queue message failed; the queue redelivers it", {
+      ...describeMessage(raw),
+      error: String(error),
+    });
+    throw error;
+  }
+}
+
+/** What a log line says of a queue message: its type, and its region and id when it has them. */
+function describeMessage(raw: unknown): Record<string, unknown> {
+  if (typeof raw !== "object" || raw === null) return { type: typeof raw };
+  const { type, region, id } = raw as Record<string, unknown>;
+  return { type, region, id };
+}
+
+async function handle(deps: QueueDeps, raw: unknown): Promise<QueueOutcome> {
   const parsed = QueueMessage.safeParse(raw);
   if (!parsed.success) {
     const type = typeof raw === "object" && raw !== null && "type" in raw

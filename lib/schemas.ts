@@ -215,7 +215,8 @@ export const RegionView = z.object({
     description: "Status updates enqueued but not yet applied.",
   }),
   deadLettered: z.number().int().openapi({
-    description: "Status updates whose message exhausted its retries (dead letters).",
+    description:
+      "Status updates whose message exhausted its retries (dead letters), since the region was created: discarding a dead letter does not lower it.",
   }),
   total: z.number().int().openapi({ description: "Slots of all resources not gone." }),
   free: z.number().int().openapi({ description: "Slots that can be claimed now." }),

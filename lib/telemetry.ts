@@ -18,7 +18,8 @@ export const instruments = {
     description: "Claims per group commit",
   }),
   groupConflicts: meter.createCounter("allot.claim.group_conflicts", {
-    description: "Group commits that failed their checks (their claims retried alone)",
+    description:
+      "Group commits that failed their checks (their claims retried alone) or whose outcome is unknown (refused)",
   }),
   statusUpdates: meter.createCounter("allot.status.updates", {
     description: "Status updates applied (processed), by region",
@@ -41,7 +42,8 @@ meter.createObservableGauge("allot.region.fallback", {
   for (const [region, g] of regionGauges) result.observe(g.mode === "fallback" ? 1 : 0, { region });
 });
 meter.createObservableGauge("allot.region.dead_letters", {
-  description: "Status updates dead-lettered per region",
+  description:
+    "Status updates dead-lettered per region, since its creation (a discard does not lower it)",
 }).addCallback((result) => {
   for (const [region, g] of regionGauges) result.observe(g.deadLettered, { region });
 });

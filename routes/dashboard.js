@@ -256,7 +256,9 @@ function card(region, claims) {
       { class: "figures" },
       `${count(region.lagMs)} ms now · enter ${count(region.lag.enterMs)} ms · exit ${
         count(region.lag.exitMs)
-      } ms · ${count(region.pending)} pending · ${count(region.deadLettered)} dead letters`,
+      } ms · ${count(region.pending)} pending · ${
+        count(region.deadLettered)
+      } updates dead-lettered`,
     ),
     h("h3", {}, "Mode history"),
     modeChanges(region.modeHistory),

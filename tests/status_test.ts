@@ -618,7 +618,19 @@ Deno.test("an unreadable status batch is retried until dead-lettered; other unre
   ]);
   // As a newer version might write it: a field this version does not know.
   const newer = { ...messages[0], updates: [{ ...messages[0].updates[0], zone: "b" }] };
-  await assert.rejects(handleQueueMessage(deps, newer), /unreadable status batch/);
+  const logged: string[] = [];
+  const consoleError = console.error;
+  console.error = (line: string) => logged.push(line);
+  try {
+    await assert.rejects(handleQueueMessage(deps, newer), /unreadable status batch/);
+  } finally {
+    console.error = consoleError;
+  }
+  // Each failed delivery is a JSON log line naming the message, not Deno's plain text alone.
+  const failed = logged.map((line) => JSON.parse(line))
+    .find((line) => line.msg === "a queue message failed; the queue redelivers it");
+  assert.deepEqual([failed?.type, failed?.region, failed?.id], ["status.batch", "iad", newer.id]);
+  assert.match(failed.error, /unreadable status batch/);
   // Its retries end in its dead letter, which takes it out of the region's lag.
   t.clock.advance(60_000);
   await t.kv.set(keys.deadLetter("iad", newer.id), newer);
