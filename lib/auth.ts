@@ -69,14 +69,19 @@ export function authorize(principal: Principal, roles: readonly Role[], region?:
  * region outside its scope, whose name the caller is not to learn.
  */
 export function authorizeClaim(principal: Principal, claimId: string, region: string): void {
-  if (principal.regions && !principal.regions.has(region)) {
+  if (!inScope(principal, region)) {
     throw new ForbiddenError(`This token may not act on claim "${claimId}"`);
   }
 }
 
 /** Throws 403 unless the principal may act in `region` (its role already checked). */
 export function authorizeRegion(principal: Principal, region: string): void {
-  if (principal.regions && !principal.regions.has(region)) {
+  if (!inScope(principal, region)) {
     throw new ForbiddenError(`This token is not allowed in region "${region}"`);
   }
+}
+
+/** Whether the principal's token is unscoped or scoped to `region`. */
+function inScope(principal: Principal, region: string): boolean {
+  return principal.regions === null || principal.regions.has(region);
 }
