@@ -77,20 +77,32 @@ export async function handleQueueMessage(deps: QueueDeps, raw: unknown): Promise
   try {
     return await handle(deps, raw);
   } catch (error) {
-    // Deno prints a failed handler as plain text; operators query the JSON lines.
-    log("warn", "a queue message failed; the queue redelivers it", {
-      ...describeMessage(raw),
-      error: String(error),
-    });
+    // Deno prints a failed handler as plain text; operators query the JSON lines. The line
+    // must never replace the error it reports (a message unread may hold anything).
+    try {
+      log("warn", "a queue message failed; the queue retries it", {
+        ...describeMessage(raw),
+        error: String(error),
+      });
+    } catch {
+      // The error below still reaches Deno's own output.
+    }
     throw error;
   }
 }
 
-/** What a log line says of a queue message: its type, and its region and id when it has them. */
-function describeMessage(raw: unknown): Record<string, unknown> {
+/** Longest string a failure line copies from a message it may not have been able to read. */
+const DESCRIBED_CHARS = 200;
+
+/** What a log line says of a queue message: its type, region, id and claim id, as strings. */
+function describeMessage(raw: unknown): Record<string, string> {
   if (typeof raw !== "object" || raw === null) return { type: typeof raw };
-  const { type, region, id } = raw as Record<string, unknown>;
-  return { type, region, id };
+  const fields: Record<string, string> = {};
+  for (const name of ["type", "region", "id", "claimId"]) {
+    const value = (raw as Record<string, unknown>)[name];
+    if (typeof value === "string") fields[name] = value.slice(0, DESCRIBED_CHARS);
+  }
+  return fields;
 }
 
 async function handle(deps: QueueDeps, raw: unknown): Promise<QueueOutcome> {

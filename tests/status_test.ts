@@ -628,9 +628,14 @@ Deno.test("an unreadable status batch is retried until dead-lettered; other unre
   }
   // Each failed delivery is a JSON log line naming the message, not Deno's plain text alone.
   const failed = logged.map((line) => JSON.parse(line))
-    .find((line) => line.msg === "a queue message failed; the queue redelivers it");
+    .find((line) => line.msg === "a queue message failed; the queue retries it");
   assert.deepEqual([failed?.type, failed?.region, failed?.id], ["status.batch", "iad", newer.id]);
   assert.match(failed.error, /unreadable status batch/);
+  // A field no JSON can carry does not replace the error with the log line's own.
+  await assert.rejects(
+    handleQueueMessage(deps, { ...newer, region: 1n }),
+    /unreadable status batch/,
+  );
   // Its retries end in its dead letter, which takes it out of the region's lag.
   t.clock.advance(60_000);
   await t.kv.set(keys.deadLetter("iad", newer.id), newer);
