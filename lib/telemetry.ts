@@ -12,19 +12,24 @@ const meter = metrics.getMeter("allot");
 /** Counters and histograms allot reports. */
 export const instruments = {
   claims: meter.createCounter("allot.claims", {
+    unit: "{claim}",
     description: "Claims answered, by region, serving region and outcome",
   }),
   claimGroupSize: meter.createHistogram("allot.claim.group_size", {
+    unit: "{claim}",
     description: "Claims per group commit",
   }),
   groupConflicts: meter.createCounter("allot.claim.group_conflicts", {
+    unit: "{commit}",
     description:
       "Group commits that failed their checks (their claims retried alone) or whose outcome is unknown (refused)",
   }),
   statusUpdates: meter.createCounter("allot.status.updates", {
+    unit: "{update}",
     description: "Status updates applied (processed), by region",
   }),
   updatesPerCommit: meter.createHistogram("allot.status.updates_per_commit", {
+    unit: "{update}",
     description: "Status updates per apply commit",
   }),
 };
@@ -32,16 +37,21 @@ export const instruments = {
 /** Last lag, mode and dead letters seen per region, exported as gauges. */
 const regionGauges = new Map<string, { lagMs: number; mode: RegionMode; deadLettered: number }>();
 
-meter.createObservableGauge("allot.region.lag_ms", { description: "Status lag per region" })
+meter.createObservableGauge("allot.region.lag_ms", {
+  unit: "ms",
+  description: "Status lag per region",
+})
   .addCallback((result) => {
     for (const [region, g] of regionGauges) result.observe(g.lagMs, { region });
   });
 meter.createObservableGauge("allot.region.fallback", {
+  unit: "1",
   description: "1 when the region serves claims from its backup, else 0",
 }).addCallback((result) => {
   for (const [region, g] of regionGauges) result.observe(g.mode === "fallback" ? 1 : 0, { region });
 });
 meter.createObservableGauge("allot.region.dead_letters", {
+  unit: "{update}",
   description:
     "Status updates dead-lettered per region, since its creation (a discard does not lower it)",
 }).addCallback((result) => {

@@ -62,6 +62,18 @@ Deno.test("with OTEL_DENO=true a claim exports an allot.claim span and allot met
       await eventually(() => has("/v1/metrics", "allot.region.lag_ms"), 15_000),
       "lag gauge",
     );
+    // Units travel with the metrics (milliseconds for the lag, counts by what they count).
+    const metricsExport = received.find((r) =>
+      r.startsWith("/v1/metrics") && r.includes('"allot.region.lag_ms"')
+    )!;
+    assert.match(
+      metricsExport,
+      /"name":\s*"allot\.region\.lag_ms",\s*"description":\s*"[^"]*",\s*"unit":\s*"ms"/,
+    );
+    assert.match(
+      metricsExport,
+      /"name":\s*"allot\.claims",\s*"description":\s*"[^"]*",\s*"unit":\s*"\{claim\}"/,
+    );
 
     // A deleted region's gauges stop: later exports carry the other metrics, not them.
     for (const path of ["/v1/regions/otel/resources/r1", "/v1/regions/otel"]) {
