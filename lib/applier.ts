@@ -215,14 +215,15 @@ export class StatusApplier {
         }
         planned.committed(res.versionstamp);
         this.stats.commits++;
-        this.stats.updates += planned.processed;
+        const processed = [...planned.processedIn.values()].reduce((sum, n) => sum + n, 0);
+        this.stats.updates += processed;
         this.stats.effective += planned.effective;
         this.stats.messages += planned.completed;
-        span.setAttributes({ "allot.updates": planned.processed, "allot.retries": attempt });
+        span.setAttributes({ "allot.updates": processed, "allot.retries": attempt });
         for (const [region, updates] of planned.processedIn) {
           instruments.statusUpdates.add(updates, { region });
         }
-        instruments.updatesPerCommit.record(planned.processed);
+        instruments.updatesPerCommit.record(processed);
         await this.#afterCommit(planned.regions, planned.gone, res.versionstamp);
         return null;
       }

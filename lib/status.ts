@@ -253,9 +253,10 @@ function specChanged(before: ResourceSpec | null, after: ResourceSpec): boolean 
 export interface PlannedApply {
   /** Updates that supplied a field (the rest were superseded or already applied). */
   effective: number;
-  /** Updates of the messages this plan completes. */
-  processed: number;
-  /** The same, by the region each message was accepted for (one commit may span several). */
+  /**
+   * Updates of the messages this plan completes, by the region each message was accepted
+   * for (one commit may span several).
+   */
   processedIn: Map<string, number>;
   /** Messages whose bookkeeping is in this plan. */
   completed: number;
@@ -327,7 +328,6 @@ export async function planApply(
   const regions = await readRegionResources(kv, checkEach ? new ResourceCache(0) : cache, groups);
   const result: PlannedApply = {
     effective: 0,
-    processed: 0,
     processedIn: new Map(),
     completed: 0,
     regions: new Set(),
@@ -440,7 +440,6 @@ export async function planApply(
       plan.check(pending);
       plan.delete(pending.key);
       addCounter(plan, message.region, "applied", pending.value!.count);
-      result.processed += pending.value!.count;
       result.processedIn.set(
         message.region,
         (result.processedIn.get(message.region) ?? 0) + pending.value!.count,
