@@ -4,6 +4,7 @@
  * are no-ops. Span and metric names are documented in the README.
  */
 import { type Attributes, metrics, type Span, SpanStatusCode, trace } from "@opentelemetry/api";
+import { AllotError } from "./errors.ts";
 import type { RegionMode } from "./schemas.ts";
 
 const tracer = trace.getTracer("allot");
@@ -78,7 +79,11 @@ export function gaugedRegions(): string[] {
   return [...regionGauges.keys()].sort();
 }
 
-/** Runs `fn` in a span; an exception marks the span as an error and is rethrown. */
+/**
+ * Runs `fn` in a span and rethrows what it throws. An expected outcome (an `AllotError`,
+ * such as no capacity) is named in `allot.problem` and leaves the span's status unset, so
+ * that trace error rates count failures of allot, not refusals it was built to give.
+ */
 export async function inSpan<T>(
   name: string,
   attributes: Attributes,
@@ -88,8 +93,12 @@ export async function inSpan<T>(
     try {
       return await fn(span);
     } catch (error) {
-      span.recordException(error as Error);
-      span.setStatus({ code: SpanStatusCode.ERROR, message: String(error) });
+      if (error instanceof AllotError) {
+        span.setAttribute("allot.problem", error.slug);
+      } else {
+        span.recordException(error as Error);
+        span.setStatus({ code: SpanStatusCode.ERROR, message: String(error) });
+      }
       throw error;
     } finally {
       span.end();
