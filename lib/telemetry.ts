@@ -35,28 +35,49 @@ export const instruments = {
   }),
 };
 
-/** Last lag, mode and dead letters seen per region, exported as gauges. */
-const regionGauges = new Map<string, { lagMs: number; mode: RegionMode; deadLettered: number }>();
+/** Last lag, mode and dead letters seen per region, and when (performance.now()). */
+interface RegionGauge {
+  lagMs: number;
+  mode: RegionMode;
+  deadLettered: number;
+  seenAt: number;
+}
+const regionGauges = new Map<string, RegionGauge>();
+
+/**
+ * How long a process exports a region's gauges after it last evaluated that region. The
+ * process holding the region watch evaluates every region every 5 s; any other evaluates a
+ * region only when a request touches it, and would otherwise export its last, aging figures
+ * beside the holder's current ones.
+ */
+export const GAUGE_FRESH_MS = 15_000;
+
+/** The regions whose gauges this process exports now: those evaluated within GAUGE_FRESH_MS. */
+export function freshGauges(now = performance.now()): Array<[string, RegionGauge]> {
+  return [...regionGauges].filter(([, g]) => now - g.seenAt <= GAUGE_FRESH_MS);
+}
 
 meter.createObservableGauge("allot.region.lag_ms", {
   unit: "ms",
   description: "Status lag per region",
 })
   .addCallback((result) => {
-    for (const [region, g] of regionGauges) result.observe(g.lagMs, { region });
+    for (const [region, g] of freshGauges()) result.observe(g.lagMs, { region });
   });
 meter.createObservableGauge("allot.region.fallback", {
   unit: "1",
   description: "1 when the region serves claims from its backup, else 0",
 }).addCallback((result) => {
-  for (const [region, g] of regionGauges) result.observe(g.mode === "fallback" ? 1 : 0, { region });
+  for (const [region, g] of freshGauges()) {
+    result.observe(g.mode === "fallback" ? 1 : 0, { region });
+  }
 });
 meter.createObservableGauge("allot.region.dead_letters", {
   unit: "{update}",
   description:
     "Status updates dead-lettered per region, since its creation (a discard does not lower it)",
 }).addCallback((result) => {
-  for (const [region, g] of regionGauges) result.observe(g.deadLettered, { region });
+  for (const [region, g] of freshGauges()) result.observe(g.deadLettered, { region });
 });
 
 /** Records a region's latest evaluated lag and mode for the gauges. */
@@ -66,7 +87,7 @@ export function observeRegion(
   mode: RegionMode,
   deadLettered: number,
 ): void {
-  regionGauges.set(region, { lagMs, mode, deadLettered });
+  regionGauges.set(region, { lagMs, mode, deadLettered, seenAt: performance.now() });
 }
 
 /** Stops exporting a deleted region's gauges, whose last figures would otherwise stay for ever. */
@@ -74,7 +95,7 @@ export function forgetRegion(region: string): void {
   regionGauges.delete(region);
 }
 
-/** The regions whose gauges this process exports, in name order. */
+/** The regions whose gauges this process keeps, fresh or not, in name order. */
 export function gaugedRegions(): string[] {
   return [...regionGauges.keys()].sort();
 }
