@@ -2,8 +2,9 @@
  * Soak: minutes of mixed load at a steady rate against the real server (claims, renews,
  * releases, reads, status batches), sampling the server's RSS (/proc/<pid>/status VmRSS)
  * and the region's queue lag. It reports whether memory stopped growing (the second
- * half's trend within 5 %), whether the lag stayed under its target, and the violations the checker and the audits
- * found over the whole history (there must be none). Not a CI test.
+ * half's trend within 5 %), whether the lag stayed under its target, and the violations
+ * the checker and the audits found over the whole history (there must be none). Not a CI
+ * test.
  *
  *   deno task soak [--minutes=10] [--rate=100] [--holders=20] [--lag-target-ms=2000]
  */
@@ -30,7 +31,7 @@ export interface SoakOptions {
   lagTargetMs: number;
   /**
    * Largest allowed RSS growth over the second half of the run, by its trend (0.05: 5 %).
-   * A leak keeps growing to the end; a heap that steps up once and stays does not.
+   * A leak keeps growing to the end; memory that steps up once and stays does not.
    */
   memoryTolerance: number;
   seed: number;
