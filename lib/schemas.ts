@@ -12,6 +12,12 @@ export const LIMITS = {
   labels: 16,
   labelKey: 63,
   labelValue: 256,
+  /**
+   * Characters of a label map's keys and values together. Every free slot's index entry
+   * carries its resource's labels, so a label change rewrites up to 64 of them: this keeps
+   * that write small (64 KiB at most) however a caller fills the map.
+   */
+  labelChars: 1024,
   slots: 64,
   holder: 256,
   idempotencyKey: 256,
@@ -37,6 +43,10 @@ function labelsDoc() {
   return {
     propertyNames: { type: "string", pattern: LABEL_KEY.source },
     maxProperties: LIMITS.labels,
+    description:
+      `At most ${LIMITS.labels} labels, keys of 1-${LIMITS.labelKey} characters, values of at most ${LIMITS.labelValue}, and ${
+        LIMITS.labelChars.toLocaleString("en-US")
+      } characters of keys and values together.`,
     example: { browser: "chromium" },
   };
 }
@@ -48,7 +58,16 @@ export const Labels = z.record(
   z.string().max(LIMITS.labelValue),
 ).refine((labels) => Object.keys(labels).length <= LIMITS.labels, {
   message: `at most ${LIMITS.labels} labels`,
-}).openapi(labelsDoc());
+}).refine(
+  (labels) =>
+    Object.entries(labels).reduce((sum, [key, value]) => sum + key.length + value.length, 0) <=
+      LIMITS.labelChars,
+  {
+    message: `labels hold at most ${
+      LIMITS.labelChars.toLocaleString("en-US")
+    } characters of keys and values together`,
+  },
+).openapi(labelsDoc());
 export type Labels = z.infer<typeof Labels>;
 
 export const ResourceState = z.enum(["ready", "draining", "gone"]);

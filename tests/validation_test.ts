@@ -319,6 +319,30 @@ const CASES: BadRequest[] = [
     field: "labels.k",
   },
   {
+    name: "labels of 1,028 characters together",
+    method: "PUT",
+    path: "/v1/regions/iad/resources/r",
+    body: {
+      labels: { a: "v".repeat(256), b: "v".repeat(256), c: "v".repeat(256), d: "v".repeat(256) },
+    },
+    status: 422,
+    field: "labels",
+  },
+  {
+    name: "status update with labels of 1,025 characters together",
+    method: "POST",
+    path: "/v1/regions/iad/status",
+    body: {
+      updates: [{
+        resource: "r",
+        seq: 1,
+        labels: { a: "v".repeat(256), b: "v".repeat(256), c: "v".repeat(256), d: "v".repeat(253) },
+      }],
+    },
+    status: 422,
+    field: "updates.0.labels",
+  },
+  {
     name: "label key of 64 characters",
     method: "PUT",
     path: "/v1/regions/iad/resources/r",
@@ -377,6 +401,18 @@ const CASES: BadRequest[] = [
     method: "POST",
     path: "/v1/regions/iad/claims",
     body: { holder: "h", labels: labels(17) },
+    token: TOKENS.client,
+    status: 422,
+    field: "labels",
+  },
+  {
+    name: "claim with labels of 1,028 characters together",
+    method: "POST",
+    path: "/v1/regions/iad/claims",
+    body: {
+      holder: "h",
+      labels: { a: "v".repeat(256), b: "v".repeat(256), c: "v".repeat(256), d: "v".repeat(256) },
+    },
     token: TOKENS.client,
     status: 422,
     field: "labels",
@@ -601,18 +637,29 @@ Deno.test("valid boundary values are accepted", async (t) => {
     assert.deepEqual(res.body.lag, { enterMs: 2000, exitMs: 500 });
     assert.deepEqual(res.body.lease, { defaultMs: 60_000, maxMs: 3_600_000 });
   });
-  await t.step("slots 1 and 64, 16 labels, 256-character label values", async () => {
-    const one = await put("/v1/regions/iad/resources/a", { slots: 1 });
-    assert.equal(one.status, 201);
-    const max = await put("/v1/regions/iad/resources/b", {
-      slots: 64,
-      labels: { ...labels(15), long: "v".repeat(256) },
-    });
-    assert.equal(max.status, 201, JSON.stringify(max.body));
-    assert.equal(max.body.slots, 64);
-    const id = `R${"r".repeat(127)}`;
-    assert.equal((await put(`/v1/regions/iad/resources/${id}`, {})).status, 201);
-  });
+  await t.step(
+    "slots 1 and 64, 16 labels, 256-character label values, 1,024 label characters",
+    async () => {
+      const one = await put("/v1/regions/iad/resources/a", { slots: 1 });
+      assert.equal(one.status, 201);
+      const max = await put("/v1/regions/iad/resources/b", {
+        slots: 64,
+        labels: { ...labels(15), long: "v".repeat(256) },
+      });
+      assert.equal(max.status, 201, JSON.stringify(max.body));
+      assert.equal(max.body.slots, 64);
+      const chars = {
+        a: "v".repeat(255),
+        b: "v".repeat(255),
+        c: "v".repeat(255),
+        d: "v".repeat(255),
+      };
+      const full = await put("/v1/regions/iad/resources/c", { labels: chars });
+      assert.equal(full.status, 201, "1,024 characters of keys and values together");
+      const id = `R${"r".repeat(127)}`;
+      assert.equal((await put(`/v1/regions/iad/resources/${id}`, {})).status, 201);
+    },
+  );
 });
 
 /** Sanity for the harness itself: a successful write does change the snapshot. */
