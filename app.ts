@@ -15,7 +15,7 @@ import { LeasePlaces } from "./lib/leases.ts";
 import { log } from "./lib/log.ts";
 import { AllotError, type FieldIssue, UnavailableError, ValidationError } from "./lib/errors.ts";
 import { isStoreUnavailable } from "./lib/kv.ts";
-import { type AppEnv, fieldIssues } from "./routes/_shared.ts";
+import { type AppEnv, fieldIssues, reportIssues } from "./routes/_shared.ts";
 import { claimRoutes } from "./routes/claims.ts";
 import { dashboardRoutes } from "./routes/dashboard.tsx";
 import { deadLetterRoutes } from "./routes/dead_letters.ts";
@@ -50,11 +50,8 @@ function toProblemResponse(error: unknown): Response {
   let known: AllotError | null = null;
   if (error instanceof AllotError) known = error;
   else if (error instanceof z.ZodError) {
-    const issues = fieldIssues(error.issues);
-    known = new ValidationError(
-      `Invalid request body: ${issues.map((i) => `${i.field} ${i.message}`).join("; ")}`,
-      issues,
-    );
+    const { reported, summary } = reportIssues(fieldIssues(error.issues));
+    known = new ValidationError(`Invalid request body: ${summary}`, reported);
   } else if (error instanceof HTTPException && error.status < 500) {
     known = new AllotError(
       error.status as AllotError["status"],

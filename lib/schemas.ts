@@ -206,7 +206,10 @@ export const Problem = z.object({
   status: z.number().int(),
   detail: z.string(),
   field: z.string().optional(),
-  errors: z.array(z.object({ field: z.string(), message: z.string() })).optional(),
+  errors: z.array(z.object({ field: z.string(), message: z.string() })).optional().openapi({
+    description:
+      "The offending inputs, the first 20 of them; `detail` names the first 5 and counts the rest.",
+  }),
 }).openapi("Problem");
 
 export const ModeChange = z.object({

@@ -55,6 +55,24 @@ export function fieldIssues(issues: readonly z.core.$ZodIssue[], prefix = ""): F
   });
 }
 
+/** Most issues a problem lists: a body of thousands of bad keys gets a small answer. */
+export const REPORTED_ISSUES = 20;
+/** Issues the problem's `detail` spells out; `errors` holds up to REPORTED_ISSUES. */
+const DETAILED_ISSUES = 5;
+
+/**
+ * The issues a problem reports (the first REPORTED_ISSUES) and its detail line: the first
+ * few, then how many more there are.
+ */
+export function reportIssues(issues: FieldIssue[]): { reported: FieldIssue[]; summary: string } {
+  const listed = issues.slice(0, DETAILED_ISSUES).map((i) => `${i.field} ${i.message}`);
+  const more = issues.length - listed.length;
+  return {
+    reported: issues.slice(0, REPORTED_ISSUES),
+    summary: listed.join("; ") + (more > 0 ? `; and ${more.toLocaleString("en-US")} more` : ""),
+  };
+}
+
 /** The header every 503 carries. */
 export const RetryAfterHeaders = z.object({
   "Retry-After": z.string().openapi({
@@ -80,13 +98,13 @@ function validationHook(
       ? { ...issue, field: HEADER_NAMES[issue.field] ?? issue.field }
       : issue
   );
-  const summary = issues.map((i) => `${i.field} ${i.message}`).join("; ");
+  const { reported, summary } = reportIssues(issues);
   if (result.target === "json") {
-    throw new ValidationError(`Invalid request body: ${summary}`, issues);
+    throw new ValidationError(`Invalid request body: ${summary}`, reported);
   }
   throw new BadRequestError(
     `Invalid ${result.target === "param" ? "path" : result.target}: ${summary}`,
-    issues,
+    reported,
   );
 }
 

@@ -336,6 +336,7 @@ const CASES: BadRequest[] = [
       updates: [{
         resource: "r",
         seq: 1,
+        state: "ready",
         labels: { a: "v".repeat(256), b: "v".repeat(256), c: "v".repeat(256), d: "v".repeat(253) },
       }],
     },
@@ -821,4 +822,49 @@ Deno.test("a body that cannot be read answers 503 + Retry-After, not 400", async
     assertProblem(res, 400);
   });
   assert.deepEqual(await poolOf(app, "iad"), { free: 1, claimed: 0, total: 1 });
+});
+
+Deno.test("a body with thousands of bad label keys gets a 422 listing 20 and counting the rest", async (t) => {
+  await using app: TestApp = await makeApp();
+  await seedRegion(app, "iad", 1);
+  /** `n` keys that break the key rule (a leading '-'), each with a value that is no string. */
+  const badLabels = (n: number) =>
+    Object.fromEntries(Array.from({ length: n }, (_, i) => [`-${i}`, 0]));
+
+  await t.step("a claim", async () => {
+    const body = { holder: "h", labels: badLabels(4000) };
+    const sent = JSON.stringify(body).length;
+    assert.ok(sent < 64 * 1024, `${sent} bytes`);
+    const res = await app.request("POST", "/v1/regions/iad/claims", { token: TOKENS.client, body });
+    assert.equal(res.status, 422);
+    assert.equal(res.body.errors.length, 20);
+    assert.equal(res.body.field, res.body.errors[0].field);
+    assert.match(res.body.detail, /; and [0-9,]+ more$/);
+    assert.ok(JSON.stringify(res.body).length < 4096, `${JSON.stringify(res.body).length} bytes`);
+  });
+
+  await t.step("a status batch", async () => {
+    const updates = Array.from(
+      { length: 8 },
+      (_, i) => ({ resource: `r${i}`, seq: 1, state: "ready", labels: badLabels(3000) }),
+    );
+    const res = await app.request("POST", "/v1/regions/iad/status", {
+      token: TOKENS.agent,
+      body: { updates },
+    });
+    assert.equal(res.status, 422);
+    assert.equal(res.body.errors.length, 20);
+    assert.ok(res.body.errors[0].field.startsWith("updates.0.labels"), res.body.detail);
+    assert.ok(JSON.stringify(res.body).length < 4096, `${JSON.stringify(res.body).length} bytes`);
+  });
+
+  await t.step("a few issues are all listed, with no count", async () => {
+    const res = await app.request("POST", "/v1/regions/iad/claims", {
+      token: TOKENS.client,
+      body: { holder: "h", labels: badLabels(2) },
+    });
+    assert.equal(res.status, 422);
+    assert.ok(res.body.errors.length >= 2 && res.body.errors.length <= 5, JSON.stringify(res.body));
+    assert.doesNotMatch(res.body.detail, /more$/);
+  });
 });
