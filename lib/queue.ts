@@ -5,7 +5,7 @@
 import { z } from "zod";
 import type { StatusApplier } from "./applier.ts";
 import type { Clock } from "./clock.ts";
-import { RegionName, StatusUpdate } from "./schemas.ts";
+import { QueuedStatusUpdate, RegionName } from "./schemas.ts";
 import { expireIfDue, getClaimEntry, type LeaseEnder } from "./leases.ts";
 import { NotFoundError } from "./errors.ts";
 import { log } from "./log.ts";
@@ -36,7 +36,7 @@ export const StatusBatchMessage = z.strictObject({
   id: z.string(),
   region: RegionName,
   enqueuedAt: z.number().int(),
-  updates: z.array(StatusUpdate),
+  updates: z.array(QueuedStatusUpdate),
 });
 export type StatusBatchMessage = z.infer<typeof StatusBatchMessage>;
 

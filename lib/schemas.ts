@@ -51,14 +51,20 @@ function labelsDoc() {
   };
 }
 
-export const Labels = z.record(
+/**
+ * A label map as every version has accepted it. Queued status messages are read with it,
+ * so that a message accepted before the character bound below is applied, not dead-lettered.
+ */
+const LabelMap = z.record(
   z.string().regex(LABEL_KEY, {
     message: "label keys are 1-63 characters of A-Z, a-z, 0-9 and '._/-'",
   }),
   z.string().max(LIMITS.labelValue),
 ).refine((labels) => Object.keys(labels).length <= LIMITS.labels, {
   message: `at most ${LIMITS.labels} labels`,
-}).refine(
+});
+
+export const Labels = LabelMap.refine(
   (labels) =>
     Object.entries(labels).reduce((sum, [key, value]) => sum + key.length + value.length, 0) <=
       LIMITS.labelChars,
@@ -252,18 +258,22 @@ export type RegionView = z.infer<typeof RegionView>;
 /** Most updates one status request may carry. */
 export const MAX_STATUS_UPDATES = 1000;
 
-export const StatusUpdate = z.strictObject({
-  resource: ResourceId,
-  seq: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).openapi({
-    description:
-      "Per-resource sequence number, increasing with each report: each field (state, slots, labels, load) takes the value of the highest-seq update that carried it, so an update changes only the fields it carries whose value came from a lower seq. A PUT of the resource counts as newer than every report applied before it.",
-  }),
-  state: ResourceState,
-  slots: z.number().int().min(1).max(LIMITS.slots).optional(),
-  labels: Labels.optional(),
-  load: z.number().min(0).max(1e12).optional(),
-}).openapi("StatusUpdate");
+const statusUpdate = (labels: typeof LabelMap) =>
+  z.strictObject({
+    resource: ResourceId,
+    seq: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).openapi({
+      description:
+        "Per-resource sequence number, increasing with each report: each field (state, slots, labels, load) takes the value of the highest-seq update that carried it, so an update changes only the fields it carries whose value came from a lower seq. A PUT of the resource counts as newer than every report applied before it.",
+    }),
+    state: ResourceState,
+    slots: z.number().int().min(1).max(LIMITS.slots).optional(),
+    labels: labels.optional(),
+    load: z.number().min(0).max(1e12).optional(),
+  });
+export const StatusUpdate = statusUpdate(Labels).openapi("StatusUpdate");
 export type StatusUpdate = z.infer<typeof StatusUpdate>;
+/** A status update as queued by this or an earlier version (see LabelMap). */
+export const QueuedStatusUpdate = statusUpdate(LabelMap);
 
 export const StatusBatch = z.strictObject({
   updates: z.array(StatusUpdate).min(1).max(MAX_STATUS_UPDATES),

@@ -647,6 +647,20 @@ Deno.test("an unreadable status batch is retried until dead-lettered; other unre
   }
 });
 
+Deno.test("a queued update whose labels an earlier version accepted (over 1,024 characters) is applied", async () => {
+  await using t = await makeApp();
+  await t.request("PUT", "/v1/regions/iad", { body: {} });
+  const deps = { kv: t.kv, clock: t.clock, applier: new StatusApplier(t.kv, t.clock) };
+  const labels = Object.fromEntries(["a", "b", "c", "d", "e"].map((k) => [k, k.repeat(256)]));
+  // As queued before the bound: the route would refuse these labels now (422).
+  const { messages } = await ingestStatus(t.kv, t.clock, "iad", [
+    { resource: "old", seq: 1, state: "ready", labels },
+  ]);
+  assert.equal(await handleQueueMessage(deps, messages[0]), "applied");
+  const res = await t.request("GET", "/v1/regions/iad/resources/old");
+  assert.deepEqual(res.body.labels, labels);
+});
+
 Deno.test("status batches are delivered end to end through kv.listenQueue", async () => {
   const kv = await Deno.openKv(":memory:");
   await using t = await makeApp({ kv });
