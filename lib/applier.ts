@@ -30,6 +30,8 @@ export interface ApplyStats {
   effective: number;
   messages: number;
   conflicts: number;
+  /** Deliveries put back in the queue because this isolate held as many as it may. */
+  deferred: number;
 }
 
 export interface ApplierOptions {
@@ -37,6 +39,8 @@ export interface ApplierOptions {
   windowMs?: number;
   /** Most messages planned into one commit before splitting. */
   maxMessagesPerCommit?: number;
+  /** Most messages held (delivered, not yet applied) before deliveries are deferred. */
+  maxHeld?: number;
   faults?: StatusFaults;
 }
 
@@ -51,6 +55,18 @@ const MAX_CONFLICT_RETRIES = 10;
 const CONTENDED_MS = 2000;
 /** Mutations a commit spends once per region, whatever its size: version, write mark, counters. */
 const REGION_MUTATIONS = 8;
+/**
+ * Deno KV hands a listener every ready message without waiting for earlier ones to finish,
+ * so a backlog applied slower than it is delivered (updates that rewrite many free entries,
+ * say) would otherwise be held in memory whole. 256 messages of at most 64 KiB each keep
+ * the applier's commits full while bounding what it holds.
+ */
+const MAX_HELD_MESSAGES = 256;
+/** Shortest and longest wait of a deferred delivery, ms. */
+const DEFER_MS = { min: 250, max: 60_000 };
+/** Weight of the newest flush in the applied-messages-per-second estimate. */
+const RATE_WEIGHT = 0.3;
+
 /** What a commit that Deno KV refused for its size settles to. */
 const SIZE_REFUSED = Symbol("size refused");
 
@@ -62,12 +78,19 @@ export class StatusApplier {
     effective: 0,
     messages: 0,
     conflicts: 0,
+    deferred: 0,
   };
   #buffer: Waiting[] = [];
   #timer: ReturnType<typeof setTimeout> | null = null;
   #flushing: Promise<void> = Promise.resolve();
   readonly #windowMs: number;
   readonly #maxPerCommit: number;
+  readonly #maxHeld: number;
+  #held = 0;
+  /** Messages this isolate applies per second lately; deferrals are spaced by it. */
+  #rate = 100;
+  /** When (performance.now()) the last deferred delivery is due back. */
+  #deferredUntil = 0;
   readonly #faults: StatusFaults;
   #perUpdate = { checks: 0, mutations: 1 };
   readonly #cache = new ResourceCache();
@@ -81,11 +104,29 @@ export class StatusApplier {
   ) {
     this.#windowMs = options.windowMs ?? 5;
     this.#maxPerCommit = options.maxMessagesPerCommit ?? 64;
+    this.#maxHeld = options.maxHeld ?? MAX_HELD_MESSAGES;
     this.#faults = options.faults ?? {};
+  }
+
+  /**
+   * Null while this isolate may hold one more delivery; else how long to put it back in the
+   * queue for (ms). Deferred deliveries are spaced at the rate this isolate applies
+   * messages, so that each comes back about when there is room instead of all at once.
+   */
+  deferral(): number | null {
+    if (this.#held < this.#maxHeld) return null;
+    const now = performance.now();
+    this.#deferredUntil = Math.min(
+      now + DEFER_MS.max,
+      Math.max(this.#deferredUntil, now + DEFER_MS.min) + 1000 / this.#rate,
+    );
+    this.stats.deferred++;
+    return Math.round(this.#deferredUntil - now);
   }
 
   /** Buffers one delivery; resolves once its updates are committed (rejects: redeliver it). */
   submit(message: StatusBatchMessage): Promise<void> {
+    this.#held++;
     return new Promise((resolve, reject) => {
       this.#buffer.push({ message, resolve, reject });
       if (this.#buffer.length >= this.#maxPerCommit) this.#flushSoon(0);
@@ -107,7 +148,14 @@ export class StatusApplier {
   }
 
   async #flush(batch: Waiting[]): Promise<void> {
-    const outcomes = await this.apply(batch.map((w) => w.message));
+    const started = performance.now();
+    // apply() settles each message itself; anything it throws still settles all of them,
+    // and keeps this isolate's later flushes running.
+    const outcomes = await this.apply(batch.map((w) => w.message))
+      .catch((error: unknown) => batch.map(() => error));
+    const perSecond = batch.length / Math.max(0.001, (performance.now() - started) / 1000);
+    this.#rate = RATE_WEIGHT * perSecond + (1 - RATE_WEIGHT) * this.#rate;
+    this.#held -= batch.length;
     batch.forEach((waiting, i) => {
       const error = outcomes[i];
       if (error === null) waiting.resolve();

@@ -9,6 +9,7 @@ import { QueuedStatusUpdate, RegionName } from "./schemas.ts";
 import { expireIfDue, getClaimEntry, type LeaseEnder } from "./leases.ts";
 import { NotFoundError } from "./errors.ts";
 import { log } from "./log.ts";
+import { deferStatus } from "./status.ts";
 import { ensureSweeper, sweepRegion } from "./sweeper.ts";
 
 /** One tick of a region's expiry sweep chain (sweeper.ts). */
@@ -64,7 +65,8 @@ export type QueueOutcome =
   | "rescheduled"
   | "stale"
   | "ignored"
-  | "applied";
+  | "applied"
+  | "deferred";
 
 /**
  * Handles one delivery. An unparseable message is dropped (logged), never retried
@@ -124,9 +126,15 @@ async function handle(deps: QueueDeps, raw: unknown): Promise<QueueOutcome> {
       return await sweepRegion(deps.kv, deps.clock, message, deps.ender);
     case "lease.expire":
       return await onLeaseExpire(deps, message);
-    case "status.batch":
+    case "status.batch": {
+      const delayMs = deps.applier.deferral();
+      if (delayMs !== null) {
+        await deferStatus(deps.kv, message, delayMs);
+        return "deferred";
+      }
       await deps.applier.submit(message);
       return "applied";
+    }
   }
 }
 

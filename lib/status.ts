@@ -49,6 +49,28 @@ const NEAR_BOUND = 10 * MAX_STATUS_UPDATES;
  */
 export const STATUS_BACKOFF_MS = [100, 1000, 5000, 15_000, 30_000];
 
+/** How every status message is enqueued: its dead letter and its redelivery delays. */
+function queueOptions(message: StatusBatchMessage) {
+  return {
+    keysIfUndelivered: [keys.deadLetter(message.region, message.id)],
+    backoffSchedule: STATUS_BACKOFF_MS,
+  };
+}
+
+/**
+ * Puts a delivered status message back in the queue, due in `delayMs`, as the consumer
+ * does when it holds as many as it may. Its pending entry stays, so the region's lag
+ * keeps counting it; delivered twice (a crash right after this), the second delivery
+ * finds it applied and skips it.
+ */
+export async function deferStatus(
+  kv: Deno.Kv,
+  message: StatusBatchMessage,
+  delayMs: number,
+): Promise<void> {
+  await kv.enqueue(message, { ...queueOptions(message), delay: delayMs });
+}
+
 /**
  * Splits updates into messages bounded by count and bytes; `bytes` is the whole batch's
  * size as encodedSize counts it.
@@ -118,10 +140,7 @@ export async function ingestStatus(
     const op = kv.atomic().check(config);
     if (waiting + updates.length > MAX_PENDING_UPDATES - NEAR_BOUND) op.check(counters[0]);
     for (const message of messages) {
-      op.enqueue(message, {
-        keysIfUndelivered: [keys.deadLetter(region, message.id)],
-        backoffSchedule: STATUS_BACKOFF_MS,
-      });
+      op.enqueue(message, queueOptions(message));
       op.set(
         keys.pending(region, enqueuedAt, message.id),
         { count: message.updates.length } satisfies PendingMessage,

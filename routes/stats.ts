@@ -32,6 +32,10 @@ const Stats = z.object({
     effective: z.number().int(),
     messages: z.number().int(),
     conflicts: z.number().int(),
+    deferred: z.number().int().openapi({
+      description:
+        "Status deliveries put back in the queue because this isolate held as many as it may (256).",
+    }),
   }).nullable().openapi({ description: "Null when this isolate runs no queue consumer." }),
 }).openapi("Stats");
 
@@ -55,7 +59,14 @@ const statsRoute = createRoute({
             claims: { commits: 412, claims: 9650, alone: 3, failedGroups: 0 },
             releases: { commits: 390, ended: 9611, alone: 0 },
             renews: { commits: 52, renewed: 1210, alone: 1 },
-            status: { commits: 120, updates: 10800, effective: 10790, messages: 225, conflicts: 0 },
+            status: {
+              commits: 120,
+              updates: 10800,
+              effective: 10790,
+              messages: 225,
+              conflicts: 0,
+              deferred: 0,
+            },
           },
         },
       },
