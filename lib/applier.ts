@@ -40,7 +40,7 @@ export interface ApplierOptions {
   /** Most messages planned into one commit before splitting. */
   maxMessagesPerCommit?: number;
   /** Most messages held (delivered, not yet applied) before deliveries are deferred. */
-  maxHeld?: number;
+  maxHeld?: { total: number; perRegion: number };
   faults?: StatusFaults;
 }
 
@@ -58,10 +58,12 @@ const REGION_MUTATIONS = 8;
 /**
  * Deno KV hands a listener every ready message without waiting for earlier ones to finish,
  * so a backlog applied slower than it is delivered (updates that rewrite many free entries,
- * say) would otherwise be held in memory whole. 256 messages of at most 64 KiB each keep
- * the applier's commits full while bounding what it holds.
+ * say) would otherwise be held in memory whole. A region may hold 32 messages, enough to
+ * keep the applier's commits full, and a flooding region no more: the messages of every
+ * other region are still taken at once, and wait behind at most those 32. All regions
+ * together hold at most 1,024 (64 MiB of messages at most).
  */
-const MAX_HELD_MESSAGES = 256;
+const MAX_HELD = { total: 1024, perRegion: 32 };
 /** Shortest and longest wait of a deferred delivery, ms. */
 const DEFER_MS = { min: 250, max: 60_000 };
 /** Weight of the newest flush in the applied-messages-per-second estimate. */
@@ -85,8 +87,9 @@ export class StatusApplier {
   #flushing: Promise<void> = Promise.resolve();
   readonly #windowMs: number;
   readonly #maxPerCommit: number;
-  readonly #maxHeld: number;
+  readonly #maxHeld: { total: number; perRegion: number };
   #held = 0;
+  readonly #heldBy = new Map<string, number>();
   /** Messages this isolate applies per second lately; deferrals are spaced by it. */
   #rate = 100;
   /** When (performance.now()) the last deferred delivery is due back. */
@@ -104,17 +107,18 @@ export class StatusApplier {
   ) {
     this.#windowMs = options.windowMs ?? 5;
     this.#maxPerCommit = options.maxMessagesPerCommit ?? 64;
-    this.#maxHeld = options.maxHeld ?? MAX_HELD_MESSAGES;
+    this.#maxHeld = options.maxHeld ?? MAX_HELD;
     this.#faults = options.faults ?? {};
   }
 
   /**
-   * Null while this isolate may hold one more delivery; else how long to put it back in the
-   * queue for (ms). Deferred deliveries are spaced at the rate this isolate applies
-   * messages, so that each comes back about when there is room instead of all at once.
+   * Null while this isolate may hold one more delivery of `region`; else how long to put it
+   * back in the queue for (ms). Deferred deliveries are spaced at the rate this isolate
+   * applies messages, so that each comes back about when there is room, not all at once.
    */
-  deferral(): number | null {
-    if (this.#held < this.#maxHeld) return null;
+  deferral(region: string): number | null {
+    const mine = this.#heldBy.get(region) ?? 0;
+    if (this.#held < this.#maxHeld.total && mine < this.#maxHeld.perRegion) return null;
     const now = performance.now();
     this.#deferredUntil = Math.min(
       now + DEFER_MS.max,
@@ -127,6 +131,7 @@ export class StatusApplier {
   /** Buffers one delivery; resolves once its updates are committed (rejects: redeliver it). */
   submit(message: StatusBatchMessage): Promise<void> {
     this.#held++;
+    this.#heldBy.set(message.region, (this.#heldBy.get(message.region) ?? 0) + 1);
     return new Promise((resolve, reject) => {
       this.#buffer.push({ message, resolve, reject });
       if (this.#buffer.length >= this.#maxPerCommit) this.#flushSoon(0);
@@ -156,6 +161,11 @@ export class StatusApplier {
     const perSecond = batch.length / Math.max(0.001, (performance.now() - started) / 1000);
     this.#rate = RATE_WEIGHT * perSecond + (1 - RATE_WEIGHT) * this.#rate;
     this.#held -= batch.length;
+    for (const { message: { region } } of batch) {
+      const left = this.#heldBy.get(region)! - 1;
+      if (left > 0) this.#heldBy.set(region, left);
+      else this.#heldBy.delete(region);
+    }
     batch.forEach((waiting, i) => {
       const error = outcomes[i];
       if (error === null) waiting.resolve();

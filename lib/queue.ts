@@ -127,7 +127,7 @@ async function handle(deps: QueueDeps, raw: unknown): Promise<QueueOutcome> {
     case "lease.expire":
       return await onLeaseExpire(deps, message);
     case "status.batch": {
-      const delayMs = deps.applier.deferral();
+      const delayMs = deps.applier.deferral(message.region);
       if (delayMs !== null) {
         await deferStatus(deps.kv, message, delayMs);
         return "deferred";

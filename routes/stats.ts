@@ -34,7 +34,7 @@ const Stats = z.object({
     conflicts: z.number().int(),
     deferred: z.number().int().openapi({
       description:
-        "Status deliveries put back in the queue because this isolate held as many as it may (256).",
+        "Status deliveries put back in the queue because this isolate held as many of their region's as it may (32; 1,024 of all regions).",
     }),
   }).nullable().openapi({ description: "Null when this isolate runs no queue consumer." }),
 }).openapi("Stats");

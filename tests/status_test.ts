@@ -700,52 +700,68 @@ Deno.test("status batches are delivered end to end through kv.listenQueue", asyn
   await listening;
 });
 
-Deno.test("the consumer holds at most its bound of deliveries and puts the rest back in the queue", async (t) => {
+Deno.test("the consumer holds at most its bound of a region's deliveries and puts the rest back in the queue", async (t) => {
   const kv = await Deno.openKv(":memory:");
   await using app = await makeApp({ kv });
-  await app.request("PUT", "/v1/regions/iad", { body: {} });
+  for (const region of ["iad", "fra", "sfo"]) {
+    await app.request("PUT", `/v1/regions/${region}`, { body: {} });
+  }
   let open!: () => void;
   const gate = new Promise<void>((resolve) => open = resolve);
   // Commits wait at the gate: the applier stays full while the test delivers more.
   const applier = new StatusApplier(app.kv, app.clock, {
-    maxHeld: 2,
+    maxHeld: { total: 4, perRegion: 2 },
     faults: { beforeCommit: () => gate },
   });
   const deps = { kv: app.kv, clock: app.clock, applier };
-  const ingest = async (resource: string) =>
-    (await ingestStatus(app.kv, app.clock, "iad", [{ resource, seq: 1, state: "ready" }]))
+  const ingest = async (region: string, resource: string) =>
+    (await ingestStatus(app.kv, app.clock, region, [{ resource, seq: 1, state: "ready" }]))
       .messages[0];
-  const held = [await ingest("a"), await ingest("b")].map((m) => handleQueueMessage(deps, m));
-  const deferred = await ingest("c");
+  const held = [await ingest("iad", "a"), await ingest("iad", "b")].map((m) =>
+    handleQueueMessage(deps, m)
+  );
 
-  await t.step("a delivery past the bound is deferred, not held", async () => {
-    assert.equal(await handleQueueMessage(deps, deferred), "deferred");
+  await t.step("a region's delivery past its bound is deferred, not held", async () => {
+    assert.equal(await handleQueueMessage(deps, await ingest("iad", "c")), "deferred");
     assert.equal(applier.stats.deferred, 1);
     const health = (await app.request("GET", "/v1/regions/iad")).body;
     assert.equal(health.pending, 3, "the deferred update still counts as pending");
   });
 
+  await t.step("another region's is still taken, up to the bound of all regions", async () => {
+    held.push(
+      ...[await ingest("fra", "f1"), await ingest("fra", "f2")].map((m) =>
+        handleQueueMessage(deps, m)
+      ),
+    );
+    assert.equal(applier.stats.deferred, 1, "fra's two were taken");
+    assert.equal(await handleQueueMessage(deps, await ingest("sfo", "s")), "deferred");
+  });
+
   await t.step("deferrals are spaced, each due later than the one before", () => {
-    const delays = [applier.deferral()!, applier.deferral()!, applier.deferral()!];
+    const delays = [0, 1, 2].map(() => applier.deferral("iad")!);
     assert.ok(delays[0] >= 250, String(delays));
     assert.ok(delays[0] < delays[1] && delays[1] < delays[2], String(delays));
     assert.ok(delays[2] <= 60_000, String(delays));
   });
 
-  await t.step("the deferred message comes back through the queue and is applied", async () => {
+  await t.step("deferred messages come back through the queue and are applied", async () => {
     const listening = app.kv.listenQueue(async (m) => {
       await handleQueueMessage(deps, m);
     });
     open();
-    assert.deepEqual(await Promise.all(held), ["applied", "applied"]);
-    assert.equal(applier.deferral(), null, "room again");
-    let pending = -1;
-    for (let i = 0; i < 200 && pending !== 0; i++) {
-      pending = (await app.request("GET", "/v1/regions/iad")).body.pending;
-      if (pending !== 0) await new Promise((r) => setTimeout(r, 25));
+    assert.deepEqual(await Promise.all(held), ["applied", "applied", "applied", "applied"]);
+    assert.equal(applier.deferral("iad"), null, "room again");
+    for (const [region, resource] of [["iad", "c"], ["sfo", "s"]]) {
+      let pending = -1;
+      for (let i = 0; i < 200 && pending !== 0; i++) {
+        pending = (await app.request("GET", `/v1/regions/${region}`)).body.pending;
+        if (pending !== 0) await new Promise((r) => setTimeout(r, 25));
+      }
+      assert.equal(pending, 0, region);
+      const res = await app.request("GET", `/v1/regions/${region}/resources/${resource}`);
+      assert.equal(res.status, 200);
     }
-    assert.equal(pending, 0);
-    assert.equal((await app.request("GET", "/v1/regions/iad/resources/c")).status, 200);
     app.kv.close();
     await listening;
   });
