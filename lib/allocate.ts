@@ -24,6 +24,7 @@ import {
 } from "./leases.ts";
 import { type FreeSlot, type HeldSlot, labelsMatch } from "./pool.ts";
 import type { ClaimGrant, ClaimInput, ClaimState } from "./schemas.ts";
+import { Semaphore } from "./semaphore.ts";
 import { readSweeper, stageSweeper } from "./sweeper.ts";
 import { inSpan, instruments } from "./telemetry.ts";
 import { grantVersionstamp, IDEMPOTENCY_GRACE_MS, type IdempotencyRecord } from "./idempotency.ts";
@@ -203,7 +204,11 @@ async function allocateFrom(
   for (let attempt = 0; attempt < MAX_CLAIM_ATTEMPTS; attempt++) {
     const readAt = clock.now();
     const [candidates, sweeper] = await Promise.all([
-      findFreeSlots(kv, servedBy, input.labels, CANDIDATES_PER_ATTEMPT),
+      input.labels === undefined
+        ? findFreeSlots(kv, servedBy, undefined, CANDIDATES_PER_ATTEMPT)
+        : labelledScans(kv).run(() =>
+          findFreeSlots(kv, servedBy, input.labels, CANDIDATES_PER_ATTEMPT)
+        ),
       readSweeper(kv, servedBy),
     ]);
     if (candidates.length === 0) {
@@ -243,6 +248,21 @@ async function allocateFrom(
   throw new UnavailableError(
     `Cannot claim in region "${region}": too much contention, retry shortly`,
   );
+}
+
+/**
+ * Lone searches for labels, at most two at once per KV handle. The group commit leaves to
+ * them the claims whose labels its first 1,000 free entries did not match, and such a
+ * search may read the whole free index (twice, around its catch-up sweep): 32 callers
+ * asking for labels nothing has made every other claim 40× slower while they scanned
+ * together. In line, they cost each other time instead.
+ */
+const LABELLED_SCANS = 2;
+const scansByKv = new WeakMap<Deno.Kv, Semaphore>();
+function labelledScans(kv: Deno.Kv): Semaphore {
+  let scans = scansByKv.get(kv);
+  if (!scans) scansByKv.set(kv, scans = new Semaphore(LABELLED_SCANS));
+  return scans;
 }
 
 /** Catch-up sweeps in flight, per KV handle and region, with the time each began. */

@@ -254,6 +254,47 @@ Deno.test("claims whose labels match no free slot hold up no other claim", async
   inner.close();
 });
 
+Deno.test("lone searches of the whole free index run two at a time", async () => {
+  const inner = await Deno.openKv(":memory:");
+  // A listing of the free index that reads past what a group may read is a lone search:
+  // those past that point wait at the gate, and the test counts how many are there at once.
+  const gate = Promise.withResolvers<void>();
+  let searching = 0;
+  let most = 0;
+  const kv = kvWith(inner, {
+    list: async function* (selector, options) {
+      let read = 0;
+      let counted = false;
+      try {
+        for await (const entry of inner.list(selector, options)) {
+          if (entry.key[2] === "free" && ++read === GROUP_SCAN_LIMIT + 1) {
+            counted = true;
+            most = Math.max(most, ++searching);
+            await gate.promise;
+          }
+          yield entry;
+        }
+      } finally {
+        if (counted) searching--;
+      }
+    },
+  });
+  await using t = await makeApp({ kv });
+  await seedRegion(t, "iad", 20, { slots: 64 }); // 1,280 free slots, none labelled "gpu"
+  const unmatched = Array.from(
+    { length: 6 },
+    (_, i) => claim(t, "iad", { holder: `gpu-${i}`, labels: { gpu: `h${i}` } }),
+  );
+  while (searching < 2) await new Promise((resolve) => setTimeout(resolve, 1));
+  // Time for the other four to start theirs, were they let.
+  assert.equal((await claim(t, "iad", { holder: "browser" })).status, 201);
+  for (let turn = 0; turn < 20; turn++) await new Promise((resolve) => setTimeout(resolve, 1));
+  assert.equal(most, 2, "searches at once");
+  gate.resolve();
+  for (const res of await Promise.all(unmatched)) assertProblem(res, 503);
+  inner.close();
+});
+
 Deno.test("claims that find no free slot at once share one catch-up sweep", async () => {
   const inner = await Deno.openKv(":memory:");
   const gate = gateLeaseListings(inner, "full");
