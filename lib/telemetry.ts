@@ -4,7 +4,7 @@
  * are no-ops. Span and metric names are documented in the README.
  */
 import { type Attributes, metrics, type Span, SpanStatusCode, trace } from "@opentelemetry/api";
-import { AllotError } from "./errors.ts";
+import { AllotError, UnavailableError } from "./errors.ts";
 import type { RegionMode } from "./schemas.ts";
 
 const tracer = trace.getTracer("allot");
@@ -101,9 +101,10 @@ export function gaugedRegions(): string[] {
 }
 
 /**
- * Runs `fn` in a span and rethrows what it throws. An expected outcome (an `AllotError`,
- * such as no capacity) is named in `allot.problem` and leaves the span's status unset, so
- * that trace error rates count failures of allot, not refusals it was built to give.
+ * Runs `fn` in a span and rethrows what it throws. A refusal allot was built to give (an
+ * `AllotError` such as no capacity) is named in `allot.problem` and leaves the span's status
+ * unset, so that trace error rates count failures of allot only: anything else, and an
+ * `UnavailableError` (a store that did not answer, contention, overload), marks an error.
  */
 export async function inSpan<T>(
   name: string,
@@ -114,7 +115,7 @@ export async function inSpan<T>(
     try {
       return await fn(span);
     } catch (error) {
-      if (error instanceof AllotError) {
+      if (error instanceof AllotError && !(error instanceof UnavailableError)) {
         span.setAttribute("allot.problem", error.slug);
       } else {
         span.recordException(error as Error);

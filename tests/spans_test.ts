@@ -2,6 +2,7 @@
 import { spans } from "./_fake_tracer.ts";
 import assert from "node:assert/strict";
 import { SpanStatusCode } from "@opentelemetry/api";
+import { UnavailableError } from "../lib/errors.ts";
 import { inSpan } from "../lib/telemetry.ts";
 import { makeApp, seedRegion, TOKENS } from "./_helpers.ts";
 
@@ -31,11 +32,17 @@ Deno.test("an allot.claim span", async (t) => {
   });
 });
 
-Deno.test("inSpan() marks a span as an error only for an unexpected failure, and rethrows it", async () => {
-  const failure = new TypeError("kv exploded");
-  await assert.rejects(inSpan("allot.test", {}, () => Promise.reject(failure)), failure);
-  const span = spans.findLast((s) => s.name === "allot.test")!;
-  assert.equal(span.status?.code, SpanStatusCode.ERROR);
-  assert.deepEqual(span.exceptions, [failure]);
-  assert.equal(span.attributes["allot.problem"], undefined);
+Deno.test("inSpan() marks a span as an error for a failure of allot, and rethrows it", async () => {
+  for (
+    const failure of [
+      new TypeError("kv exploded"),
+      new UnavailableError("Cannot tell whether the claim committed: the store did not answer"),
+    ]
+  ) {
+    await assert.rejects(inSpan("allot.test", {}, () => Promise.reject(failure)), failure);
+    const span = spans.findLast((s) => s.name === "allot.test")!;
+    assert.equal(span.status?.code, SpanStatusCode.ERROR, failure.message);
+    assert.deepEqual(span.exceptions, [failure]);
+    assert.equal(span.attributes["allot.problem"], undefined);
+  }
 });
