@@ -92,8 +92,8 @@ export class StatusApplier {
   readonly #heldBy = new Map<string, number>();
   /** Messages this isolate applies per second lately; deferrals are spaced by it. */
   #rate = 100;
-  /** When (performance.now()) the last deferred delivery is due back. */
-  #deferredUntil = 0;
+  /** When (performance.now()) each region's last deferred delivery is due back. */
+  readonly #deferredUntil = new Map<string, number>();
   readonly #faults: StatusFaults;
   #perUpdate = { checks: 0, mutations: 1 };
   readonly #cache = new ResourceCache();
@@ -113,19 +113,21 @@ export class StatusApplier {
 
   /**
    * Null while this isolate may hold one more delivery of `region`; else how long to put it
-   * back in the queue for (ms). Deferred deliveries are spaced at the rate this isolate
-   * applies messages, so that each comes back about when there is room, not all at once.
+   * back in the queue for (ms). A region's deferred deliveries are spaced at the rate this
+   * isolate applies messages, so that each comes back about when there is room, not all at
+   * once; each region has its own line, so a flooding region's does not delay another's.
    */
   deferral(region: string): number | null {
     const mine = this.#heldBy.get(region) ?? 0;
     if (this.#held < this.#maxHeld.total && mine < this.#maxHeld.perRegion) return null;
     const now = performance.now();
-    this.#deferredUntil = Math.min(
+    const due = Math.min(
       now + DEFER_MS.max,
-      Math.max(this.#deferredUntil, now + DEFER_MS.min) + 1000 / this.#rate,
+      Math.max(this.#deferredUntil.get(region) ?? 0, now + DEFER_MS.min) + 1000 / this.#rate,
     );
+    this.#deferredUntil.set(region, due);
     this.stats.deferred++;
-    return Math.round(this.#deferredUntil - now);
+    return Math.round(due - now);
   }
 
   /** Buffers one delivery; resolves once its updates are committed (rejects: redeliver it). */
@@ -156,8 +158,12 @@ export class StatusApplier {
     const started = performance.now();
     // apply() settles each message itself; anything it throws still settles all of them,
     // and keeps this isolate's later flushes running.
-    const outcomes = await this.apply(batch.map((w) => w.message))
-      .catch((error: unknown) => batch.map(() => error));
+    let outcomes: (unknown | null)[];
+    try {
+      outcomes = await this.apply(batch.map((w) => w.message));
+    } catch (error) {
+      outcomes = batch.map(() => error);
+    }
     const perSecond = batch.length / Math.max(0.001, (performance.now() - started) / 1000);
     this.#rate = RATE_WEIGHT * perSecond + (1 - RATE_WEIGHT) * this.#rate;
     this.#held -= batch.length;
@@ -165,6 +171,9 @@ export class StatusApplier {
       const left = this.#heldBy.get(region)! - 1;
       if (left > 0) this.#heldBy.set(region, left);
       else this.#heldBy.delete(region);
+      if ((this.#deferredUntil.get(region) ?? 0) < performance.now()) {
+        this.#deferredUntil.delete(region);
+      }
     }
     batch.forEach((waiting, i) => {
       const error = outcomes[i];

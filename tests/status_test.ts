@@ -738,11 +738,17 @@ Deno.test("the consumer holds at most its bound of a region's deliveries and put
     assert.equal(await handleQueueMessage(deps, await ingest("sfo", "s")), "deferred");
   });
 
-  await t.step("deferrals are spaced, each due later than the one before", () => {
+  await t.step("a region's deferrals are spaced, each due later than the one before", () => {
     const delays = [0, 1, 2].map(() => applier.deferral("iad")!);
     assert.ok(delays[0] >= 250, String(delays));
     assert.ok(delays[0] < delays[1] && delays[1] < delays[2], String(delays));
     assert.ok(delays[2] <= 60_000, String(delays));
+  });
+
+  await t.step("another region's deferral is not due behind a flooding region's", () => {
+    const flood = Array.from({ length: 100 }, () => applier.deferral("iad")!);
+    const other = applier.deferral("sfo")!;
+    assert.ok(other < flood[10], `sfo due in ${other} ms, iad's in ${flood.at(-1)} ms`);
   });
 
   await t.step("deferred messages come back through the queue and are applied", async () => {
