@@ -206,9 +206,7 @@ async function allocateFrom(
     const [candidates, sweeper] = await Promise.all([
       input.labels === undefined
         ? findFreeSlots(kv, servedBy, undefined, CANDIDATES_PER_ATTEMPT)
-        : labelledScans(kv).run(() =>
-          findFreeSlots(kv, servedBy, input.labels, CANDIDATES_PER_ATTEMPT)
-        ),
+        : searchLabelled(kv, servedBy, input.labels),
       readSweeper(kv, servedBy),
     ]);
     if (candidates.length === 0) {
@@ -251,12 +249,31 @@ async function allocateFrom(
 }
 
 /**
- * Lone searches for labels, at most two at once per KV handle. The group commit leaves to
- * them the claims whose labels its first 1,000 free entries did not match, and such a
- * search may read the whole free index (twice, around its catch-up sweep): 32 callers
- * asking for labels nothing has made every other claim 40× slower while they scanned
- * together. In line, they cost each other time instead.
+ * Free entries a search for labels reads at once: a group's per serving pool and labels,
+ * and a lone search's before it waits its turn to read the rest (searchLabelled).
  */
+export const LABEL_SCAN_LIMIT = 1_000;
+
+/**
+ * A lone search for labels: the first LABEL_SCAN_LIMIT free entries at once; then, when
+ * none of them matched, the whole index, at most two such searches at a time per KV handle
+ * (one per process in production). A search of the whole index may read every free entry
+ * (twice, around its catch-up sweep): 32 callers asking for labels nothing has made every
+ * other claim 40× slower while they scanned together. In line, they cost each other time
+ * instead, and labels that match early never wait for them.
+ */
+async function searchLabelled(
+  kv: Deno.Kv,
+  region: string,
+  labels: ClaimInput["labels"],
+): Promise<Deno.KvEntry<FreeSlot>[]> {
+  const early = await findFreeSlots(kv, region, labels, CANDIDATES_PER_ATTEMPT, LABEL_SCAN_LIMIT);
+  if (early.length > 0) return early;
+  return await labelledScans(kv).run(() =>
+    findFreeSlots(kv, region, labels, CANDIDATES_PER_ATTEMPT)
+  );
+}
+
 const LABELLED_SCANS = 2;
 const scansByKv = new WeakMap<Deno.Kv, Semaphore>();
 function labelledScans(kv: Deno.Kv): Semaphore {

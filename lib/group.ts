@@ -13,6 +13,7 @@ import {
   commitClaims,
   findFreeSlots,
   type GrantDraft,
+  LABEL_SCAN_LIMIT,
   type PreparedClaim,
   replay,
   stageClaim,
@@ -42,8 +43,6 @@ type Waiting = Pending<PreparedClaim, ClaimOutcome>;
 
 /** Most claims in one commit: bounded by 100 checks (2-3 a claim, 1 a region) and 1,000 mutations. */
 const MAX_GROUP = 48;
-/** Free entries a group reads at most per serving pool and labels (see #candidates). */
-export const GROUP_SCAN_LIMIT = 1_000;
 /** Lone claims running beside the groups past which a group waits for its own. */
 const MAX_LONE_RUNNING = 256;
 /** Claims waiting for a group beyond which new ones get 503 (bounded work per isolate). */
@@ -263,7 +262,7 @@ export class GroupCommitter implements Allocator {
     const found = await Promise.all(pools.map(([key, waiting]) => {
       const [servedBy] = JSON.parse(key) as [string];
       const labels = waiting[0].job.request.input.labels;
-      return findFreeSlots(this.kv, servedBy, labels, waiting.length + 4, GROUP_SCAN_LIMIT);
+      return findFreeSlots(this.kv, servedBy, labels, waiting.length + 4, LABEL_SCAN_LIMIT);
     }));
     const assigned = new Map<Waiting, Deno.KvEntry<FreeSlot>>();
     const taken = new Set<string>();

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { GROUP_SCAN_LIMIT } from "../lib/group.ts";
+import { createClaim, LABEL_SCAN_LIMIT } from "../lib/allocate.ts";
 import { keys } from "../lib/keys.ts";
 import { endLease } from "../lib/leases.ts";
 import { checkHistory, grantEvent, type HistoryEvent, HistoryRecorder } from "./_checker.ts";
@@ -227,7 +227,7 @@ Deno.test("claims whose labels match no free slot hold up no other claim", async
     list: async function* (selector, options) {
       let read = 0;
       for await (const entry of inner.list(selector, options)) {
-        if (entry.key[2] === "free" && ++read === GROUP_SCAN_LIMIT + 1) {
+        if (entry.key[2] === "free" && ++read === LABEL_SCAN_LIMIT + 1) {
           gated++;
           await gate.promise;
         }
@@ -267,7 +267,7 @@ Deno.test("lone searches of the whole free index run two at a time", async () =>
       let counted = false;
       try {
         for await (const entry of inner.list(selector, options)) {
-          if (entry.key[2] === "free" && ++read === GROUP_SCAN_LIMIT + 1) {
+          if (entry.key[2] === "free" && ++read === LABEL_SCAN_LIMIT + 1) {
             counted = true;
             most = Math.max(most, ++searching);
             await gate.promise;
@@ -281,6 +281,7 @@ Deno.test("lone searches of the whole free index run two at a time", async () =>
   });
   await using t = await makeApp({ kv });
   await seedRegion(t, "iad", 20, { slots: 64 }); // 1,280 free slots, none labelled "gpu"
+  await seedRegion(t, "sfo", 3, { labels: { gpu: "h100" } });
   const unmatched = Array.from(
     { length: 6 },
     (_, i) => claim(t, "iad", { holder: `gpu-${i}`, labels: { gpu: `h${i}` } }),
@@ -290,6 +291,13 @@ Deno.test("lone searches of the whole free index run two at a time", async () =>
   assert.equal((await claim(t, "iad", { holder: "browser" })).status, 201);
   for (let turn = 0; turn < 20; turn++) await new Promise((resolve) => setTimeout(resolve, 1));
   assert.equal(most, 2, "searches at once");
+  // A lone claim whose labels match within the first entries it reads does not wait its turn.
+  const request = { region: "sfo", caller: "c", input: { holder: "h", labels: { gpu: "h100" } } };
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const bound = new Promise<string>((resolve) => timer = setTimeout(resolve, 10_000, "held up"));
+  const early = await Promise.race([createClaim(kv, t.clock, request), bound]);
+  clearTimeout(timer);
+  assert.notEqual(early, "held up", "a matching lone claim waited behind whole-index searches");
   gate.resolve();
   for (const res of await Promise.all(unmatched)) assertProblem(res, 503);
   inner.close();
