@@ -46,7 +46,7 @@ function labelsDoc() {
     description:
       `At most ${LIMITS.labels} labels, keys of 1-${LIMITS.labelKey} characters, values of at most ${LIMITS.labelValue}, and ${
         LIMITS.labelChars.toLocaleString("en-US")
-      } characters of keys and values together.`,
+      } characters of keys and values together (a resource stored before that last bound may carry more).`,
     example: { browser: "chromium" },
   };
 }
@@ -69,7 +69,7 @@ export const Labels = LabelMap.refine(
     Object.entries(labels).reduce((sum, [key, value]) => sum + key.length + value.length, 0) <=
       LIMITS.labelChars,
   {
-    message: `labels hold at most ${
+    message: `must hold at most ${
       LIMITS.labelChars.toLocaleString("en-US")
     } characters of keys and values together`,
   },
