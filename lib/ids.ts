@@ -1,5 +1,5 @@
 /** Identifiers: ULIDs, with randomness drawn from a refilled pool of CSPRNG bytes. */
-import { ulid } from "ulid";
+import { monotonicFactory } from "ulid";
 
 const pool = new Uint32Array(4096);
 let next = pool.length;
@@ -13,7 +13,12 @@ function poolRandom(): number {
   return pool[next++] / 2 ** 32;
 }
 
-/** A new ULID: time-ordered, 80 random bits. */
+const monotonic = monotonicFactory(poolRandom);
+
+/**
+ * A new ULID: time-ordered, 80 random bits, and increasing within this process even within
+ * one millisecond (the random part then counts up), so lists keyed by id are in creation order.
+ */
 export function newId(): string {
-  return ulid(undefined, poolRandom);
+  return monotonic();
 }
