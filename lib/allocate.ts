@@ -269,12 +269,20 @@ async function searchLabelled(
 ): Promise<Deno.KvEntry<FreeSlot>[]> {
   const early = await findFreeSlots(kv, region, labels, CANDIDATES_PER_ATTEMPT, LABEL_SCAN_LIMIT);
   if (early.length > 0) return early;
-  return await labelledScans(kv).run(() =>
-    findFreeSlots(kv, region, labels, CANDIDATES_PER_ATTEMPT)
-  );
+  const scans = labelledScans(kv);
+  // A bounded line: the lone claims waiting in it count towards MAX_LONE_RUNNING, past which
+  // the group commit waits for its own lone claims, and so would every other claim.
+  if (scans.waiting >= MAX_WAITING_SCANS) {
+    throw new UnavailableError(
+      `Cannot claim in region "${region}": too many searches for labels under way, retry shortly`,
+    );
+  }
+  return await scans.run(() => findFreeSlots(kv, region, labels, CANDIDATES_PER_ATTEMPT));
 }
 
 const LABELLED_SCANS = 2;
+/** Searches of the whole index that may wait their turn; past that, 503 at once. */
+const MAX_WAITING_SCANS = 64;
 const scansByKv = new WeakMap<Deno.Kv, Semaphore>();
 function labelledScans(kv: Deno.Kv): Semaphore {
   let scans = scansByKv.get(kv);

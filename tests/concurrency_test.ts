@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { createClaim, LABEL_SCAN_LIMIT } from "../lib/allocate.ts";
+import { NoCapacityError, UnavailableError } from "../lib/errors.ts";
 import { keys } from "../lib/keys.ts";
 import { endLease } from "../lib/leases.ts";
 import { checkHistory, grantEvent, type HistoryEvent, HistoryRecorder } from "./_checker.ts";
@@ -280,7 +281,9 @@ Deno.test("lone searches of the whole free index run two at a time", async () =>
     },
   });
   await using t = await makeApp({ kv });
-  await seedRegion(t, "iad", 20, { slots: 64 }); // 1,280 free slots, none labelled "gpu"
+  // 2,560 free slots, none labelled "gpu": a search of them all reads more than 1,000 in one
+  // of its two listings (from a random point to the end, then from the start), so it waits.
+  await seedRegion(t, "iad", 40, { slots: 64 });
   await seedRegion(t, "sfo", 3, { labels: { gpu: "h100" } });
   const unmatched = Array.from(
     { length: 6 },
@@ -300,6 +303,55 @@ Deno.test("lone searches of the whole free index run two at a time", async () =>
   assert.notEqual(early, "held up", "a matching lone claim waited behind whole-index searches");
   gate.resolve();
   for (const res of await Promise.all(unmatched)) assertProblem(res, 503);
+  inner.close();
+});
+
+Deno.test("past 64 lone searches waiting their turn, a claim for labels gets 503 at once", async () => {
+  const inner = await Deno.openKv(":memory:");
+  const gate = Promise.withResolvers<void>();
+  let waiting = 0;
+  const kv = kvWith(inner, {
+    list: async function* (selector, options) {
+      let read = 0;
+      for await (const entry of inner.list(selector, options)) {
+        if (entry.key[2] === "free" && ++read === LABEL_SCAN_LIMIT + 1) {
+          waiting++;
+          await gate.promise;
+        }
+        yield entry;
+      }
+    },
+  });
+  await using t = await makeApp({ kv });
+  // 2,560 free slots, none labelled "gpu": a search of them all reads more than 1,000 in one
+  // of its two listings (from a random point to the end, then from the start), so it waits.
+  await seedRegion(t, "iad", 40, { slots: 64 });
+  const request = (i: number) => ({
+    region: "iad",
+    caller: "c",
+    input: { holder: `gpu-${i}`, labels: { gpu: `h${i}` } },
+  });
+  // Lone claims (no group): two search the whole index, 64 wait, four are refused at once.
+  const busy: unknown[] = [];
+  const outcomes = Array.from({ length: 70 }, (_, i) =>
+    createClaim(kv, t.clock, request(i)).then(
+      () => "granted",
+      (error) => {
+        if (error instanceof UnavailableError) busy.push(error);
+        return error;
+      },
+    ));
+  const deadline = Date.now() + 10_000;
+  while (busy.length < 4 && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  for (let turn = 0; turn < 20; turn++) await new Promise((resolve) => setTimeout(resolve, 1));
+  assert.equal(busy.length, 4, "refused while 64 wait");
+  assert.match(String(busy[0]), /too many searches for labels/);
+  assert.equal(waiting, 2, "searching the whole index at once");
+  gate.resolve();
+  const ended = await Promise.all(outcomes);
+  assert.equal(ended.filter((e) => e instanceof NoCapacityError).length, 66);
   inner.close();
 });
 
