@@ -218,26 +218,43 @@ Deno.test("a claim's slow lone path (a full region's catch-up sweep) holds up no
   inner.close();
 });
 
-Deno.test("claims whose labels match no free slot hold up no other claim", async () => {
-  const inner = await Deno.openKv(":memory:");
-  // A listing of the free index that reads past what a group may read waits at the gate:
-  // only a whole-index search (of labels nothing matches) does.
+/**
+ * A KV whose free-index listings that read past what a group may read (LABEL_SCAN_LIMIT)
+ * wait at a gate until `open()`: only lone searches of the whole index (for labels few
+ * slots match) do. `searches` counts them: waiting now, most at once, and in all.
+ */
+function gateWholeIndexSearches(inner: Deno.Kv) {
   const gate = Promise.withResolvers<void>();
-  let gated = 0;
+  const searches = { now: 0, most: 0, total: 0 };
   const kv = kvWith(inner, {
     list: async function* (selector, options) {
       let read = 0;
-      for await (const entry of inner.list(selector, options)) {
-        if (entry.key[2] === "free" && ++read === LABEL_SCAN_LIMIT + 1) {
-          gated++;
-          await gate.promise;
+      let counted = false;
+      try {
+        for await (const entry of inner.list(selector, options)) {
+          if (entry.key[2] === "free" && ++read === LABEL_SCAN_LIMIT + 1) {
+            counted = true;
+            searches.total++;
+            searches.most = Math.max(searches.most, ++searches.now);
+            await gate.promise;
+          }
+          yield entry;
         }
-        yield entry;
+      } finally {
+        if (counted) searches.now--;
       }
     },
   });
+  return { kv, searches, open: () => gate.resolve() };
+}
+
+Deno.test("claims whose labels match no free slot hold up no other claim", async () => {
+  const inner = await Deno.openKv(":memory:");
+  const { kv, searches, open } = gateWholeIndexSearches(inner);
   await using t = await makeApp({ kv });
-  await seedRegion(t, "iad", 20, { slots: 64 }); // 1,280 free slots, none labelled "gpu"
+  // 2,560 free slots, none labelled "gpu": a search of them all reads more than 1,000 in one
+  // of its two listings (from a random point to the end, then from the start), so it waits.
+  await seedRegion(t, "iad", 40, { slots: 64 });
   const unmatched = Array.from(
     { length: 5 },
     (_, i) => claim(t, "iad", { holder: `gpu-${i}`, labels: { gpu: `h${i}` } }),
@@ -247,39 +264,17 @@ Deno.test("claims whose labels match no free slot hold up no other claim", async
   const bound = new Promise<string>((resolve) => timer = setTimeout(resolve, 10_000, "held up"));
   const answered = await Promise.race([ordinary, bound]);
   clearTimeout(timer);
-  gate.resolve();
+  open();
   assert.notEqual(answered, "held up", "an ordinary claim waited for the labelled claims' search");
   assert.equal((answered as TestResponse).status, 201);
   for (const res of await Promise.all(unmatched)) assertProblem(res, 503);
-  assert.ok(gated > 0, "the labelled claims searched the whole index, alone");
+  assert.ok(searches.total > 0, "the labelled claims searched the whole index, alone");
   inner.close();
 });
 
 Deno.test("lone searches of the whole free index run two at a time", async () => {
   const inner = await Deno.openKv(":memory:");
-  // A listing of the free index that reads past what a group may read is a lone search:
-  // those past that point wait at the gate, and the test counts how many are there at once.
-  const gate = Promise.withResolvers<void>();
-  let searching = 0;
-  let most = 0;
-  const kv = kvWith(inner, {
-    list: async function* (selector, options) {
-      let read = 0;
-      let counted = false;
-      try {
-        for await (const entry of inner.list(selector, options)) {
-          if (entry.key[2] === "free" && ++read === LABEL_SCAN_LIMIT + 1) {
-            counted = true;
-            most = Math.max(most, ++searching);
-            await gate.promise;
-          }
-          yield entry;
-        }
-      } finally {
-        if (counted) searching--;
-      }
-    },
-  });
+  const { kv, searches, open } = gateWholeIndexSearches(inner);
   await using t = await makeApp({ kv });
   // 2,560 free slots, none labelled "gpu": a search of them all reads more than 1,000 in one
   // of its two listings (from a random point to the end, then from the start), so it waits.
@@ -289,11 +284,11 @@ Deno.test("lone searches of the whole free index run two at a time", async () =>
     { length: 6 },
     (_, i) => claim(t, "iad", { holder: `gpu-${i}`, labels: { gpu: `h${i}` } }),
   );
-  while (searching < 2) await new Promise((resolve) => setTimeout(resolve, 1));
+  while (searches.now < 2) await new Promise((resolve) => setTimeout(resolve, 1));
   // Time for the other four to start theirs, were they let.
   assert.equal((await claim(t, "iad", { holder: "browser" })).status, 201);
   for (let turn = 0; turn < 20; turn++) await new Promise((resolve) => setTimeout(resolve, 1));
-  assert.equal(most, 2, "searches at once");
+  assert.equal(searches.most, 2, "searches at once");
   // A lone claim whose labels match within the first entries it reads does not wait its turn.
   const request = { region: "sfo", caller: "c", input: { holder: "h", labels: { gpu: "h100" } } };
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -301,27 +296,14 @@ Deno.test("lone searches of the whole free index run two at a time", async () =>
   const early = await Promise.race([createClaim(kv, t.clock, request), bound]);
   clearTimeout(timer);
   assert.notEqual(early, "held up", "a matching lone claim waited behind whole-index searches");
-  gate.resolve();
+  open();
   for (const res of await Promise.all(unmatched)) assertProblem(res, 503);
   inner.close();
 });
 
 Deno.test("past 64 lone searches waiting their turn, a claim for labels gets 503 at once", async () => {
   const inner = await Deno.openKv(":memory:");
-  const gate = Promise.withResolvers<void>();
-  let waiting = 0;
-  const kv = kvWith(inner, {
-    list: async function* (selector, options) {
-      let read = 0;
-      for await (const entry of inner.list(selector, options)) {
-        if (entry.key[2] === "free" && ++read === LABEL_SCAN_LIMIT + 1) {
-          waiting++;
-          await gate.promise;
-        }
-        yield entry;
-      }
-    },
-  });
+  const { kv, searches, open } = gateWholeIndexSearches(inner);
   await using t = await makeApp({ kv });
   // 2,560 free slots, none labelled "gpu": a search of them all reads more than 1,000 in one
   // of its two listings (from a random point to the end, then from the start), so it waits.
@@ -348,8 +330,8 @@ Deno.test("past 64 lone searches waiting their turn, a claim for labels gets 503
   for (let turn = 0; turn < 20; turn++) await new Promise((resolve) => setTimeout(resolve, 1));
   assert.equal(busy.length, 4, "refused while 64 wait");
   assert.match(String(busy[0]), /too many searches for labels/);
-  assert.equal(waiting, 2, "searching the whole index at once");
-  gate.resolve();
+  assert.equal(searches.now, 2, "searching the whole index at once");
+  open();
   const ended = await Promise.all(outcomes);
   assert.equal(ended.filter((e) => e instanceof NoCapacityError).length, 66);
   inner.close();
