@@ -56,7 +56,7 @@ export function fieldIssues(issues: readonly z.core.$ZodIssue[], prefix = ""): F
 }
 
 /** Most issues a problem lists: a body of thousands of bad keys gets a small answer. */
-export const REPORTED_ISSUES = 20;
+const REPORTED_ISSUES = 20;
 /** Issues the problem's `detail` spells out; `errors` holds up to REPORTED_ISSUES. */
 const DETAILED_ISSUES = 5;
 
