@@ -168,14 +168,18 @@ export async function allocateAlone(
   const region = claim.request.region;
   const pools = route.servedBy === region ? [region] : [route.servedBy, region];
   let refused: NoCapacityError | null = null;
+  let busy: SearchesBusyError | null = null;
   for (const servedBy of pools) {
     try {
       return await allocateFrom(kv, clock, claim, route, servedBy);
     } catch (error) {
-      if (!(error instanceof NoCapacityError)) throw error;
-      refused = error;
+      // A pool with too many searches for labels in line may be full anyway; the next may not.
+      if (error instanceof SearchesBusyError) busy = error;
+      else if (error instanceof NoCapacityError) refused = error;
+      else throw error;
     }
   }
+  if (busy !== null) throw busy; // a retry may find a slot, sooner than a lease ends
   // In fallback or lagging, the retry may be served by the other pool, or by a backup this
   // claim did not try (refused as exhausted): the soonest lease to end in any of them counts.
   const backup = route.config.backup;
@@ -206,7 +210,7 @@ async function allocateFrom(
     const [candidates, sweeper] = await Promise.all([
       input.labels === undefined
         ? findFreeSlots(kv, servedBy, undefined, CANDIDATES_PER_ATTEMPT)
-        : searchLabelled(kv, servedBy, input.labels),
+        : searchLabelled(kv, servedBy, input.labels, attempt === 0 ? region : null),
       readSweeper(kv, servedBy),
     ]);
     if (candidates.length === 0) {
@@ -254,27 +258,33 @@ async function allocateFrom(
  */
 export const LABEL_SCAN_LIMIT = 1_000;
 
+/** A lone claim's search for labels refused because too many already wait their turn. */
+class SearchesBusyError extends UnavailableError {}
+
 /**
  * A lone search for labels: the first LABEL_SCAN_LIMIT free entries at once; then, when
- * none of them matched, the whole index, at most two such searches at a time per KV handle
- * (one per process in production). A search of the whole index may read every free entry
- * (twice, around its catch-up sweep): 32 callers asking for labels nothing has made every
- * other claim 40× slower while they scanned together. In line, they cost each other time
- * instead, and labels that match early never wait for them.
+ * none of them matched and the index holds more, the whole index, at most two such searches
+ * at a time per KV handle (one per process in production). A search of the whole index may
+ * read every free entry (twice, around its catch-up sweep): 32 callers asking for labels
+ * nothing has made every other claim 40× slower while they scanned together. In line, they
+ * cost each other time instead, and labels that match early never wait for them. A claim's
+ * first search may be refused when 64 already wait (`refuseFor`: the region asked for, named
+ * in the 503); a claim that has waited once is not refused for it.
  */
 async function searchLabelled(
   kv: Deno.Kv,
   region: string,
   labels: ClaimInput["labels"],
+  refuseFor: string | null,
 ): Promise<Deno.KvEntry<FreeSlot>[]> {
-  const early = await findFreeSlots(kv, region, labels, CANDIDATES_PER_ATTEMPT, LABEL_SCAN_LIMIT);
-  if (early.length > 0) return early;
+  const early = await scanFreeSlots(kv, region, labels, CANDIDATES_PER_ATTEMPT, LABEL_SCAN_LIMIT);
+  if (early.found.length > 0 || early.whole) return early.found;
   const scans = labelledScans(kv);
   // A bounded line: the lone claims waiting in it count towards MAX_LONE_RUNNING, past which
   // the group commit waits for its own lone claims, and so would every other claim.
-  if (scans.waiting >= MAX_WAITING_SCANS) {
-    throw new UnavailableError(
-      `Cannot claim in region "${region}": too many searches for labels under way, retry shortly`,
+  if (refuseFor !== null && scans.waiting >= MAX_WAITING_SCANS) {
+    throw new SearchesBusyError(
+      `Cannot claim in region "${refuseFor}": too many searches for labels under way, retry shortly`,
     );
   }
   return await scans.run(() => findFreeSlots(kv, region, labels, CANDIDATES_PER_ATTEMPT));
@@ -490,6 +500,17 @@ export async function findFreeSlots(
   want: number,
   scanLimit = Infinity,
 ): Promise<Deno.KvEntry<FreeSlot>[]> {
+  return (await scanFreeSlots(kv, region, labels, want, scanLimit)).found;
+}
+
+/** findFreeSlots, and whether it read the whole index (so a longer search would find no more). */
+async function scanFreeSlots(
+  kv: Deno.Kv,
+  region: string,
+  labels: ClaimInput["labels"],
+  want: number,
+  scanLimit: number,
+): Promise<{ found: Deno.KvEntry<FreeSlot>[]; whole: boolean }> {
   const prefix = keys.freeIndex(region);
   const from = keys.freeFrom(region, Math.floor(Math.random() * 2 ** 32));
   const found: Deno.KvEntry<FreeSlot>[] = [];
@@ -498,10 +519,10 @@ export async function findFreeSlots(
     const batchSize = Math.min(labels ? 100 : want, 100, scanLimit);
     for await (const entry of kv.list<FreeSlot>(selector, { batchSize })) {
       if (labelsMatch(entry.value.labels, labels)) found.push(entry);
-      if (found.length >= want || ++scanned >= scanLimit) return found;
+      if (found.length >= want || ++scanned >= scanLimit) return { found, whole: false };
     }
   }
-  return found;
+  return { found, whole: true };
 }
 
 /** Seconds until the region's soonest lease expiry, as a Retry-After hint (1..60). */

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { createClaim, LABEL_SCAN_LIMIT } from "../lib/allocate.ts";
 import { NoCapacityError, UnavailableError } from "../lib/errors.ts";
 import { keys } from "../lib/keys.ts";
+import { ingestStatus } from "../lib/status.ts";
 import { endLease } from "../lib/leases.ts";
 import { checkHistory, grantEvent, type HistoryEvent, HistoryRecorder } from "./_checker.ts";
 import {
@@ -334,6 +335,108 @@ Deno.test("past 64 lone searches waiting their turn, a claim for labels gets 503
   open();
   const ended = await Promise.all(outcomes);
   assert.equal(ended.filter((e) => e instanceof NoCapacityError).length, 66);
+  inner.close();
+});
+
+Deno.test("a full line of whole-index searches", async (t) => {
+  const inner = await Deno.openKv(":memory:");
+  const { kv, searches, open } = gateWholeIndexSearches(inner);
+  await using app = await makeApp({ kv });
+  const lag = { enterMs: 2000, exitMs: 500 };
+  // fra: 2,560 free slots, none labelled "gpu". iad, backed up by fra: one gpu slot. sfo: five.
+  await seedRegion(app, "fra", 40, { slots: 64, config: { lag } });
+  await seedRegion(app, "iad", 1, {
+    labels: { gpu: "a100" },
+    prefix: "iad",
+    config: { backup: "fra", lag },
+  });
+  await seedRegion(app, "sfo", 5, { prefix: "sfo" });
+  const lone = (region: string, i: number) =>
+    createClaim(kv, app.clock, {
+      region,
+      caller: "c",
+      input: { holder: `x${i}`, labels: { gpu: `h${i}` } },
+    }).then(() => "granted", (error) => error);
+  // 66 lone claims in fra for labels nothing has: two search the whole index, 64 wait.
+  const waiting = Array.from({ length: 66 }, (_, i) => lone("fra", i));
+  while (searches.now < 2) await new Promise((resolve) => setTimeout(resolve, 1));
+  for (let turn = 0; turn < 50; turn++) await new Promise((resolve) => setTimeout(resolve, 1));
+
+  await t.step("does not refuse a claim whose first read covered its whole index", async () => {
+    const refused = await lone("sfo", 100);
+    assert.ok(refused instanceof NoCapacityError, String(refused));
+  });
+
+  await t.step("does not stop a fallback claim its own region serves", async () => {
+    await ingestStatus(app.kv, app.clock, "iad", [{
+      resource: "iad-0000",
+      seq: 1,
+      state: "ready",
+    }]);
+    app.clock.advance(3000);
+    assert.equal((await app.request("GET", "/v1/regions/iad")).body.mode, "fallback");
+    const res = await claim(app, "iad", { holder: "h", labels: { gpu: "a100" } });
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    assert.equal(res.body.servedBy, "iad");
+  });
+
+  await t.step("names the region asked for when it refuses", async () => {
+    const refused = await lone("fra", 101);
+    assert.ok(refused instanceof UnavailableError, String(refused));
+    assert.match(refused.message, /region "fra": too many searches for labels/);
+  });
+
+  open();
+  const ended = await Promise.all(waiting);
+  assert.ok(ended.every((e) => e instanceof NoCapacityError), "the 66 that waited: no capacity");
+  inner.close();
+});
+
+Deno.test("a claim that waited its turn once is not refused for a full line on its next search", async () => {
+  const inner = await Deno.openKv(":memory:");
+  // Each whole-index search waits at its own gate; expiry sweeps (lease listings) wait too.
+  const released: Array<() => void> = [];
+  const sweeps = Promise.withResolvers<void>();
+  const kv = kvWith(inner, {
+    list: async function* (selector, options) {
+      const from = "prefix" in selector ? selector.prefix : selector.start;
+      if (from?.[2] === "lease" && "start" in selector) await sweeps.promise;
+      let read = 0;
+      for await (const entry of inner.list(selector, options)) {
+        if (entry.key[2] === "free" && ++read === LABEL_SCAN_LIMIT + 1) {
+          await new Promise<void>((resolve) => released.push(resolve));
+        }
+        yield entry;
+      }
+    },
+  });
+  await using app = await makeApp({ kv });
+  // 2,000 free slots, none labelled "gpu": a search of them all reads more than 1,000 in
+  // exactly one of its two listings, so it waits at one gate.
+  await seedRegion(app, "iad", 40, { slots: 50 });
+  const tick = () => new Promise((resolve) => setTimeout(resolve, 1));
+  const lone = (i: number) =>
+    createClaim(kv, app.clock, {
+      region: "iad",
+      caller: "c",
+      input: { holder: `g${i}`, labels: { gpu: `h${i}` } },
+    }).then(() => "granted", (error) => error);
+  const first = lone(0);
+  while (released.length < 1) await tick();
+  const others = Array.from({ length: 65 }, (_, i) => lone(i + 1)); // one more searching, 64 wait
+  while (released.length < 2) await tick();
+  for (let turn = 0; turn < 50; turn++) await tick();
+  released[0](); // the first claim's search ends; it sweeps (held) and will search again
+  const newcomer = lone(99); // takes the place its search left in line (or is refused)
+  for (let turn = 0; turn < 100; turn++) await tick();
+  sweeps.resolve();
+  const releaseAll = setInterval(() => released.splice(0).forEach((release) => release()), 1);
+  const [outcome, , ...rest] = await Promise.all([first, newcomer, ...others]);
+  clearInterval(releaseAll);
+  // Every claim that waited its turn once searched again as often as it had to: none refused.
+  for (const ended of [outcome, ...rest]) {
+    assert.ok(ended instanceof NoCapacityError, String(ended));
+  }
   inner.close();
 });
 
