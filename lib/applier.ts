@@ -66,6 +66,8 @@ const REGION_MUTATIONS = 8;
 const MAX_HELD = { total: 1024, perRegion: 32 };
 /** Shortest and longest wait of a deferred delivery, ms. */
 const DEFER_MS = { min: 250, max: 60_000 };
+/** The line of deferrals made because all regions together hold their bound (no region's name). */
+const ALL_REGIONS = "";
 /** Weight of the newest flush in the applied-messages-per-second estimate. */
 const RATE_WEIGHT = 0.3;
 
@@ -92,7 +94,10 @@ export class StatusApplier {
   readonly #heldBy = new Map<string, number>();
   /** Messages this isolate applies per second lately; deferrals are spaced by it. */
   #rate = 100;
-  /** When (performance.now()) each region's last deferred delivery is due back. */
+  /**
+   * When (performance.now()) the last deferred delivery of each line is due back: a region's
+   * own line, or ALL_REGIONS when the bound of all regions is what is full.
+   */
   readonly #deferredUntil = new Map<string, number>();
   readonly #faults: StatusFaults;
   #perUpdate = { checks: 0, mutations: 1 };
@@ -113,19 +118,22 @@ export class StatusApplier {
 
   /**
    * Null while this isolate may hold one more delivery of `region`; else how long to put it
-   * back in the queue for (ms). A region's deferred deliveries are spaced at the rate this
-   * isolate applies messages, so that each comes back about when there is room, not all at
-   * once; each region has its own line, so a flooding region's does not delay another's.
+   * back in the queue for (ms). Deferred deliveries are spaced at the rate this isolate
+   * applies messages, so that each comes back about when there is room, not all at once: on
+   * their region's own line when the region holds its share, so that a flooding region's
+   * line does not delay another's, and on one line of all regions when the bound of all
+   * regions is what is full.
    */
   deferral(region: string): number | null {
     const mine = this.#heldBy.get(region) ?? 0;
     if (this.#held < this.#maxHeld.total && mine < this.#maxHeld.perRegion) return null;
+    const line = mine >= this.#maxHeld.perRegion ? region : ALL_REGIONS;
     const now = performance.now();
     const due = Math.min(
       now + DEFER_MS.max,
-      Math.max(this.#deferredUntil.get(region) ?? 0, now + DEFER_MS.min) + 1000 / this.#rate,
+      Math.max(this.#deferredUntil.get(line) ?? 0, now + DEFER_MS.min) + 1000 / this.#rate,
     );
-    this.#deferredUntil.set(region, due);
+    this.#deferredUntil.set(line, due);
     this.stats.deferred++;
     return Math.round(due - now);
   }
@@ -171,9 +179,10 @@ export class StatusApplier {
       const left = this.#heldBy.get(region)! - 1;
       if (left > 0) this.#heldBy.set(region, left);
       else this.#heldBy.delete(region);
-      if ((this.#deferredUntil.get(region) ?? 0) < performance.now()) {
-        this.#deferredUntil.delete(region);
-      }
+    }
+    const now = performance.now();
+    for (const [line, due] of this.#deferredUntil) {
+      if (due < now) this.#deferredUntil.delete(line);
     }
     batch.forEach((waiting, i) => {
       const error = outcomes[i];

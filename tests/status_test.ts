@@ -773,6 +773,24 @@ Deno.test("the consumer holds at most its bound of a region's deliveries and put
   });
 });
 
+Deno.test("when the bound of all regions is what is full, deferrals share one line, spaced", async () => {
+  await using app = await makeApp();
+  const applier = new StatusApplier(app.kv, app.clock, { maxHeld: { total: 2, perRegion: 32 } });
+  const message = (region: string, id: string): StatusBatchMessage => ({
+    type: "status.batch",
+    id,
+    region,
+    enqueuedAt: 0,
+    updates: [],
+  });
+  // Two regions' messages fill the bound of all (each far below its region's own).
+  const held = [applier.submit(message("a", "m0")), applier.submit(message("b", "m1"))];
+  const delays = Array.from({ length: 100 }, (_, i) => applier.deferral(`r${i}`)!);
+  // At 100 messages a second (the first estimate), 100 deliveries need a second of room.
+  assert.ok(delays.at(-1)! > delays[0] + 500, `due within ${delays.at(-1)! - delays[0]} ms`);
+  await Promise.all(held); // no pending entries: applied already, as redeliveries are
+});
+
 Deno.test("status apply never works from a stale resource cache", async (t) => {
   await t.step(
     "an admin's PUT between two applies is kept, not overwritten from the cache",
