@@ -249,6 +249,18 @@ function gateWholeIndexSearches(inner: Deno.Kv) {
   return { kv, searches, open: () => gate.resolve() };
 }
 
+/**
+ * A lone claim (no group commit) in `region` for labels nothing has (`gpu: h<i>`), settled
+ * to "granted" or the error it was refused with.
+ */
+function loneUnmatched(kv: Deno.Kv, clock: TestApp["clock"], region: string, i: number) {
+  return createClaim(kv, clock, {
+    region,
+    caller: "c",
+    input: { holder: `gpu-${i}`, labels: { gpu: `h${i}` } },
+  }).then(() => "granted", (error: unknown) => error);
+}
+
 Deno.test("claims whose labels match no free slot hold up no other claim", async () => {
   const inner = await Deno.openKv(":memory:");
   const { kv, searches, open } = gateWholeIndexSearches(inner);
@@ -309,21 +321,16 @@ Deno.test("past 64 lone searches waiting their turn, a claim for labels gets 503
   // 2,560 free slots, none labelled "gpu": a search of them all reads more than 1,000 in one
   // of its two listings (from a random point to the end, then from the start), so it waits.
   await seedRegion(t, "iad", 40, { slots: 64 });
-  const request = (i: number) => ({
-    region: "iad",
-    caller: "c",
-    input: { holder: `gpu-${i}`, labels: { gpu: `h${i}` } },
-  });
-  // Lone claims (no group): two search the whole index, 64 wait, four are refused at once.
+  // Lone claims: two search the whole index, 64 wait, four are refused at once.
   const busy: unknown[] = [];
-  const outcomes = Array.from({ length: 70 }, (_, i) =>
-    createClaim(kv, t.clock, request(i)).then(
-      () => "granted",
-      (error) => {
-        if (error instanceof UnavailableError) busy.push(error);
-        return error;
-      },
-    ));
+  const outcomes = Array.from(
+    { length: 70 },
+    (_, i) =>
+      loneUnmatched(kv, t.clock, "iad", i).then((ended) => {
+        if (ended instanceof UnavailableError) busy.push(ended);
+        return ended;
+      }),
+  );
   const deadline = Date.now() + 10_000;
   while (busy.length < 4 && Date.now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, 1));
@@ -351,12 +358,7 @@ Deno.test("a full line of whole-index searches", async (t) => {
     config: { backup: "fra", lag },
   });
   await seedRegion(app, "sfo", 5, { prefix: "sfo" });
-  const lone = (region: string, i: number) =>
-    createClaim(kv, app.clock, {
-      region,
-      caller: "c",
-      input: { holder: `x${i}`, labels: { gpu: `h${i}` } },
-    }).then(() => "granted", (error) => error);
+  const lone = (region: string, i: number) => loneUnmatched(kv, app.clock, region, i);
   // 66 lone claims in fra for labels nothing has: two search the whole index, 64 wait.
   const waiting = Array.from({ length: 66 }, (_, i) => lone("fra", i));
   while (searches.now < 2) await new Promise((resolve) => setTimeout(resolve, 1));
@@ -415,12 +417,7 @@ Deno.test("a claim that waited its turn once is not refused for a full line on i
   // exactly one of its two listings, so it waits at one gate.
   await seedRegion(app, "iad", 40, { slots: 50 });
   const tick = () => new Promise((resolve) => setTimeout(resolve, 1));
-  const lone = (i: number) =>
-    createClaim(kv, app.clock, {
-      region: "iad",
-      caller: "c",
-      input: { holder: `g${i}`, labels: { gpu: `h${i}` } },
-    }).then(() => "granted", (error) => error);
+  const lone = (i: number) => loneUnmatched(kv, app.clock, "iad", i);
   const first = lone(0);
   while (released.length < 1) await tick();
   const others = Array.from({ length: 65 }, (_, i) => lone(i + 1)); // one more searching, 64 wait
